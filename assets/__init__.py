@@ -1,0 +1,1 @@
+"""Software-defined assets, one module per stage: what exists and what it depends on."""

@@ -1,0 +1,102 @@
+"""`augmented_corpus`: the final training records, plus the blocking data gates before training."""
+
+from collections import Counter
+
+import dagster as dg
+
+from assets.dedup import deduplicated_corpus
+from assets.metadata import counts_table, folder_version, md_table
+from resources.settings import TunegraphSettings
+from stages import pii
+from stages.augmentation import augment
+from stages.decontamination import decontaminate
+from stages.tables import read_rows, write_json, write_rows
+
+MIN_TRAIN_EXAMPLES = 8
+MIN_EVAL_EXAMPLES = 2
+
+
+@dg.asset(
+    group_name="data",
+    deps=[deduplicated_corpus],
+    code_version="augment-1",
+    kinds={"parquet"},
+    description="Train records plus seeded instruction paraphrases (train only; capped share).",
+)
+def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    train = read_rows(paths.latest("deduplicated_corpus") / "train.parquet")
+    aug = cfg.data.augmentation
+    new = augment(train, aug.max_share, cfg.data.seed) if aug.enabled else []
+    rows = [{**r, "source_id": r["id"], "augmentation": "none"} for r in train] + new
+    methods = Counter(r["augmentation"] for r in rows)
+    with paths.publish("augmented_corpus") as out:
+        write_rows(out / "train.parquet", rows)
+        write_json(out / "summary.json", {"train_examples": len(rows), "methods": dict(methods)})
+    context.log.info(f"{len(train)} train records + {len(new)} augmented")
+    return dg.MaterializeResult(
+        data_version=folder_version(out),
+        metadata={
+            "train_examples": len(rows),
+            "augmented": len(new),
+            "augmented_share": round(len(new) / max(len(rows), 1), 4),
+            "methods": counts_table(dict(methods), key="method"),
+            "sample": md_table(
+                [{"source_id": r["source_id"], "prompt": r["messages"][-2]["content"]} for r in new],
+                ["source_id", "prompt"],
+            ),
+        },
+    )
+
+
+def _train_and_eval(settings: TunegraphSettings) -> tuple[list[dict], list[dict]]:
+    paths = settings.paths()
+    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
+    eval_rows = [r for p in sorted((paths.latest("deduplicated_corpus") / "eval").glob("*.parquet"))
+                 for r in read_rows(p)]  # fmt: skip
+    return train, eval_rows
+
+
+@dg.asset_check(asset=augmented_corpus, blocking=True, description="No train record shares an n-gram or id with eval.")
+def no_eval_contamination(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    train, eval_rows = _train_and_eval(settings)
+    n = settings.config().data.decontamination.ngram
+    _, leaked = decontaminate(train, eval_rows, n)
+    eval_ids = {r["id"] for r in eval_rows}
+    same_id = [r for r in train if r["source_id"] in eval_ids]
+    return dg.AssetCheckResult(
+        passed=not leaked and not same_id,
+        metadata={
+            "contaminated_train_records": len(leaked),
+            "train_ids_in_eval": len(same_id),
+            "examples": md_table(
+                [{"id": r["id"], "shared_ngram": r["shared_ngram"]} for r in leaked], ["id", "shared_ngram"]
+            ),
+        },
+    )
+
+
+@dg.asset_check(asset=augmented_corpus, blocking=True, description="Train and eval sets are big enough to learn from.")
+def enough_examples(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    train, eval_rows = _train_and_eval(settings)
+    return dg.AssetCheckResult(
+        passed=len(train) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES,
+        metadata={"train": len(train), "eval": len(eval_rows),
+                  "minimum_train": MIN_TRAIN_EXAMPLES, "minimum_eval": MIN_EVAL_EXAMPLES},
+    )  # fmt: skip
+
+
+@dg.asset_check(asset=augmented_corpus, blocking=True, description="No PII pattern survives into training data.")
+def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    train, eval_rows = _train_and_eval(settings)
+    found: Counter[str] = Counter()
+    offenders = []
+    for r in train + eval_rows:
+        hits = sum((pii.find(m["content"]) for m in r["messages"]), Counter())
+        if hits:
+            found += hits
+            offenders.append({"id": r["id"], "types": ", ".join(sorted(hits))})
+    return dg.AssetCheckResult(
+        passed=not found,
+        metadata={"matches": counts_table(dict(found), key="type"), "records": md_table(offenders, ["id", "types"])},
+    )

@@ -1,0 +1,97 @@
+"""Per landing file: `raw_corpus` (records as read) and `clean_corpus` (normalised, redacted, filtered)."""
+
+from collections import Counter
+
+import dagster as dg
+
+from assets.metadata import counts_table, file_hash, folder_version, md_table
+from assets.partitions import landing_files
+from resources.settings import TunegraphSettings
+from stages.cleaning import clean_records
+from stages.readers import read_file
+from stages.tables import read_rows, write_json, write_rows
+
+
+@dg.asset(
+    group_name="data",
+    partitions_def=landing_files,
+    code_version="raw-1",
+    kinds={"parquet"},
+    description="Records read from one landing file, with source file and line; unreadable rows quarantined.",
+)
+def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    key = context.partition_key
+    source = paths.landing / key
+    if not source.is_file():
+        raise dg.Failure(f"landing file {key} is gone: run `tunegraph run` to drop its partition")
+    content_hash = file_hash(source)
+    result = read_file(source, key, cfg.corpus.format, cfg.corpus.fields)
+    quarantined = Counter(q["reason"] for q in result.quarantine)
+    with paths.publish("raw_corpus", key) as out:
+        write_rows(out / "records.parquet", result.records)
+        write_rows(out / "quarantine.parquet", result.quarantine)
+        write_json(
+            out / "summary.json",
+            {
+                "content_hash": content_hash,
+                "documents_in": len(result.records) + len(result.quarantine),
+                "records": len(result.records),
+                "quarantined": dict(quarantined),
+            },
+        )
+    context.log.info(f"{key}: {len(result.records)} records, {len(result.quarantine)} quarantined")
+    return dg.MaterializeResult(
+        # The file's content hash: the UI shows downstream as unsynced exactly when the file changed.
+        data_version=dg.DataVersion(content_hash),
+        metadata={
+            "records": len(result.records),
+            "quarantined": len(result.quarantine),
+            "quarantine_reasons": counts_table(dict(quarantined)),
+            "schemas": counts_table(dict(Counter(r["schema"] for r in result.records)), key="schema"),
+            "sample": md_table(
+                [{"id": r["id"], "line": r["source_line"], "response": r["messages"][-1]["content"]}
+                 for r in result.records],
+                ["id", "line", "response"],
+            ),
+            "path": dg.MetadataValue.path(str(paths.published(out))),
+        },
+    )
+
+
+@dg.asset(
+    group_name="data",
+    partitions_def=landing_files,
+    deps=[raw_corpus],
+    code_version="clean-1",
+    kinds={"parquet"},
+    description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
+)
+def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    key = context.partition_key
+    records = read_rows(paths.latest("raw_corpus", key) / "records.parquet")
+    result = clean_records(records, cfg.data.cleaning.min_chars, cfg.data.cleaning.max_chars)
+    dropped = Counter(d["reason"] for d in result.dropped)
+    with paths.publish("clean_corpus", key) as out:
+        write_rows(out / "records.parquet", result.kept)
+        write_rows(out / "quarantine.parquet", result.dropped)
+        write_json(
+            out / "summary.json",
+            {"records_in": len(records), "kept": len(result.kept), "dropped": dict(dropped), "pii": dict(result.pii)},
+        )
+    # Accounting: nothing disappears without a reason.
+    assert len(records) == len(result.kept) + len(result.dropped)
+    context.log.info(f"{key}: kept {len(result.kept)}/{len(records)}, dropped {dict(dropped)}, pii {dict(result.pii)}")
+    return dg.MaterializeResult(
+        data_version=folder_version(out),
+        metadata={
+            "records_in": len(records),
+            "kept": len(result.kept),
+            "dropped": counts_table(dict(dropped)),
+            "pii_redacted": counts_table(dict(result.pii), key="type"),
+            "sample": md_table(
+                [{"id": r["id"], "response": r["messages"][-1]["content"]} for r in result.kept], ["id", "response"]
+            ),
+        },
+    )

@@ -1,0 +1,96 @@
+"""`deduplicated_corpus`: all clean partitions joined, deduplicated, split, decontaminated."""
+
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+
+from assets.metadata import counts_table, folder_version, md_table
+from assets.partitions import landing_files
+from assets.corpus import clean_corpus
+from resources.settings import TunegraphSettings
+from stages.cleaning import clean_records
+from stages.decontamination import decontaminate
+from stages.dedup import exact_dedup
+from stages.readers import read_file
+from stages.split import split_records
+from stages.tables import read_rows, write_json, write_rows
+
+
+@dg.asset(
+    group_name="data",
+    deps=[clean_corpus],
+    code_version="dedup-1",
+    kinds={"parquet"},
+    description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",
+)
+def deduplicated_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    keys = sorted(context.instance.get_dynamic_partitions(landing_files.name))
+    if not keys:
+        raise dg.Failure(f"no landing files registered: put files in {paths.landing} and run `tunegraph run`")
+    records = [r for key in keys for r in read_rows(paths.latest("clean_corpus", key) / "records.parquet")]
+    kept, duplicates = exact_dedup(records)
+    train, held_out = split_records(kept, cfg.data.eval_fraction, cfg.data.seed)
+    eval_sets = {"held_out": held_out, **_eval_files(cfg.data.eval_files, settings)}
+    all_eval = [r for rows in eval_sets.values() for r in rows]
+    contaminated = []
+    if cfg.data.decontamination.enabled:
+        train, contaminated = decontaminate(train, all_eval, cfg.data.decontamination.ngram)
+    capped = 0
+    if cfg.data.max_train_examples is not None:
+        capped = max(0, len(train) - cfg.data.max_train_examples)
+        train = train[: cfg.data.max_train_examples]
+    with paths.publish("deduplicated_corpus") as out:
+        write_rows(out / "train.parquet", train)
+        (out / "eval").mkdir()
+        for name, rows in eval_sets.items():
+            write_rows(out / "eval" / f"{name}.parquet", rows)
+        write_rows(out / "duplicates.parquet", duplicates)
+        write_rows(out / "contaminated.parquet", contaminated)
+        write_json(
+            out / "summary.json",
+            {
+                "partitions": keys,
+                "records_in": len(records),
+                "duplicates": len(duplicates),
+                "contaminated": len(contaminated),
+                "capped": capped,
+                "train_examples": len(train),
+                "eval_examples": {name: len(rows) for name, rows in eval_sets.items()},
+            },
+        )
+    context.log.info(
+        f"{len(records)} records from {len(keys)} files: {len(duplicates)} duplicates, "
+        f"{len(contaminated)} contaminated, {len(train)} train, {len(held_out)} held out"
+    )
+    return dg.MaterializeResult(
+        data_version=folder_version(out),
+        metadata={
+            "partitions": len(keys),
+            "records_in": len(records),
+            "duplicates": len(duplicates),
+            "contaminated": len(contaminated),
+            "train_examples": len(train),
+            "eval_examples": counts_table({n: len(r) for n, r in eval_sets.items()}, key="eval set"),
+            "duplicate_examples": md_table(
+                [{"id": d["id"], "duplicate_of": d["duplicate_of"]} for d in duplicates], ["id", "duplicate_of"]
+            ),
+            "sources": counts_table(dict(Counter(r["source_file"] for r in train)), key="landing file"),
+        },
+    )
+
+
+def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list[dict]]:
+    """User eval sets (data.eval_files), read and cleaned like the corpus; paths relative to the config."""
+    cfg = settings.config()
+    base = Path(settings.config_path).parent
+    sets = {}
+    for name in files:
+        path = (base / name).resolve()
+        if not path.is_file():
+            raise dg.Failure(f"data.eval_files: {path} not found; fix the path in {settings.config_path}")
+        read = read_file(path, path.name, "auto", cfg.corpus.fields)
+        cleaned = clean_records(read.records, cfg.data.cleaning.min_chars, cfg.data.cleaning.max_chars)
+        sets[path.stem] = [{**r, "id": f"eval:{path.name}:{r['id']}"} for r in cleaned.kept]
+    return sets

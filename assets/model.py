@@ -1,0 +1,146 @@
+"""`base_model` (the pretrained model, saved once as safetensors) and `fine_tuned_model` (the MLflow-tracked fine-tune)."""
+
+import platform
+import time
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import torch
+from mlflow.entities import Metric, Param, RunTag
+
+from assets.metadata import folder_version, png
+from resources.settings import TunegraphSettings
+from resources.tracking import MlflowTracking
+from resources.training import TrainingLauncher
+from stages import plots
+from stages.model_source import load_saved, save_base_model
+from stages.tables import read_json, write_json
+
+
+@dg.asset(
+    group_name="model",
+    code_version="base-1",
+    kinds={"pytorch"},
+    description="The pretrained model + tokenizer + chat template, stored as safetensors (model.base).",
+)
+def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    context.log.info(f"resolving model.base = {cfg.model.base}")
+    with paths.publish("base_model", keep=2) as out:
+        facts = save_base_model(cfg.model.base, out / "model")
+        write_json(out / "summary.json", facts)
+    return dg.MaterializeResult(
+        data_version=folder_version(out),
+        metadata={
+            "source": facts["source"],
+            "architecture": facts["architecture"],
+            "parameters": facts["parameters"],
+            "vocab_size": facts["vocab_size"],
+            "eos_token": facts["eos_token"],
+            "chat_template_defaulted": facts["chat_template_defaulted"],
+            "chat_template": dg.MetadataValue.md(f"```jinja\n{facts['chat_template']}\n```"),
+        },
+    )
+
+
+# Listed explicitly: MLflow's inferred requirements import torchvision, which is not installed.
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "transformers>=5", "safetensors", "accelerate"]
+
+
+@dg.asset(
+    group_name="model",
+    deps=["tokenized_dataset", base_model],
+    code_version="finetune-1",
+    pool="gpu",
+    kinds={"pytorch", "mlflow"},
+    description="LoRA (merged) or full fine-tune in its own process; one MLflow run; a registered model version.",
+)
+def fine_tuned_model(
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    mlflow_tracking: MlflowTracking,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    client = mlflow_tracking.client()
+    experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
+    upstream = {a: paths.latest(a).name for a in ("tokenized_dataset", "base_model", "augmented_corpus")}
+    tags = {
+        "dagster.run_id": context.run_id,
+        "tunegraph.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",
+        "tunegraph.config_hash": cfg.section_hash("corpus", "data", "model", "training"),
+        "tunegraph.base_model": cfg.model.base,
+        **{f"tunegraph.data_version.{a}": v for a, v in upstream.items()},
+    }
+    run = client.create_run(experiment_id, run_name=f"fine-tune {context.run_id[:8]}", tags=tags)
+    run_id = run.info.run_id
+    context.log.info(f"MLflow run {run_id}")
+    try:
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(v)[:6000]) for k, v in cfg.flat().items()],
+            tags=[RunTag("host", platform.node())],
+        )
+        with paths.publish("fine_tuned_model", keep=3) as out:
+            spec = {
+                "init_model_dir": str(paths.latest("base_model") / "model"),
+                "train_path": str(paths.latest("tokenized_dataset") / "train_blocks.parquet"),
+                "output_dir": str(out),
+                "training": cfg.training.model_dump(mode="json"),
+                "mlflow": {"tracking_uri": mlflow_tracking.uri(), "run_id": run_id},
+            }
+            write_json(out / "spec.json", spec)
+            launcher.launch(context, str(out / "spec.json"), use_gpu=torch.cuda.is_available())
+            summary = read_json(out / "train_summary.json")
+            history = summary["history"]
+            plots.curve([h["step"] for h in history], [h["loss"] for h in history], out / "loss.png",
+                        "training loss", "loss")  # fmt: skip
+            client.log_artifact(run_id, str(out / "loss.png"))
+            client.log_batch(run_id, metrics=_final_metrics(summary))
+            version = _log_and_register(mlflow_tracking, run_id, out, cfg.tracking.registered_model)
+            final_dir = paths.published(out)
+            for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
+                client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
+            registry = {"mlflow_run_id": run_id, "model_name": cfg.tracking.registered_model, "version": version}
+            write_json(out / "mlflow.json", registry)
+            loss_png = png(out / "loss.png", "training loss")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # never leave a crashed fine-tune RUNNING
+        raise
+    return dg.MaterializeResult(
+        data_version=folder_version(out),
+        metadata={
+            "steps": summary["steps"],
+            "train_loss": round(summary["train_loss"], 4),
+            "effective_tokens_per_s": round(summary["effective_tokens_per_s"], 1),
+            "wall_s": round(summary["wall_s"], 1),
+            "device": summary["device"],
+            "mlflow_run_id": run_id,
+            "mlflow_run": dg.MetadataValue.url(mlflow_tracking.ui_url(run_id, experiment_id)),
+            "registered_model": f"{cfg.tracking.registered_model} v{version}",
+            "loss_curve": loss_png,
+        },
+    )
+
+
+def _final_metrics(summary: dict) -> list[Metric]:
+    now = int(time.time() * 1000)
+    keys = ("train_loss", "mean_train_loss", "label_tokens", "wall_s", "effective_tokens_per_s", "tracking_s")
+    return [Metric(f"final_{k}", float(summary[k]), now, summary["steps"]) for k in keys]
+
+
+def _log_and_register(tracking: MlflowTracking, run_id: str, out: Path, registered_model: str) -> str:
+    """Log the merged model with its tokenizer and chat template; register it; return the version."""
+    tracking.activate()
+    model, tokenizer = load_saved(out / "model")
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-generation",
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=registered_model,
+        )
+    return str(info.registered_model_version)

@@ -1,0 +1,133 @@
+"""The `tunegraph` command line.
+
+    tunegraph example-data [--if-empty]   write the stdlib-docs example corpus into landing/
+    tunegraph run [--select A,B] [--full] bring the graph up to date (new/changed files, then stale assets)
+    tunegraph report [--json]             the latest state
+    tunegraph ui                          Dagster UI + daemon and MLflow UI on 127.0.0.1
+
+Every command takes --config PATH (default $TUNEGRAPH_CONFIG or configs/default.yaml); state lives
+in $TUNEGRAPH_HOME (default ./data).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from resources.settings import REPO_ROOT, Paths, default_config_path, default_home
+
+
+def configure_environment(home: Path, config: Path) -> None:
+    """Point Dagster at the repository's dagster.yaml and keep its storage under the state folder."""
+    os.environ["TUNEGRAPH_HOME"] = str(home)
+    os.environ["TUNEGRAPH_CONFIG"] = str(config)
+    os.environ["DAGSTER_HOME"] = str(REPO_ROOT)
+    os.environ["TUNEGRAPH_DAGSTER_DIR"] = str(home / "dagster")
+    os.environ["TUNEGRAPH_DAGSTER_LOGS"] = str(home / "dagster" / "logs")
+    (home / "dagster" / "logs").mkdir(parents=True, exist_ok=True)
+
+
+def cmd_example_data(args: argparse.Namespace, paths: Paths) -> int:
+    from stages.example_corpus import stdlib_records, write_shards
+
+    existing = [p for p in paths.landing.rglob("*") if p.is_file()] if paths.landing.is_dir() else []
+    if existing and args.if_empty:
+        print(f"landing folder already has {len(existing)} files; leaving it as it is")
+        return 0
+    records, skipped = stdlib_records()
+    written = write_shards(records, paths.landing, args.shards)
+    print(f"wrote {len(records)} stdlib documentation records to {len(written)} shards in {paths.landing}")
+    if skipped:
+        print(f"modules not importable here (skipped): {', '.join(skipped)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    import dagster as dg
+
+    from pipelines.report import build_report, format_summary
+    from pipelines.runner import PipelineError, Runner
+    from resources.settings import TunegraphSettings
+
+    settings = TunegraphSettings(home=str(paths.home), config_path=str(args.config))
+    settings.config()  # fail on a bad config before anything runs
+    select = [s.strip() for s in args.select.split(",")] if args.select else None
+    with dg.DagsterInstance.get() as instance:
+        try:
+            record = Runner(settings, instance).run(select=select, full=args.full)
+        except PipelineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    print(format_summary(build_report(paths)))
+    for error in record["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"\nDagster UI and MLflow UI: make ui (http://127.0.0.1:3000, http://127.0.0.1:5000); report: tunegraph report --json")
+    return 0 if record["status"] in ("success", "up_to_date") else 1
+
+
+def cmd_report(args: argparse.Namespace, paths: Paths) -> int:
+    from pipelines.report import build_report, format_summary
+
+    report = build_report(paths)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_summary(report))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
+    from resources.tracking import MlflowTracking
+
+    uri = MlflowTracking(home=str(paths.home)).uri()
+    artifacts = (paths.mlflow / "artifacts").as_uri()
+    bin_dir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen([str(bin_dir / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+                          "-h", "127.0.0.1", "-p", str(args.dagster_port)], cwd=REPO_ROOT),
+        subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri,
+                          "--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(args.mlflow_port)]),
+    ]  # fmt: skip
+    print(f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C stops both)")
+    try:
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunegraph", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="pipeline YAML (default configs/default.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("example-data", help="write the example corpus into the landing folder")
+    p.add_argument("--if-empty", action="store_true", help="do nothing if the landing folder has files")
+    p.add_argument("--shards", type=int, default=8)
+    p = sub.add_parser("run", help="materialise what is new or stale")
+    p.add_argument("--select", help="comma-separated asset names to (re)materialise")
+    p.add_argument("--full", action="store_true", help="redo everything")
+    p = sub.add_parser("report", help="print the latest state")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("ui", help="start the Dagster and MLflow UIs on loopback")
+    p.add_argument("--dagster-port", type=int, default=3000)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    for name in ("run", "report", "example-data", "ui"):
+        sub.choices[name].add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    from stages.config import ConfigError
+
+    args.config = (args.config or default_config_path()).resolve()
+    home = default_home()
+    configure_environment(home, args.config)
+    handlers = {"example-data": cmd_example_data, "run": cmd_run, "report": cmd_report, "ui": cmd_ui}
+    try:
+        return handlers[args.command](args, Paths(home))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The Dagster code location: `dagster dev` (or `tunegraph ui`) loads `defs` from here.
+
+Resources read `$TUNEGRAPH_HOME` (state folder, default ./data) and `$TUNEGRAPH_CONFIG` (the
+pipeline YAML, default configs/default.yaml) when the code location loads.
+"""
+
+import dagster as dg
+
+from assets.augment import augmented_corpus, enough_examples, no_eval_contamination, no_residual_pii
+from assets.corpus import clean_corpus, raw_corpus
+from assets.dedup import deduplicated_corpus
+from assets.evaluation import candidate_promoted, model_evaluation
+from assets.model import base_model, fine_tuned_model
+from assets.tokenize import blocks_have_labels, tokenized_dataset
+from resources.settings import TunegraphSettings, default_config_path, default_home
+from resources.tracking import MlflowTracking
+from resources.training import TrainingLauncher
+
+PARTITIONED_ASSETS = [raw_corpus, clean_corpus]
+GLOBAL_ASSETS = [
+    deduplicated_corpus,
+    augmented_corpus,
+    base_model,
+    tokenized_dataset,
+    fine_tuned_model,
+    model_evaluation,
+]
+ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
+ASSET_CHECKS = [no_eval_contamination, enough_examples, no_residual_pii, blocks_have_labels, candidate_promoted]
+
+ingest_job = dg.define_asset_job(
+    "ingest_landing_file",
+    selection=dg.AssetSelection.assets(*PARTITIONED_ASSETS),
+    description="Read and clean one landing file (one partition).",
+)
+train_job = dg.define_asset_job(
+    "train_pipeline",
+    selection=dg.AssetSelection.assets(*GLOBAL_ASSETS),
+    description="Dedup, augment, tokenise, fine-tune and evaluate from the cleaned landing files.",
+)
+
+
+def resources(home: str | None = None, config_path: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    home = home or str(default_home())
+    return {
+        "settings": TunegraphSettings(home=home, config_path=config_path or str(default_config_path())),
+        "mlflow_tracking": MlflowTracking(home=home),
+        "launcher": TrainingLauncher(),
+    }
+
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    jobs=[ingest_job, train_job],
+    resources=resources(),
+)

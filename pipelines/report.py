@@ -1,0 +1,107 @@
+"""`tunegraph report`: the latest state, assembled from the published outputs under $TUNEGRAPH_HOME."""
+
+from collections import Counter
+from typing import Any
+
+from resources.settings import Paths
+from stages.evaluation import VARIANTS
+from stages.tables import read_json
+
+METRICS = ("loss", "perplexity", "rouge_l", "exact_match")
+
+
+def _summary(paths: Paths, asset: str, name: str = "summary.json", partition: str | None = None) -> dict:
+    if not paths.has_latest(asset, partition):
+        return {}
+    path = paths.latest(asset, partition) / name
+    return read_json(path) if path.is_file() else {}
+
+
+def build_report(paths: Paths) -> dict[str, Any]:
+    last = read_json(paths.runs / "last.json") if (paths.runs / "last.json").is_file() else {}
+    dedup = _summary(paths, "deduplicated_corpus")
+    partitions = dedup.get("partitions", [])
+    documents_in, dropped, pii = 0, Counter(), Counter()
+    for key in partitions:
+        raw, clean = _summary(paths, "raw_corpus", partition=key), _summary(paths, "clean_corpus", partition=key)
+        documents_in += raw.get("documents_in", 0)
+        dropped.update(raw.get("quarantined", {}))
+        dropped.update(clean.get("dropped", {}))
+        pii.update(clean.get("pii", {}))
+    if dedup:
+        dropped["duplicate"] += dedup["duplicates"]
+        dropped["contaminated"] += dedup["contaminated"]
+        dropped["over_max_train_examples"] += dedup.get("capped", 0)
+    held_out = dedup.get("eval_examples", {}).get("held_out", 0)
+    augmented = _summary(paths, "augmented_corpus")
+    tokens = _summary(paths, "tokenized_dataset")
+    train = _summary(paths, "fine_tuned_model", "train_summary.json")
+    registry = _summary(paths, "fine_tuned_model", "mlflow.json")
+    evaluation = _summary(paths, "model_evaluation")
+    scores = evaluation.get("evaluation", {})
+    return {
+        "status": last.get("status"),
+        "run_id": last.get("run_id"),
+        "errors": last.get("errors", []),
+        "data": {
+            "documents_in": documents_in if dedup else None,
+            "documents_kept": dedup["train_examples"] + held_out if dedup else None,
+            "dropped": {k: v for k, v in dropped.items() if v},
+            "pii": dict(pii),
+            "duplicates": dedup.get("duplicates"),
+            "contaminated": dedup.get("contaminated"),
+            "train_examples": augmented.get("train_examples"),
+            "eval_examples": sum(dedup.get("eval_examples", {}).values()) if dedup else None,
+            "train_tokens": tokens.get("tokens"),
+            "partitions_total": last.get("partitions_total"),
+            "partitions_processed": last.get("partitions_processed", []),
+        },
+        "training": {
+            "mlflow_run_id": registry.get("mlflow_run_id"),
+            "steps": train.get("steps"),
+            "resumed_from_step": train.get("resumed_from_step"),
+            "train_loss": train.get("train_loss"),
+            "effective_tokens_per_s": train.get("effective_tokens_per_s"),
+            "non_pad_fraction": tokens.get("non_pad_fraction"),
+        },
+        "evaluation": {
+            v: ({m: scores[v].get(m) for m in METRICS} if scores.get(v) else None) for v in VARIANTS
+        },
+        "registry": {
+            "model_name": registry.get("model_name"),
+            "version": registry.get("version"),
+            **{k: evaluation.get("registry", {}).get(k) for k in ("champion_version", "promoted", "reason")},
+        },
+    }
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    d, t, e, r = report["data"], report["training"], report["evaluation"], report["registry"]
+    lines = [
+        f"status: {report['status']}  (dagster run {report['run_id']})",
+        f"data: {d['documents_in']} documents in, {d['documents_kept']} kept; dropped {d['dropped']}; pii {d['pii']}",
+        f"      {d['train_examples']} train examples ({d['train_tokens']} tokens), {d['eval_examples']} eval",
+        f"training: {t['steps']} steps, final loss {_f(t['train_loss'])}, "
+        f"{_f(t['effective_tokens_per_s'], 1)} label tokens/s, MLflow run {t['mlflow_run_id']}",
+        "evaluation (held-out):",
+        f"  {'variant':<20} {'loss':>8} {'perplexity':>11} {'rouge_l':>8} {'exact':>6}",
+    ]
+    for variant, m in e.items():
+        if m:
+            lines.append(
+                f"  {variant:<20} {_f(m['loss']):>8} {_f(m['perplexity'], 2):>11} {_f(m['rouge_l']):>8} "
+                f"{_f(m['exact_match'], 2):>6}"
+            )
+        else:
+            lines.append(f"  {variant:<20} {'-':>8}")
+    lines.append(
+        f"registry: {r['model_name']} v{r['version']}, champion v{r['champion_version']}, "
+        f"promoted={r['promoted']} ({r['reason']})"
+    )
+    for error in report.get("errors") or []:
+        lines.append(f"error: {error}")
+    return "\n".join(lines)
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,211 @@
+"""Bring the graph up to date headless, in the same Dagster instance the UI reads.
+
+1. Landing files become dynamic partitions (new ones added, deleted ones removed).
+2. Partitions whose file content (or code/config) changed are read and cleaned, one run each.
+3. Global assets run when their fingerprint changed: a hash of their code version, the config
+   sections they read, and the fingerprints of their upstream assets (a Merkle chain rooted at
+   the landing files' content hashes). `--full` runs everything.
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from assets.metadata import file_hash
+from assets.partitions import landing_files
+from pipelines import definitions
+from resources.settings import Paths, TunegraphSettings
+from stages.readers import FORMATS_BY_SUFFIX
+from stages.tables import read_json, write_json
+
+# The config sections each asset reads; a change to one of them makes the asset stale.
+CONFIG_SECTIONS = {
+    "raw_corpus": ("corpus",),
+    "clean_corpus": ("corpus", "data.cleaning"),
+    "deduplicated_corpus": ("data",),
+    "augmented_corpus": ("data",),
+    "base_model": ("model",),
+    "tokenized_dataset": ("data", "model"),
+    "fine_tuned_model": ("training", "tracking"),
+    "model_evaluation": ("evaluation", "tracking"),
+}
+
+
+class PipelineError(RuntimeError):
+    """The run cannot proceed; the message says what to do."""
+
+
+def landing_keys(paths: Paths, configured_format: str) -> list[str]:
+    """Partition keys for the landing folder: relative POSIX paths of visible files."""
+    if not paths.landing.is_dir():
+        return []
+    files = sorted(p for p in paths.landing.rglob("*") if p.is_file() and not _hidden(p, paths.landing))
+    return [p.relative_to(paths.landing).as_posix() for p in files if configured_format != "auto" or p.suffix]
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _sha(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: TunegraphSettings,
+        instance: dg.DagsterInstance,
+        log: Callable[[str], None] = print,
+    ):
+        self.settings, self.instance, self.log = settings, instance, log
+        self.paths = settings.paths()
+        self.config = settings.config()
+        self.resources = definitions.resources(settings.home, settings.config_path)
+        self.resources["settings"] = settings
+        self.state_file = self.paths.runs / "fingerprints.json"
+
+    def _config_hash(self, asset: str) -> str:
+        dump = self.config.model_dump(mode="json")
+        picked = {}
+        for section in CONFIG_SECTIONS[asset]:
+            value: Any = dump
+            for part in section.split("."):
+                value = value[part]
+            picked[section] = value
+        return _sha(picked)
+
+    def _code_version(self, asset: str) -> str:
+        node = next(a for a in definitions.ASSETS if a.key.to_user_string() == asset)
+        return node.code_versions_by_key[node.key] or ""
+
+    def sync_partitions(self) -> list[str]:
+        keys = landing_keys(self.paths, self.config.corpus.format)
+        if not keys:
+            raise PipelineError(
+                f"no landing files in {self.paths.landing}: run `tunegraph example-data` "
+                f"or copy {', '.join(sorted(FORMATS_BY_SUFFIX))} files there"
+            )
+        known = set(self.instance.get_dynamic_partitions(landing_files.name))
+        new = [k for k in keys if k not in known]
+        gone = sorted(known - set(keys))
+        if new:
+            self.instance.add_dynamic_partitions(landing_files.name, new)
+        for key in gone:
+            self.instance.delete_dynamic_partition(landing_files.name, key)
+            self.log(f"landing file removed: {key} (its records leave the training set)")
+        return keys
+
+    def partition_fingerprint(self, key: str) -> str:
+        return _sha(
+            file_hash(self.paths.landing / key),
+            [self._code_version(a) + self._config_hash(a) for a in ("raw_corpus", "clean_corpus")],
+        )
+
+    def run(self, select: list[str] | None = None, full: bool = False) -> dict[str, Any]:
+        started = time.time()
+        keys = self.sync_partitions()
+        state = read_json(self.state_file) if self.state_file.is_file() else {}
+        done_parts: dict[str, str] = state.get("partitions", {})
+        done_assets: dict[str, str] = state.get("assets", {})
+        everything = full or select is not None
+        record: dict[str, Any] = {"status": "running", "started": started, "partitions_total": len(keys)}
+
+        part_fp = {k: self.partition_fingerprint(k) for k in keys}
+        todo = [k for k in keys if everything or done_parts.get(k) != part_fp[k]
+                or not self.paths.has_latest("clean_corpus", k)]  # fmt: skip
+        if select is not None and not {"raw_corpus", "clean_corpus"} & set(select):
+            todo = []
+        failures, run_ids = [], []
+        for key in todo:
+            self.log(f"reading and cleaning {key}")
+            result = dg.materialize(
+                definitions.PARTITIONED_ASSETS,
+                instance=self.instance,
+                resources=self.resources,
+                partition_key=key,
+                raise_on_error=False,
+                tags={"tunegraph/source": "cli"},
+            )
+            run_ids.append(result.run_id)
+            if result.success:
+                done_parts[key] = part_fp[key]
+            else:
+                failures.append(f"{key}: {_first_error(result)}")
+        state = {"partitions": {k: done_parts[k] for k in keys if k in done_parts}, "assets": done_assets}
+        write_json(self._ensure(self.state_file), state)
+        record["partitions_processed"] = todo
+        if failures:
+            return self._finish(record, "failed", run_ids, errors=failures)
+
+        # Global assets in dependency order; each fingerprint chains its upstream fingerprints.
+        graph = definitions.defs.resolve_asset_graph()
+        fingerprints: dict[str, str] = {"clean_corpus": _sha(sorted(part_fp.items()))}
+        stale = []
+        for node in definitions.GLOBAL_ASSETS:
+            name = node.key.to_user_string()
+            parents = sorted(p.to_user_string() for p in graph.get(node.key).parent_keys)
+            fingerprints[name] = _sha(
+                self._code_version(name), self._config_hash(name), [fingerprints[p] for p in parents]
+            )
+            upstream_stale = any(p in stale for p in parents)
+            if (everything and (select is None or name in select)) or upstream_stale \
+                    or done_assets.get(name) != fingerprints[name] or not self.paths.has_latest(name):  # fmt: skip
+                stale.append(name)
+        if select is not None:
+            stale = [s for s in stale if s in select]
+        if not stale:
+            self.log("everything is up to date")
+            return self._finish(record, "up_to_date", run_ids)
+        self.log(f"materialising {', '.join(stale)}")
+        result = dg.materialize(
+            [*definitions.ASSETS, *definitions.ASSET_CHECKS],
+            selection=dg.AssetSelection.assets(*stale),
+            instance=self.instance,
+            resources=self.resources,
+            raise_on_error=False,
+            tags={"tunegraph/source": "cli"},
+        )
+        run_ids.append(result.run_id)
+        done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+                if e.asset_key is not None}  # fmt: skip
+        for name in done:
+            done_assets[name] = fingerprints[name]
+        write_json(self.state_file, {**state, "assets": done_assets})
+        if not result.success or set(stale) - done:
+            missing = ", ".join(sorted(set(stale) - done)) or "none"
+            return self._finish(record, "failed", run_ids, errors=[f"{_first_error(result)} (not materialised: {missing})"])
+        return self._finish(record, "success", run_ids)
+
+    def _finish(self, record: dict[str, Any], status: str, run_ids: list[str], errors: list[str] | None = None) -> dict:
+        record.update(
+            status=status,
+            run_id=run_ids[-1] if run_ids else None,
+            dagster_run_ids=run_ids,
+            errors=errors or [],
+            wall_s=round(time.time() - record["started"], 1),
+        )
+        write_json(self._ensure(self.paths.runs / "last.json"), record)
+        return record
+
+    @staticmethod
+    def _ensure(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _first_error(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            # The user's error, not Dagster's wrapper around it.
+            while error.cause is not None and "dagster" in error.cls_name.lower():
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+    failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    return f"blocking checks failed: {', '.join(failed)}" if failed else "the run did not succeed"

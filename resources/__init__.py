@@ -1,0 +1,1 @@
+"""Dagster resources: where things live (settings), which services are used (MLflow, training launcher)."""

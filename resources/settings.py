@@ -1,0 +1,105 @@
+"""Settings: the state folder, the pipeline YAML, and every path under the state folder.
+
+All runtime state lives under `$TUNEGRAPH_HOME` (default `./data`). Asset outputs are written to
+a fresh version folder and published atomically by renaming it and updating a `LATEST` pointer,
+so a crashed materialisation never leaves a half-written output where readers look.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from stages.config import PipelineConfig, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("TUNEGRAPH_HOME", "data")).expanduser().resolve()
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("TUNEGRAPH_CONFIG", DEFAULT_CONFIG)).expanduser().resolve()
+
+
+class Paths:
+    """The one place that knows the layout of the state folder."""
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    def asset_root(self, asset: str, partition: str | None = None) -> Path:
+        root = self.home / "assets" / asset
+        return root / "partitions" / partition if partition else root
+
+    def latest(self, asset: str, partition: str | None = None) -> Path:
+        """The published output folder of an asset (partition); a clear error if there is none."""
+        pointer = self.asset_root(asset, partition) / "LATEST"
+        if not pointer.is_file():
+            what = f"{asset}[{partition}]" if partition else asset
+            raise FileNotFoundError(f"{what} has not been materialised yet: run `tunegraph run` first")
+        return pointer.parent / pointer.read_text().strip()
+
+    def has_latest(self, asset: str, partition: str | None = None) -> bool:
+        return (self.asset_root(asset, partition) / "LATEST").is_file()
+
+    @staticmethod
+    def published(tmp: Path) -> Path:
+        """Where a folder yielded by `publish` lives once published."""
+        return tmp.parent / tmp.name.removeprefix(".tmp-")
+
+    @contextmanager
+    def publish(self, asset: str, partition: str | None = None, keep: int = 3) -> Iterator[Path]:
+        """Yield a temporary folder; on success rename it into place and point LATEST at it."""
+        root = self.asset_root(asset, partition)
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"v-{uuid.uuid4().hex[:12]}"
+        tmp = root / f".tmp-{name}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        tmp.rename(root / name)
+        (root / ".LATEST.tmp").write_text(name)
+        (root / ".LATEST.tmp").replace(root / "LATEST")
+        self._prune(root, keep)
+
+    @staticmethod
+    def _prune(root: Path, keep: int) -> None:
+        versions = sorted((p for p in root.glob("v-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for old in versions[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class TunegraphSettings(dg.ConfigurableResource):
+    """Where state lives and which pipeline YAML declares this pipeline."""
+
+    home: str = Field(description="State folder ($TUNEGRAPH_HOME): landing files, outputs, MLflow, Dagster.")
+    config_path: str = Field(description="The pipeline YAML (configs/default.yaml unless overridden).")
+
+    def config(self) -> PipelineConfig:
+        return load_config(self.config_path)
+
+    def paths(self) -> Paths:
+        return Paths(Path(self.home))

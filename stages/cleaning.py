@@ -1,0 +1,81 @@
+"""Normalise, redact and filter canonical records; every dropped record keeps its reason.
+
+Order: Unicode repair (ftfy) -> markup stripped -> whitespace normalised and hard wraps joined
+-> PII redacted -> filter rules. Accounting: len(records) == len(kept) + len(dropped).
+"""
+
+import html
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import ftfy
+
+from stages import pii
+
+_TAG = re.compile(r"</?(?:[a-zA-Z][a-zA-Z0-9]*)(?:\s[^<>]*)?/?>")
+_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+# A line starting like this is structure (a list, a table, code, a doctest), not a wrapped sentence.
+_STRUCTURE = re.compile(r"^(\s|[-*+•>|]|\d+[.)]\s|>>>|\.\.\.|[A-Za-z_][\w.]*\(.*\)\s*(->.*)?$)")
+
+
+@dataclass
+class CleanResult:
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    pii: Counter[str] = field(default_factory=Counter)
+
+
+def unwrap(text: str) -> str:
+    """Join hard-wrapped lines into paragraphs; keep blank lines, lists, indented code, doctests."""
+    paragraphs = re.split(r"\n\s*\n", text)
+    out = []
+    for para in paragraphs:
+        lines = para.split("\n")
+        joined: list[str] = []
+        for line in lines:
+            if joined and not _STRUCTURE.match(line) and not _STRUCTURE.match(joined[-1]) and line.strip():
+                joined[-1] = joined[-1].rstrip() + " " + line.strip()
+            else:
+                joined.append(line.rstrip())
+        out.append("\n".join(joined))
+    return "\n\n".join(p for p in out if p.strip())
+
+
+def normalise(text: str) -> str:
+    text = ftfy.fix_text(text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = html.unescape(_TAG.sub("", text))
+    text = "\n".join(_SPACES.sub(" ", line).rstrip() for line in text.split("\n"))
+    return unwrap(text).strip()
+
+
+def clean_records(records: list[dict[str, Any]], min_chars: int, max_chars: int) -> CleanResult:
+    result = CleanResult()
+    for record in records:
+        messages = [
+            {"role": m["role"], "content": pii.redact(normalise(m["content"]), result.pii)}
+            for m in record["messages"]
+        ]
+        response = messages[-1]["content"]
+        reason = _filter_reason(messages, response, min_chars, max_chars)
+        cleaned = {**record, "messages": messages}
+        if reason is None:
+            result.kept.append(cleaned)
+        else:
+            result.dropped.append({**_provenance(cleaned), "reason": reason, "raw": response[:500]})
+    return result
+
+
+def _filter_reason(messages: list[dict[str, str]], response: str, min_chars: int, max_chars: int) -> str | None:
+    if not response or any(not m["content"] for m in messages if m["role"] == "user"):
+        return "empty"
+    if len(response) < min_chars:
+        return "too_short"
+    if len(response) > max_chars:
+        return "too_long"
+    return None
+
+
+def _provenance(record: dict[str, Any]) -> dict[str, Any]:
+    return {"source_file": record["source_file"], "source_line": record["source_line"], "detail": record["id"]}

@@ -1,0 +1,180 @@
+"""The pipeline declaration: one YAML file, validated here with clear one-line errors.
+
+`load_config("configs/default.yaml")` returns a `PipelineConfig`; every field says why it exists.
+The schema is Dagster-free so that the training process can read it too.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+BUNDLED_MODELS = ("smollm2-135m-instruct", "tiny-random")
+
+
+class ConfigError(ValueError):
+    """A pipeline YAML that cannot be used; the message says which key and how to fix it."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intent: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusConfig(_Section):
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = Field(
+        "auto", description="File format of landing files; 'auto' picks it from the extension."
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field -> field name in your files, e.g. {instruction: question, output: answer}.",
+    )
+
+
+class CleaningConfig(_Section):
+    min_chars: int = Field(8, ge=0, description="Records whose response is shorter are dropped (too_short).")
+    max_chars: int = Field(4000, ge=1, description="Records whose response is longer are dropped (too_long).")
+
+
+class DecontaminationConfig(_Section):
+    enabled: bool = Field(True, description="Remove train records sharing an n-gram with any eval record.")
+    ngram: int = Field(13, ge=3, description="n-gram length in words; 13 follows GPT-3's decontamination.")
+
+
+class AugmentationConfig(_Section):
+    enabled: bool = Field(True, description="Add instruction paraphrases of train records.")
+    max_share: float = Field(
+        0.3, ge=0.0, lt=1.0, description="Cap on the augmented share of the final training set."
+    )
+
+
+class DataConfig(_Section):
+    eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="Held-out share, by stable hash of id.")
+    eval_files: list[str] = Field(
+        default_factory=list, description="Extra eval sets (paths); evaluated, never trained on."
+    )
+    seed: int = Field(0, description="Seed of the split hash and of augmentation.")
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Keep only the first N train records (by stable hash); None keeps all."
+    )
+    block_size: int = Field(512, ge=16, description="Tokens per packed training block.")
+    cleaning: CleaningConfig = CleaningConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+class ModelConfig(_Section):
+    base: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="bundled:<name>, a Hugging Face model id, or a local directory.",
+    )
+
+    @field_validator("base")
+    @classmethod
+    def _known_bundle(cls, value: str) -> str:
+        if value.startswith("bundled:") and value.removeprefix("bundled:") not in BUNDLED_MODELS:
+            names = ", ".join(f"bundled:{n}" for n in BUNDLED_MODELS)
+            raise ValueError(f"unknown bundled model; use one of {names}, a model id or a local directory")
+        return value
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator; alpha/r = 2 is the common choice.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="peft target modules.")
+
+
+class TrainingConfig(_Section):
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters (merged on save) or all weights.")
+    learning_rate: float = Field(2e-4, ge=0.0)
+    max_steps: int = Field(40, ge=1, description="Optimizer steps; sized so `make demo` fits its budget.")
+    batch_size: int = Field(4, ge=1, description="Packed blocks per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(2, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps.")
+    seed: int = 0
+    warm_start_from: str | None = Field(
+        None, description="Registered model version or alias to continue from (explicit, recorded)."
+    )
+    lora: LoraSettings = LoraSettings()
+
+
+class EvaluationConfig(_Section):
+    max_examples: int = Field(32, ge=1, description="Held-out examples scored (generation is the slow part).")
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(8, ge=1, description="Generation batch; bounded to keep memory flat.")
+    system_prompt: str = Field(
+        "You are an expert Python developer. Answer with the concise reference documentation of the "
+        "Python object you are asked about, in the style of its docstring.",
+        description="Used by the base_system_prompt baseline.",
+    )
+    few_shot_k: int = Field(2, ge=0, description="Train examples shown to the base_few_shot baseline.")
+    primary_metric: Literal["perplexity", "rouge_l"] = "perplexity"
+    promotion_margin: float = Field(
+        0.0, ge=0.0, description="Relative improvement over champion (and base) needed to promote."
+    )
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("tunegraph", description="MLflow experiment name.")
+    registered_model: str = Field("tunegraph-model", description="MLflow registered model name.")
+
+
+class PipelineConfig(_Section):
+    name: str = "tunegraph"
+    corpus: CorpusConfig = CorpusConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, as logged to MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+    def section_hash(self, *sections: str) -> str:
+        """A short, stable hash of some sections (for cache keys and version tags)."""
+        dump = self.model_dump(mode="json")
+        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            problems.append(f"{loc}: {e['msg']}{got}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass --config PATH or set TUNEGRAPH_CONFIG")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (corpus, data, model, ...)")
+    return parse_config(raw, str(path))

@@ -1,0 +1,42 @@
+"""n-gram decontamination of train against every eval set (13 words by default, as GPT-3 did).
+
+A train record that shares any word n-gram with an eval record is removed and counted: it would
+let the model see the answer it is later scored on.
+"""
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+_WORD = re.compile(r"\w+")
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def record_text(record: dict[str, Any]) -> str:
+    return "\n".join(m["content"] for m in record["messages"])
+
+
+def eval_ngrams(eval_records: Iterable[dict[str, Any]], n: int) -> set[tuple[str, ...]]:
+    grams: set[tuple[str, ...]] = set()
+    for record in eval_records:
+        grams |= ngrams(record_text(record), n)
+    return grams
+
+
+def decontaminate(
+    train: list[dict[str, Any]], eval_records: list[dict[str, Any]], n: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(clean train, contaminated train records, each with the first shared n-gram)."""
+    grams = eval_ngrams(eval_records, n)
+    clean, contaminated = [], []
+    for record in train:
+        shared = ngrams(record_text(record), n) & grams
+        if shared:
+            contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
+        else:
+            clean.append(record)
+    return clean, contaminated

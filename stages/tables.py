@@ -1,0 +1,26 @@
+"""Parquet and JSON helpers for the files stages exchange (records keep nested messages)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as Parquet; an empty list still writes a readable (column-less) file."""
+    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    pq.write_table(table, path)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

@@ -1,0 +1,204 @@
+"""The fine-tune, as a process of its own: `python -m stages.train SPEC.json`.
+
+Launched by the `fine_tuned_model` asset through Dagster Pipes (logs and the final metadata
+stream back to the asset); it also runs by hand with the same spec file. The spec names the
+base model folder, the packed training blocks, the output folder, the training config and the
+MLflow run to log metrics to. LoRA adapters are merged before saving, so the output folder is a
+plain model with the tokenizer and chat template, loadable by anything that reads transformers.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+from datasets import Dataset
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from stages.chat import IGNORE_INDEX
+from stages.config import TrainingConfig
+
+
+class PackedCollator:
+    """Stack packed blocks, padding the tail of short blocks as a separate masked sequence.
+
+    No attention_mask on purpose: transformers derives the per-example causal mask from
+    position_ids only when the mask is None (and the KV cache is off).
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.label_tokens = 0  # read by the telemetry callback for effective tokens/s
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, positions = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+            positions.append(list(f["position_ids"]) + list(range(pad)))
+        batch = {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
+        }
+        self.label_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return batch
+
+
+class Telemetry(TrainerCallback):
+    """Loss, learning rate, grad norm and effective tokens/s to MLflow, in batches.
+
+    Metrics are buffered and flushed every `flush_every` logging steps and at the end, so
+    tracking costs a few SQLite writes per run instead of one per metric.
+    """
+
+    def __init__(self, client: MlflowClient | None, run_id: str | None, collator: PackedCollator, log: Any):
+        self.client, self.run_id, self.collator, self.log = client, run_id, collator, log
+        self.buffer: list[Metric] = []
+        self.history: list[dict[str, float]] = []
+        self.flush_every = 10
+        self.start = time.perf_counter()
+        self.tracking_s = 0.0
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        if not logs or "loss" not in logs:
+            return
+        elapsed = time.perf_counter() - self.start
+        row = {
+            "step": state.global_step,
+            "loss": float(logs["loss"]),
+            "learning_rate": float(logs.get("learning_rate", 0.0)),
+            "grad_norm": float(logs.get("grad_norm", float("nan"))),
+            "effective_tokens_per_s": self.collator.label_tokens / max(elapsed, 1e-9),
+        }
+        self.history.append(row)
+        self.log(f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} tok/s {row['effective_tokens_per_s']:.0f}")
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
+        if len(self.history) % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.client is None or not self.buffer:
+            self.buffer = []
+            return
+        t = time.perf_counter()
+        # MLflow accepts at most 1000 metrics per log_batch call.
+        for i in range(0, len(self.buffer), 1000):
+            self.client.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
+        self.buffer = []
+        self.tracking_s += time.perf_counter() - t
+
+
+def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
+    cfg = TrainingConfig.model_validate(spec["training"])
+    out_dir = Path(spec["output_dir"])
+    set_seed(cfg.seed)
+    use_cuda = torch.cuda.is_available()
+    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+
+    source = Path(spec["init_model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model.config.use_cache = False  # with a KV cache, packed examples would attend to each other
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"training {cfg.method} on {'cuda' if use_cuda else 'cpu'}: {trainable:,} trainable parameters")
+
+    dataset = Dataset.from_parquet(spec["train_path"])
+    collator = PackedCollator(tokenizer.pad_token_id)
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        bf16=bf16,
+        use_cpu=not use_cuda,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    mlflow_spec = spec.get("mlflow") or {}
+    client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec else None
+    telemetry = Telemetry(client, mlflow_spec.get("run_id"), collator, log)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[telemetry])
+    started = time.perf_counter()
+    result = trainer.train()
+    wall_s = time.perf_counter() - started
+    telemetry.flush()
+
+    if cfg.method == "lora":
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    model_dir = out_dir / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    summary = {
+        "steps": int(result.global_step),
+        "resumed_from_step": None,
+        "train_loss": telemetry.history[-1]["loss"] if telemetry.history else float(result.training_loss),
+        "mean_train_loss": float(result.training_loss),
+        "label_tokens": collator.label_tokens,
+        "wall_s": wall_s,
+        "effective_tokens_per_s": collator.label_tokens / wall_s,
+        "tracking_s": telemetry.tracking_s,
+        "trainable_parameters": trainable,
+        "device": "cuda" if use_cuda else "cpu",
+        "history": telemetry.history,
+        "model_dir": str(model_dir),
+    }
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m stages.train SPEC.json")
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    torch.set_num_threads(int(os.environ.get("TUNEGRAPH_TORCH_THREADS", torch.get_num_threads())))
+    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:  # run by hand, not through Dagster Pipes
+        train(spec)
+        return
+    with open_dagster_pipes() as pipes:
+        summary = train(spec, log=pipes.log.info)
+        pipes.report_asset_materialization(
+            metadata={k: v for k, v in summary.items() if k not in ("history", "resumed_from_step")}
+        )
+
+
+if __name__ == "__main__":
+    main()
