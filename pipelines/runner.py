@@ -8,6 +8,7 @@
 """
 
 import hashlib
+import re
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +35,10 @@ CONFIG_SECTIONS = {
     "fine_tuned_model": ("training", "tracking"),
     "model_evaluation": ("evaluation", "tracking"),
 }
+
+
+# Step progress and our own log lines, without Dagster's per-event DEBUG chatter.
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 class PipelineError(RuntimeError):
@@ -130,13 +135,14 @@ class Runner:
                 resources=self.resources,
                 partition_key=key,
                 raise_on_error=False,
+                run_config=RUN_CONFIG,
                 tags={"tunegraph/source": "cli"},
             )
             run_ids.append(result.run_id)
             if result.success:
                 done_parts[key] = part_fp[key]
             else:
-                failures.append(f"{key}: {_first_error(result)}")
+                failures.append(_first_error(result))
         state = {"partitions": {k: done_parts[k] for k in keys if k in done_parts}, "assets": done_assets}
         write_json(self._ensure(self.state_file), state)
         record["partitions_processed"] = todo
@@ -169,6 +175,7 @@ class Runner:
             instance=self.instance,
             resources=self.resources,
             raise_on_error=False,
+            run_config=RUN_CONFIG,
             tags={"tunegraph/source": "cli"},
         )
         run_ids.append(result.run_id)
@@ -206,6 +213,8 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
             # The user's error, not Dagster's wrapper around it.
             while error.cause is not None and "dagster" in error.cls_name.lower():
                 error = error.cause
-            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+            first_line = error.message.strip().splitlines()[0]
+            message = re.sub(rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line)  # drop "pkg.SomeError: "
+            return f"{event.step_key}: {message}"
     failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
     return f"blocking checks failed: {', '.join(failed)}" if failed else "the run did not succeed"

@@ -43,10 +43,17 @@ def unwrap(text: str) -> str:
     return "\n\n".join(p for p in out if p.strip())
 
 
+def _squeeze(line: str) -> str:
+    """Collapse runs of spaces inside a line; keep its indentation (code blocks need it)."""
+    body = line.lstrip(" \t")
+    indent = line[: len(line) - len(body)].replace("\t", "    ")
+    return indent + _SPACES.sub(" ", body).rstrip()
+
+
 def normalise(text: str) -> str:
     text = ftfy.fix_text(text.replace("\r\n", "\n").replace("\r", "\n"))
     text = html.unescape(_TAG.sub("", text))
-    text = "\n".join(_SPACES.sub(" ", line).rstrip() for line in text.split("\n"))
+    text = "\n".join(_squeeze(line) for line in text.split("\n"))
     return unwrap(text).strip()
 
 

@@ -1,0 +1,106 @@
+"""The whole graph on configs/tiny.yaml: real Dagster instance, real MLflow on SQLite, real files."""
+
+import json
+
+import mlflow
+import pytest
+
+from conftest import write_config, write_example_shards, write_jsonl
+from pipelines.report import build_report
+from pipelines.runner import PipelineError, Runner
+from resources.settings import TunegraphSettings
+from resources.tracking import MlflowTracking
+
+
+def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
+    shards = write_example_shards(home, shards=4)
+    # A record with PII and one that is broken, in a shard of their own.
+    write_jsonl(home / "landing" / "extra.jsonl", [
+        {"instruction": "Who maintains it?", "output": "Write to Ada.Lovelace@Example.ORG or call (555) 123-4567."},
+    ])  # fmt: skip
+    with (home / "landing" / "extra.jsonl").open("a") as f:
+        f.write('{"instruction": "broken\n')
+
+    record = Runner(settings, instance).run()
+    assert record["status"] == "success", record["errors"]
+    assert sorted(record["partitions_processed"]) == sorted([p.name for p in shards] + ["extra.jsonl"])
+
+    report = build_report(settings.paths())
+    data = report["data"]
+    assert data["documents_in"] == data["documents_kept"] + sum(data["dropped"].values())
+    assert data["dropped"]["invalid_json"] == 1 and data["dropped"]["empty"] > 0
+    assert data["pii"] == {"email": 1, "phone": 1}
+    assert data["train_examples"] > 0 and data["eval_examples"] > 0 and data["train_tokens"] > 0
+    assert report["training"]["steps"] == 6
+    assert 0 < report["training"]["non_pad_fraction"] <= 1
+    for variant in ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned"):
+        assert report["evaluation"][variant]["perplexity"] > 1
+    assert report["evaluation"]["champion"] is None  # no champion before the first promotion
+    assert report["registry"]["version"] == "1"
+
+    # No PII reached the training data.
+    tokens_dir = settings.paths().latest("augmented_corpus")
+    assert "Lovelace" not in (tokens_dir / "train.parquet").read_bytes().decode("latin-1")
+
+    # MLflow: one finished run with the resolved config, the loss curve, eval metrics and a model version.
+    client = MlflowTracking(home=str(home)).client()
+    run = client.get_run(report["training"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["training.max_steps"] == "6"
+    assert run.data.tags["dagster.run_id"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
+    assert "eval_fine_tuned_perplexity" in run.data.metrics
+    version = client.get_model_version("tunegraph-tiny", "1")
+    assert version.tags["tunegraph.data_version.tokenized_dataset"].startswith("v-")
+
+    # Nothing changed: nothing runs.
+    again = Runner(settings, instance).run()
+    assert again["status"] == "up_to_date" and again["partitions_processed"] == []
+
+    # One shard edited: only it is re-read and re-cleaned; the model follows.
+    lines = shards[1].read_text().splitlines()
+    lines[0] = json.dumps({"id": "edited", "instruction": "Explain x.", "output": "A fixed answer for x."})
+    shards[1].write_text("\n".join(lines) + "\n")
+    third = Runner(settings, instance).run()
+    assert third["status"] == "success", third["errors"]
+    assert third["partitions_processed"] == [shards[1].name]
+    assert build_report(settings.paths())["registry"]["version"] == "2"
+
+
+def test_registered_model_loads_back_through_mlflow(home, instance, settings):
+    write_example_shards(home, shards=2)
+    assert Runner(settings, instance).run()["status"] == "success"
+    tracking = MlflowTracking(home=str(home))
+    tracking.activate()
+    components = mlflow.transformers.load_model("models:/tunegraph-tiny@champion", return_type="components")
+    assert components["tokenizer"].chat_template == settings.paths().latest("base_model").joinpath(
+        "model", "chat_template.jinja").read_text()  # fmt: skip
+
+
+def test_empty_landing_folder_is_a_clear_error(home, instance, settings):
+    with pytest.raises(PipelineError, match=r"no landing files in .*landing: run `tunegraph example-data`"):
+        Runner(settings, instance).run()
+
+
+def test_unknown_format_fails_its_partition_only(home, instance, settings):
+    write_example_shards(home, shards=2)
+    (home / "landing" / "notes.docx").write_bytes(b"PK\x03\x04")
+    record = Runner(settings, instance).run()
+    assert record["status"] == "failed"
+    assert record["errors"] == [
+        "raw_corpus: notes.docx: unknown format '.docx'; rename it to one of "
+        ".csv, .json, .jsonl, .md, .ndjson, .parquet, .txt or set corpus.format"
+    ]
+    # The good files were still read and cleaned, and are not redone after the fix.
+    (home / "landing" / "notes.docx").unlink()
+    fixed = Runner(settings, instance).run()
+    assert fixed["status"] == "success" and fixed["partitions_processed"] == []
+
+
+def test_unknown_model_base_is_a_clear_error(home, instance, tmp_path):
+    config = write_config(tmp_path / "bad.yaml", model={"base": "./no/such/model"})
+    settings = TunegraphSettings(home=str(home), config_path=str(config))
+    write_example_shards(home, shards=2)
+    record = Runner(settings, instance).run()
+    assert record["status"] == "failed"
+    assert any("model.base './no/such/model' is not a model directory" in e for e in record["errors"])

@@ -1,0 +1,64 @@
+"""Shared fixtures: a fresh state folder, a real Dagster instance and real MLflow per test."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from pipelines.cli import configure_environment
+from resources.settings import REPO_ROOT, TunegraphSettings
+
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+# A slice of the example corpus: enough records for a split, small enough to run in seconds.
+TEST_MODULES = ["json", "textwrap", "string", "shlex", "fnmatch", "glob", "heapq", "bisect", "colorsys",
+                "base64", "calendar", "csv", "difflib", "fractions", "statistics", "gzip", "zlib", "os.path"]  # fmt: skip
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("TUNEGRAPH_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+@pytest.fixture
+def instance(home: Path, monkeypatch: pytest.MonkeyPatch):
+    """The repository's own dagster.yaml, with its storage under this test's state folder."""
+    configure_environment(home, TINY_CONFIG)
+    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as inst:
+        yield inst
+
+
+def write_config(path: Path, **overrides: dict) -> Path:
+    """configs/tiny.yaml with some sections overridden (deep-merged)."""
+    raw = yaml.safe_load(TINY_CONFIG.read_text())
+    for section, values in overrides.items():
+        raw.setdefault(section, {})
+        if isinstance(values, dict):
+            raw[section] = {**raw[section], **values}
+        else:
+            raw[section] = values
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def settings(home: Path) -> TunegraphSettings:
+    return TunegraphSettings(home=str(home), config_path=str(TINY_CONFIG))
+
+
+def write_example_shards(home: Path, shards: int = 4) -> list[Path]:
+    from stages.example_corpus import stdlib_records, write_shards
+
+    records, _ = stdlib_records(TEST_MODULES)
+    return write_shards(records, home / "landing", shards)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,46 @@
+"""Cleaning and PII redaction: what is changed, what is dropped and why."""
+
+from stages import pii
+from stages.cleaning import clean_records, normalise
+
+
+def _record(response: str, prompt: str = "Explain it.") -> dict:
+    return {"id": "r", "source_file": "f", "source_line": 1, "schema": "instruction",
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}  # fmt: skip
+
+
+def test_normalise_repairs_unicode_strips_markup_and_unwraps():
+    text = "Return the\n<b>square</b> root&amp;more.\n\nSecond   para\r\n- item one\n- item two\n\n    x =  1"
+    assert normalise(text) == "Return the square root&more.\n\nSecond para\n- item one\n- item two\n\n    x = 1"
+    assert normalise("cafÃ©") == "café"  # mojibake repaired by ftfy
+
+
+def test_filters_drop_with_reasons_and_accounting_holds():
+    records = [_record(""), _record("short"), _record("x" * 50), _record("A good answer here.")]
+    result = clean_records(records, min_chars=8, max_chars=40)
+    assert [d["reason"] for d in result.dropped] == ["empty", "too_short", "too_long"]
+    assert len(result.kept) == 1
+    assert len(records) == len(result.kept) + len(result.dropped)
+
+
+def test_pii_is_redacted_with_typed_placeholders():
+    text = (
+        "Mail John.Doe@Example.COM or call +44 20 7946 0958 / (555) 123-4567. "
+        "Server 192.168.1.20 and fe80::1ff:fe23:4567:890a. Card 4111 1111 1111 1111, "
+        "key AKIAIOSFODNN7EXAMPLE, header Authorization: Bearer abcdefghijklmnop1234."
+    )
+    counts = __import__("collections").Counter()
+    out = pii.redact(text, counts)
+    assert "Example.COM" not in out and "4111" not in out and "AKIA" not in out and "192.168" not in out
+    assert counts == {"email": 1, "phone": 2, "ip_address": 2, "card_number": 1, "secret": 2}
+    assert "<EMAIL>" in out and "<CARD_NUMBER>" in out and "<SECRET>" in out
+
+
+def test_pii_leaves_ordinary_numbers_alone():
+    text = "Python 3.11.7 released 2023-12-04; use range(0, 1000) and port 8080. Card-like 1234 5678 9012 3456."
+    assert pii.redact(text) == text  # the 16 digits fail the Luhn check
+
+
+def test_private_key_block_is_one_secret():
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----"
+    assert pii.redact(f"key:\n{key}\ndone") == "key:\n<SECRET>\ndone"

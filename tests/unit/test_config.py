@@ -1,0 +1,32 @@
+"""Every shipped config validates; a bad value gets one line that names the key."""
+
+import pytest
+
+from resources.settings import REPO_ROOT
+from stages.config import ConfigError, load_config, parse_config
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.training.max_steps >= 1 and cfg.model.base.startswith("bundled:")
+
+
+def test_invalid_value_names_the_key_on_one_line():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"training": {"learning_rate": -1}}, "my.yaml")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("my.yaml: training.learning_rate: Input should be greater than or equal to 0")
+
+
+def test_unknown_key_and_unknown_bundle_are_refused():
+    with pytest.raises(ConfigError, match=r"training.lerning_rate: Extra inputs are not permitted"):
+        parse_config({"training": {"lerning_rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"model.base: .*unknown bundled model"):
+        parse_config({"model": {"base": "bundled:gpt5"}})
+
+
+def test_missing_file_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="pass --config PATH or set TUNEGRAPH_CONFIG"):
+        load_config(tmp_path / "nope.yaml")

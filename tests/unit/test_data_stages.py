@@ -1,0 +1,45 @@
+"""Dedup, split, decontamination and augmentation on small hand-built inputs."""
+
+from stages.augmentation import augment
+from stages.decontamination import decontaminate
+from stages.dedup import exact_dedup
+from stages.split import split_records
+
+
+def _rec(rid: str, response: str, prompt: str = "Explain.") -> dict:
+    return {"id": rid, "source_file": "f", "source_line": 1, "schema": "instruction",
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}  # fmt: skip
+
+
+def test_exact_dedup_keeps_first_and_folds_case_and_punctuation():
+    kept, dups = exact_dedup([_rec("os.stat", "Perform a stat system call."), _rec("posix.stat", "perform a STAT system call")])
+    assert [r["id"] for r in kept] == ["os.stat"]
+    assert dups[0]["duplicate_of"] == "os.stat"
+
+
+def test_split_is_stable_when_other_records_change():
+    records = [_rec(f"id{i}", "x") for i in range(1000)]
+    train, held = split_records(records, 0.1, seed=0)
+    assert 60 < len(held) < 140
+    _, held_again = split_records(records[:500], 0.1, seed=0)
+    assert {r["id"] for r in held_again} == {r["id"] for r in held if int(r["id"][2:]) < 500}
+
+
+def test_decontamination_removes_train_records_sharing_a_13_gram():
+    passage = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat"
+    train = [_rec("t1", f"Intro words. {passage}. More."), _rec("t2", "Nothing in common with the eval set.")]
+    clean, bad = decontaminate(train, [_rec("e1", passage)], 13)
+    assert [r["id"] for r in clean] == ["t2"] and bad[0]["id"] == "t1"
+
+
+def test_augmentation_is_seeded_capped_and_traceable():
+    train = [_rec(f"t{i}", f"answer {i}", prompt=f"Explain thing {i}.") for i in range(100)]
+    first, second = augment(train, 0.2, seed=3), augment(train, 0.2, seed=3)
+    assert first == second
+    assert len(first) / (len(train) + len(first)) <= 0.2 and len(first) == 25
+    by_id = {r["id"]: r for r in train}
+    for new in first:
+        source = by_id[new["source_id"]]
+        assert new["messages"][-1] == source["messages"][-1]  # the answer is unchanged
+        assert source["messages"][0]["content"] in new["messages"][0]["content"]
+        assert new["messages"][0]["content"] != source["messages"][0]["content"]

@@ -1,0 +1,59 @@
+"""Packing: best-fit-decreasing fill, position ids, and loss parity with unpacked examples."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from stages.chat import IGNORE_INDEX
+from stages.packing import pack_bfd
+
+
+def _example(n_prompt: int, n_response: int, offset: int = 10) -> dict:
+    ids = list(range(offset, offset + n_prompt + n_response))
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]}
+
+
+def test_bfd_fills_blocks_and_restarts_positions():
+    examples = [_example(3, 5), _example(2, 2), _example(10, 6), _example(1, 3), _example(4, 12)]
+    blocks, stats = pack_bfd(examples, block_size=16)
+    assert sorted(len(b["input_ids"]) for b in blocks) == [16, 16, 16]  # 8+4+16+4+16 = 48 tokens, no padding
+    assert stats.non_pad_fraction == 1.0 and stats.blocks == 3
+    for block in blocks:
+        starts = [i for i, p in enumerate(block["position_ids"]) if p == 0]
+        assert starts[0] == 0
+        for s in starts:
+            assert block["labels"][s] == IGNORE_INDEX  # never scored across an example boundary
+
+
+def test_too_long_examples_are_truncated_and_counted():
+    blocks, stats = pack_bfd([_example(2, 30), _example(20, 2)], block_size=16)
+    assert stats.truncated == 2
+    assert stats.dropped_no_labels == 1  # its prompt alone fills the block
+    assert len(blocks) == 1 and len(blocks[0]["input_ids"]) == 16
+
+
+def test_packed_loss_equals_token_weighted_loss_of_examples():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_cache=False)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for n_prompt, n_resp in [(5, 9), (3, 4), (8, 11), (2, 6)]:
+        ids = torch.randint(0, 128, (n_prompt + n_resp,), generator=g).tolist()
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]})
+    blocks, _ = pack_bfd(examples, block_size=64)
+    assert len(blocks) == 1
+    block = blocks[0]
+    with torch.no_grad():
+        packed = model(
+            input_ids=torch.tensor([block["input_ids"]]),
+            position_ids=torch.tensor([block["position_ids"]]),
+            labels=torch.tensor([block["labels"]]),
+        ).loss.item()
+        total, count = 0.0, 0
+        for ex in examples:
+            out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
+            n = sum(1 for x in ex["labels"][1:] if x != IGNORE_INDEX)
+            total += out.loss.item() * n
+            count += n
+    assert abs(packed - total / count) < 1e-5
