@@ -1,0 +1,21 @@
+"""The demo configuration end to end on the real base model (about 13 minutes on 2 cores)."""
+
+import pytest
+
+from pipelines.report import build_report
+from pipelines.runner import Runner
+from resources.settings import DEFAULT_CONFIG, TunegraphSettings
+from stages.example_corpus import stdlib_records, write_shards
+
+
+@pytest.mark.slow
+def test_demo_fine_tune_beats_the_base_model(home, instance):
+    records, _ = stdlib_records()
+    write_shards(records, home / "landing", 8)
+    settings = TunegraphSettings(home=str(home), config_path=str(DEFAULT_CONFIG))
+    record = Runner(settings, instance).run()
+    assert record["status"] == "success", record["errors"]
+    report = build_report(settings.paths())
+    evaluation = report["evaluation"]
+    assert evaluation["fine_tuned"]["perplexity"] < evaluation["base_zero_shot"]["perplexity"]
+    assert report["registry"]["promoted"] is True and report["registry"]["version"] == "1"
