@@ -52,12 +52,17 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
 def _train_and_eval(settings: TunegraphSettings) -> tuple[list[dict], list[dict]]:
     paths = settings.paths()
     train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
-    eval_rows = [r for p in sorted((paths.latest("deduplicated_corpus") / "eval").glob("*.parquet"))
-                 for r in read_rows(p)]  # fmt: skip
+    eval_rows = [
+        r
+        for p in sorted((paths.latest("deduplicated_corpus") / "eval").glob("*.parquet"))
+        for r in read_rows(p)
+    ]
     return train, eval_rows
 
 
-@dg.asset_check(asset=augmented_corpus, blocking=True, description="No train record shares an n-gram or id with eval.")
+@dg.asset_check(
+    asset=augmented_corpus, blocking=True, description="No train record shares an n-gram or id with eval."
+)
 def no_eval_contamination(settings: TunegraphSettings) -> dg.AssetCheckResult:
     train, eval_rows = _train_and_eval(settings)
     n = settings.config().data.decontamination.ngram
@@ -76,17 +81,25 @@ def no_eval_contamination(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=augmented_corpus, blocking=True, description="Train and eval sets are big enough to learn from.")
+@dg.asset_check(
+    asset=augmented_corpus, blocking=True, description="Train and eval sets are big enough to learn from."
+)
 def enough_examples(settings: TunegraphSettings) -> dg.AssetCheckResult:
     train, eval_rows = _train_and_eval(settings)
     return dg.AssetCheckResult(
         passed=len(train) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES,
-        metadata={"train": len(train), "eval": len(eval_rows),
-                  "minimum_train": MIN_TRAIN_EXAMPLES, "minimum_eval": MIN_EVAL_EXAMPLES},
-    )  # fmt: skip
+        metadata={
+            "train": len(train),
+            "eval": len(eval_rows),
+            "minimum_train": MIN_TRAIN_EXAMPLES,
+            "minimum_eval": MIN_EVAL_EXAMPLES,
+        },
+    )
 
 
-@dg.asset_check(asset=augmented_corpus, blocking=True, description="No PII pattern survives into training data.")
+@dg.asset_check(
+    asset=augmented_corpus, blocking=True, description="No PII pattern survives into training data."
+)
 def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
     train, eval_rows = _train_and_eval(settings)
     found: Counter[str] = Counter()
@@ -98,5 +111,8 @@ def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
             offenders.append({"id": r["id"], "types": ", ".join(sorted(hits))})
     return dg.AssetCheckResult(
         passed=not found,
-        metadata={"matches": counts_table(dict(found), key="type"), "records": md_table(offenders, ["id", "types"])},
+        metadata={
+            "matches": counts_table(dict(found), key="type"),
+            "records": md_table(offenders, ["id", "types"]),
+        },
     )

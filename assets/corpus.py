@@ -50,8 +50,10 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
             "quarantine_reasons": counts_table(dict(quarantined)),
             "schemas": counts_table(dict(Counter(r["schema"] for r in result.records)), key="schema"),
             "sample": md_table(
-                [{"id": r["id"], "line": r["source_line"], "response": r["messages"][-1]["content"]}
-                 for r in result.records],
+                [
+                    {"id": r["id"], "line": r["source_line"], "response": r["messages"][-1]["content"]}
+                    for r in result.records
+                ],
                 ["id", "line", "response"],
             ),
             "path": dg.MetadataValue.path(str(paths.published(out))),
@@ -78,11 +80,18 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
         write_rows(out / "quarantine.parquet", result.dropped)
         write_json(
             out / "summary.json",
-            {"records_in": len(records), "kept": len(result.kept), "dropped": dict(dropped), "pii": dict(result.pii)},
+            {
+                "records_in": len(records),
+                "kept": len(result.kept),
+                "dropped": dict(dropped),
+                "pii": dict(result.pii),
+            },
         )
     # Accounting: nothing disappears without a reason.
     assert len(records) == len(result.kept) + len(result.dropped)
-    context.log.info(f"{key}: kept {len(result.kept)}/{len(records)}, dropped {dict(dropped)}, pii {dict(result.pii)}")
+    context.log.info(
+        f"{key}: kept {len(result.kept)}/{len(records)}, dropped {dict(dropped)}, pii {dict(result.pii)}"
+    )
     return dg.MaterializeResult(
         data_version=folder_version(out),
         metadata={
@@ -91,7 +100,8 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
             "dropped": counts_table(dict(dropped)),
             "pii_redacted": counts_table(dict(result.pii), key="type"),
             "sample": md_table(
-                [{"id": r["id"], "response": r["messages"][-1]["content"]} for r in result.kept], ["id", "response"]
+                [{"id": r["id"], "response": r["messages"][-1]["content"]} for r in result.kept],
+                ["id", "response"],
             ),
         },
     )

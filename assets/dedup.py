@@ -5,9 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.corpus import clean_corpus
 from assets.metadata import counts_table, folder_version, md_table
 from assets.partitions import landing_files
-from assets.corpus import clean_corpus
 from resources.settings import TunegraphSettings
 from stages.cleaning import clean_records
 from stages.decontamination import decontaminate
@@ -24,7 +24,9 @@ from stages.tables import read_rows, write_json, write_rows
     kinds={"parquet"},
     description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",
 )
-def deduplicated_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+def deduplicated_corpus(
+    context: dg.AssetExecutionContext, settings: TunegraphSettings
+) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     keys = sorted(context.instance.get_dynamic_partitions(landing_files.name))
     if not keys:
@@ -74,7 +76,8 @@ def deduplicated_corpus(context: dg.AssetExecutionContext, settings: TunegraphSe
             "train_examples": len(train),
             "eval_examples": counts_table({n: len(r) for n, r in eval_sets.items()}, key="eval set"),
             "duplicate_examples": md_table(
-                [{"id": d["id"], "duplicate_of": d["duplicate_of"]} for d in duplicates], ["id", "duplicate_of"]
+                [{"id": d["id"], "duplicate_of": d["duplicate_of"]} for d in duplicates],
+                ["id", "duplicate_of"],
             ),
             "sources": counts_table(dict(Counter(r["source_file"] for r in train)), key="landing file"),
         },

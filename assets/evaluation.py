@@ -40,7 +40,9 @@ def model_evaluation(
     records = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")[: ev.max_examples]
     if not records:
         raise dg.Failure("the held-out split is empty: raise data.eval_fraction or add landing files")
-    shots = _few_shot_examples(read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k, cfg.data.seed)
+    shots = _few_shot_examples(
+        read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k, cfg.data.seed
+    )
     registry = read_json(paths.latest("fine_tuned_model") / "mlflow.json")
     client = mlflow_tracking.client()
     name = registry["model_name"]
@@ -48,7 +50,10 @@ def model_evaluation(
 
     results: dict[str, dict[str, Any] | None] = {}
     generations: dict[str, list[str]] = {}
-    models = {"base": paths.latest("base_model") / "model", "fine_tuned": paths.latest("fine_tuned_model") / "model"}
+    models = {
+        "base": paths.latest("base_model") / "model",
+        "fine_tuned": paths.latest("fine_tuned_model") / "model",
+    }
     if champion_version is not None:
         models["champion"] = client.get_model_version(name, champion_version).tags["tunegraph.model_dir"]
     for source, folder in models.items():
@@ -77,9 +82,14 @@ def model_evaluation(
     table = [{"variant": v, **(m or {})} for v, m in results.items()]
     samples = [
         {"prompt": r["messages"][-2]["content"], "reference": ref, "base": b, "fine_tuned": f}
-        for r, ref, b, f in zip(records, references(records), generations["base_zero_shot"],
-                                generations["fine_tuned"], strict=True)
-    ][:8]  # fmt: skip
+        for r, ref, b, f in zip(
+            records,
+            references(records),
+            generations["base_zero_shot"],
+            generations["fine_tuned"],
+            strict=True,
+        )
+    ][:8]
     _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples)
     summary = {
         "evaluation": results,
@@ -109,16 +119,21 @@ def model_evaluation(
     )
 
 
-@dg.asset_check(asset=model_evaluation, blocking=True, description="The candidate beat the champion and baselines.")
+@dg.asset_check(
+    asset=model_evaluation, blocking=True, description="The candidate beat the champion and baselines."
+)
 def candidate_promoted(settings: TunegraphSettings) -> dg.AssetCheckResult:
     summary = read_json(settings.paths().latest("model_evaluation") / "summary.json")
     registry = summary["registry"]
     return dg.AssetCheckResult(
         passed=registry["promoted"],
         severity=dg.AssetCheckSeverity.WARN,  # a better champion is kept: not an error in the pipeline
-        metadata={"reason": registry["reason"], "version": registry["version"],
-                  "champion_version": str(registry["champion_version"])},
-    )  # fmt: skip
+        metadata={
+            "reason": registry["reason"],
+            "version": registry["version"],
+            "champion_version": str(registry["champion_version"]),
+        },
+    )
 
 
 def _score(
@@ -142,7 +157,9 @@ def _score(
 
 def _few_shot_examples(train: list[dict], k: int, seed: int) -> list[dict]:
     """k short original train records, chosen by a stable hash (same shots every run)."""
-    originals = [r for r in train if r.get("augmentation") == "none" and len(r["messages"][-1]["content"]) < 400]
+    originals = [
+        r for r in train if r.get("augmentation") == "none" and len(r["messages"][-1]["content"]) < 400
+    ]
     return sorted(originals, key=lambda r: eval_score(r["id"], seed + 7))[:k]
 
 
@@ -151,7 +168,9 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | 
     return model.aliases.get(alias)
 
 
-def _log_to_mlflow(tracking: MlflowTracking, run_id: str, results: dict, table: list[dict], samples: list[dict]) -> None:
+def _log_to_mlflow(
+    tracking: MlflowTracking, run_id: str, results: dict, table: list[dict], samples: list[dict]
+) -> None:
     client = tracking.client()
     now = int(time.time() * 1000)
     batch = [

@@ -8,7 +8,9 @@ from typing import Any
 import dagster as dg
 
 
-def md_table(rows: list[dict[str, Any]], columns: list[str], limit: int = 5, width: int = 80) -> dg.MetadataValue:
+def md_table(
+    rows: list[dict[str, Any]], columns: list[str], limit: int = 5, width: int = 80
+) -> dg.MetadataValue:
     """A markdown table of the first `limit` rows, cells shortened to `width` characters."""
 
     def cell(value: Any) -> str:

@@ -45,7 +45,12 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
 
 
 # Listed explicitly: MLflow's inferred requirements import torchvision, which is not installed.
-PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "transformers>=5", "safetensors", "accelerate"]
+PIP_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    "transformers>=5",
+    "safetensors",
+    "accelerate",
+]
 
 
 @dg.asset(
@@ -94,15 +99,24 @@ def fine_tuned_model(
             launcher.launch(context, str(out / "spec.json"), use_gpu=torch.cuda.is_available())
             summary = read_json(out / "train_summary.json")
             history = summary["history"]
-            plots.curve([h["step"] for h in history], [h["loss"] for h in history], out / "loss.png",
-                        "training loss", "loss")  # fmt: skip
+            plots.curve(
+                [h["step"] for h in history],
+                [h["loss"] for h in history],
+                out / "loss.png",
+                "training loss",
+                "loss",
+            )
             client.log_artifact(run_id, str(out / "loss.png"))
             client.log_batch(run_id, metrics=_final_metrics(summary))
             version = _log_and_register(mlflow_tracking, run_id, out, cfg.tracking.registered_model)
             final_dir = paths.published(out)
             for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
                 client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
-            registry = {"mlflow_run_id": run_id, "model_name": cfg.tracking.registered_model, "version": version}
+            registry = {
+                "mlflow_run_id": run_id,
+                "model_name": cfg.tracking.registered_model,
+                "version": version,
+            }
             write_json(out / "mlflow.json", registry)
             loss_png = png(out / "loss.png", "training loss")
         client.set_terminated(run_id, "FINISHED")

@@ -1,6 +1,7 @@
 """`tokenized_dataset`: chat-template rendered, response-only labels, packed train blocks; eval unpacked."""
 
 import dagster as dg
+from transformers import AutoTokenizer
 
 from assets.augment import augmented_corpus
 from assets.dedup import deduplicated_corpus
@@ -11,7 +12,6 @@ from stages import plots
 from stages.chat import IGNORE_INDEX, tokenize_records
 from stages.packing import pack_bfd
 from stages.tables import read_rows, write_json, write_rows
-from transformers import AutoTokenizer
 
 
 @dg.asset(
@@ -56,8 +56,12 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     )
 
 
-@dg.asset_check(asset=tokenized_dataset, blocking=True, description="Every packed block has response tokens to learn.")
+@dg.asset_check(
+    asset=tokenized_dataset, blocking=True, description="Every packed block has response tokens to learn."
+)
 def blocks_have_labels(settings: TunegraphSettings) -> dg.AssetCheckResult:
     blocks = read_rows(settings.paths().latest("tokenized_dataset") / "train_blocks.parquet")
     empty = sum(1 for b in blocks if all(x == IGNORE_INDEX for x in b["labels"]))
-    return dg.AssetCheckResult(passed=bool(blocks) and empty == 0, metadata={"blocks": len(blocks), "without_labels": empty})
+    return dg.AssetCheckResult(
+        passed=bool(blocks) and empty == 0, metadata={"blocks": len(blocks), "without_labels": empty}
+    )

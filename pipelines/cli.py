@@ -63,7 +63,9 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     print(format_summary(build_report(paths)))
     for error in record["errors"]:
         print(f"error: {error}", file=sys.stderr)
-    print(f"\nDagster UI and MLflow UI: make ui (http://127.0.0.1:3000, http://127.0.0.1:5000); report: tunegraph report --json")
+    print(
+        "\nDagster UI and MLflow UI: make ui (http://127.0.0.1:3000, http://127.0.0.1:5000); report: tunegraph report --json"
+    )
     return 0 if record["status"] in ("success", "up_to_date") else 1
 
 
@@ -82,12 +84,37 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     artifacts = (paths.mlflow / "artifacts").as_uri()
     bin_dir = Path(sys.executable).parent
     procs = [
-        subprocess.Popen([str(bin_dir / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
-                          "-h", "127.0.0.1", "-p", str(args.dagster_port)], cwd=REPO_ROOT),
-        subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri,
-                          "--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(args.mlflow_port)]),
-    ]  # fmt: skip
-    print(f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C stops both)")
+        subprocess.Popen(
+            [
+                str(bin_dir / "dagster"),
+                "dev",
+                "-w",
+                str(REPO_ROOT / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(args.dagster_port),
+            ],
+            cwd=REPO_ROOT,
+        ),
+        subprocess.Popen(
+            [
+                str(bin_dir / "mlflow"),
+                "ui",
+                "--backend-store-uri",
+                uri,
+                "--default-artifact-root",
+                artifacts,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(args.mlflow_port),
+            ]
+        ),
+    ]
+    print(
+        f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C stops both)"
+    )
     try:
         for proc in procs:
             proc.wait()
@@ -99,7 +126,9 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunegraph", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=None, help="pipeline YAML (default configs/default.yaml)")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="pipeline YAML (default configs/default.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("example-data", help="write the example corpus into the landing folder")
     p.add_argument("--if-empty", action="store_true", help="do nothing if the landing folder has files")

@@ -26,7 +26,13 @@ GLOBAL_ASSETS = [
     model_evaluation,
 ]
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
-ASSET_CHECKS = [no_eval_contamination, enough_examples, no_residual_pii, blocks_have_labels, candidate_promoted]
+ASSET_CHECKS = [
+    no_eval_contamination,
+    enough_examples,
+    no_residual_pii,
+    blocks_have_labels,
+    candidate_promoted,
+]
 
 ingest_job = dg.define_asset_job(
     "ingest_landing_file",

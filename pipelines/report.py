@@ -23,7 +23,10 @@ def build_report(paths: Paths) -> dict[str, Any]:
     partitions = dedup.get("partitions", [])
     documents_in, dropped, pii = 0, Counter(), Counter()
     for key in partitions:
-        raw, clean = _summary(paths, "raw_corpus", partition=key), _summary(paths, "clean_corpus", partition=key)
+        raw, clean = (
+            _summary(paths, "raw_corpus", partition=key),
+            _summary(paths, "clean_corpus", partition=key),
+        )
         documents_in += raw.get("documents_in", 0)
         dropped.update(raw.get("quarantined", {}))
         dropped.update(clean.get("dropped", {}))

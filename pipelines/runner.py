@@ -8,8 +8,8 @@
 """
 
 import hashlib
-import re
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,8 +122,11 @@ class Runner:
         record: dict[str, Any] = {"status": "running", "started": started, "partitions_total": len(keys)}
 
         part_fp = {k: self.partition_fingerprint(k) for k in keys}
-        todo = [k for k in keys if everything or done_parts.get(k) != part_fp[k]
-                or not self.paths.has_latest("clean_corpus", k)]  # fmt: skip
+        todo = [
+            k
+            for k in keys
+            if everything or done_parts.get(k) != part_fp[k] or not self.paths.has_latest("clean_corpus", k)
+        ]
         if select is not None and not {"raw_corpus", "clean_corpus"} & set(select):
             todo = []
         failures, run_ids = [], []
@@ -160,8 +163,12 @@ class Runner:
                 self._code_version(name), self._config_hash(name), [fingerprints[p] for p in parents]
             )
             upstream_stale = any(p in stale for p in parents)
-            if (everything and (select is None or name in select)) or upstream_stale \
-                    or done_assets.get(name) != fingerprints[name] or not self.paths.has_latest(name):  # fmt: skip
+            if (
+                (everything and (select is None or name in select))
+                or upstream_stale
+                or done_assets.get(name) != fingerprints[name]
+                or not self.paths.has_latest(name)
+            ):
                 stale.append(name)
         if select is not None:
             stale = [s for s in stale if s in select]
@@ -179,17 +186,24 @@ class Runner:
             tags={"tunegraph/source": "cli"},
         )
         run_ids.append(result.run_id)
-        done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
-                if e.asset_key is not None}  # fmt: skip
+        done = {
+            e.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()
+            if e.asset_key is not None
+        }
         for name in done:
             done_assets[name] = fingerprints[name]
         write_json(self.state_file, {**state, "assets": done_assets})
         if not result.success or set(stale) - done:
             missing = ", ".join(sorted(set(stale) - done)) or "none"
-            return self._finish(record, "failed", run_ids, errors=[f"{_first_error(result)} (not materialised: {missing})"])
+            return self._finish(
+                record, "failed", run_ids, errors=[f"{_first_error(result)} (not materialised: {missing})"]
+            )
         return self._finish(record, "success", run_ids)
 
-    def _finish(self, record: dict[str, Any], status: str, run_ids: list[str], errors: list[str] | None = None) -> dict:
+    def _finish(
+        self, record: dict[str, Any], status: str, run_ids: list[str], errors: list[str] | None = None
+    ) -> dict:
         record.update(
             status=status,
             run_id=run_ids[-1] if run_ids else None,
@@ -214,7 +228,9 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
             while error.cause is not None and "dagster" in error.cls_name.lower():
                 error = error.cause
             first_line = error.message.strip().splitlines()[0]
-            message = re.sub(rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line)  # drop "pkg.SomeError: "
+            message = re.sub(
+                rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line
+            )  # drop "pkg.SomeError: "
             return f"{event.step_key}: {message}"
     failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
     return f"blocking checks failed: {', '.join(failed)}" if failed else "the run did not succeed"

@@ -24,13 +24,30 @@ class TrainingLauncher(dg.ConfigurableResource):
             return [sys.executable, "-m", "stages.train", spec_path]
         if use_gpu:
             accelerate = shutil.which("accelerate") or "accelerate"
-            return [accelerate, "launch", "--num_processes", str(self.num_processes), "-m", "stages.train", spec_path]
+            return [
+                accelerate,
+                "launch",
+                "--num_processes",
+                str(self.num_processes),
+                "-m",
+                "stages.train",
+                spec_path,
+            ]
         return [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", str(self.num_processes), "-m", "stages.train", spec_path,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(self.num_processes),
+            "-m",
+            "stages.train",
+            spec_path,
+        ]
 
-    def launch(self, context: dg.AssetExecutionContext, spec_path: str, use_gpu: bool) -> dg.MaterializeResult:
+    def launch(
+        self, context: dg.AssetExecutionContext, spec_path: str, use_gpu: bool
+    ) -> dg.MaterializeResult:
         env = {"TUNEGRAPH_TORCH_THREADS": str(self.torch_threads)} if self.torch_threads else {}
         client = dg.PipesSubprocessClient(env=env)
         return client.run(context=context, command=self.command(spec_path, use_gpu)).get_materialize_result()

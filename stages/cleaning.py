@@ -74,7 +74,9 @@ def clean_records(records: list[dict[str, Any]], min_chars: int, max_chars: int)
     return result
 
 
-def _filter_reason(messages: list[dict[str, str]], response: str, min_chars: int, max_chars: int) -> str | None:
+def _filter_reason(
+    messages: list[dict[str, str]], response: str, min_chars: int, max_chars: int
+) -> str | None:
     if not response or any(not m["content"] for m in messages if m["role"] == "user"):
         return "empty"
     if len(response) < min_chars:
@@ -85,4 +87,8 @@ def _filter_reason(messages: list[dict[str, str]], response: str, min_chars: int
 
 
 def _provenance(record: dict[str, Any]) -> dict[str, Any]:
-    return {"source_file": record["source_file"], "source_line": record["source_line"], "detail": record["id"]}
+    return {
+        "source_file": record["source_file"],
+        "source_line": record["source_line"],
+        "detail": record["id"],
+    }

@@ -89,7 +89,9 @@ class LoraSettings(_Section):
 
 
 class TrainingConfig(_Section):
-    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters (merged on save) or all weights.")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="LoRA adapters (merged on save) or all weights."
+    )
     learning_rate: float = Field(2e-4, ge=0.0)
     max_steps: int = Field(40, ge=1, description="Optimizer steps; sized so `make demo` fits its budget.")
     batch_size: int = Field(4, ge=1, description="Packed blocks per device per step.")

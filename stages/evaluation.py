@@ -24,7 +24,10 @@ def variant_conversations(
     for record in records:
         prompt = prompt_messages(record)
         if variant == "base_system_prompt":
-            prompt = [{"role": "system", "content": system_prompt}, *(m for m in prompt if m["role"] != "system")]
+            prompt = [
+                {"role": "system", "content": system_prompt},
+                *(m for m in prompt if m["role"] != "system"),
+            ]
         elif variant == "base_few_shot":
             demos = [m for shot in shots for m in shot["messages"] if m["role"] != "system"]
             prompt = [*demos, *prompt]
@@ -61,7 +64,9 @@ def response_nll(
     seqs = [p + r for p, r in zip(p_ids, r_ids, strict=True)]
     total, count = 0.0, 0
     device = next(model.parameters()).device
-    for batch in tqdm(list(_batches([len(s) for s in seqs], batch_size, token_budget)), desc=desc, leave=False):
+    for batch in tqdm(
+        list(_batches([len(s) for s in seqs], batch_size, token_budget)), desc=desc, leave=False
+    ):
         width = max(len(seqs[i]) for i in batch)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), IGNORE_INDEX)

@@ -15,10 +15,29 @@ from typing import Any
 
 # Modules with side effects on import (a browser, a GUI, printing), or test/packaging internals.
 SKIP = {
-    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3",
-    "ensurepip", "pydoc_data", "venv", "msilib", "winreg", "winsound", "msvcrt", "nt",
-    "_winapi", "sre_compile", "sre_constants", "sre_parse", "xxsubtype", "xxlimited",
-}  # fmt: skip
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "test",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "venv",
+    "msilib",
+    "winreg",
+    "winsound",
+    "msvcrt",
+    "nt",
+    "_winapi",
+    "sre_compile",
+    "sre_constants",
+    "sre_parse",
+    "xxsubtype",
+    "xxlimited",
+}
 
 
 def public_modules() -> list[str]:

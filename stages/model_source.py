@@ -58,7 +58,9 @@ def load_source(base: str) -> tuple[Any, Any]:
                 f"model.base '{base}' is not a model directory (no config.json): "
                 "point it at a folder saved with save_pretrained, or use bundled:smollm2-135m-instruct"
             )
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(
+            path
+        )
     try:
         return (
             AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),

@@ -182,7 +182,11 @@ def _messages(row: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
         return "instruction", [*head, {"role": "user", "content": user}, _assistant(_text(row, "output"))]
     if "prompt" in row or "completion" in row:
         user = _text(row, "prompt")
-        return "prompt_completion", [*head, {"role": "user", "content": user}, _assistant(_text(row, "completion"))]
+        return "prompt_completion", [
+            *head,
+            {"role": "user", "content": user},
+            _assistant(_text(row, "completion")),
+        ]
     if "text" in row:
         return "text", [_assistant(_text(row, "text"))]
     raise BadRecordError(
@@ -205,5 +209,7 @@ def _chat(value: Any) -> list[dict[str, str]]:
             raise BadRecordError("wrong_type", f"bad message {str(m)[:80]}: needs role in {sorted(ROLES)}")
         messages.append({"role": m["role"], "content": m["content"]})
     if messages[-1]["role"] != "assistant":
-        raise BadRecordError("missing_field", "the last message must be the assistant's (the training target)")
+        raise BadRecordError(
+            "missing_field", "the last message must be the assistant's (the training target)"
+        )
     return messages

@@ -75,7 +75,9 @@ class Telemetry(TrainerCallback):
         self.start = time.perf_counter()
         self.tracking_s = 0.0
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
         if not logs or "loss" not in logs:
             return
         elapsed = time.perf_counter() - self.start
@@ -87,7 +89,9 @@ class Telemetry(TrainerCallback):
             "effective_tokens_per_s": self.collator.label_tokens / max(elapsed, 1e-9),
         }
         self.history.append(row)
-        self.log(f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} tok/s {row['effective_tokens_per_s']:.0f}")
+        self.log(
+            f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} tok/s {row['effective_tokens_per_s']:.0f}"
+        )
         now = int(time.time() * 1000)
         self.buffer += [Metric(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
         if len(self.history) % self.flush_every == 0:
@@ -155,7 +159,9 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     mlflow_spec = spec.get("mlflow") or {}
     client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec else None
     telemetry = Telemetry(client, mlflow_spec.get("run_id"), collator, log)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[telemetry])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[telemetry]
+    )
     started = time.perf_counter()
     result = trainer.train()
     wall_s = time.perf_counter() - started

@@ -12,8 +12,26 @@ from resources.settings import REPO_ROOT, TunegraphSettings
 
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 # A slice of the example corpus: enough records for a split, small enough to run in seconds.
-TEST_MODULES = ["json", "textwrap", "string", "shlex", "fnmatch", "glob", "heapq", "bisect", "colorsys",
-                "base64", "calendar", "csv", "difflib", "fractions", "statistics", "gzip", "zlib", "os.path"]  # fmt: skip
+TEST_MODULES = [
+    "json",
+    "textwrap",
+    "string",
+    "shlex",
+    "fnmatch",
+    "glob",
+    "heapq",
+    "bisect",
+    "colorsys",
+    "base64",
+    "calendar",
+    "csv",
+    "difflib",
+    "fractions",
+    "statistics",
+    "gzip",
+    "zlib",
+    "os.path",
+]
 
 
 @pytest.fixture

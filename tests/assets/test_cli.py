@@ -15,7 +15,9 @@ TUNEGRAPH = [sys.executable, "-m", "pipelines.cli"]
 def _run(args: list[str], home, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNEGRAPH_HOME": str(home)}
     env.pop("TUNEGRAPH_CONFIG", None)
-    return subprocess.run([*TUNEGRAPH, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*TUNEGRAPH, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_invalid_config_value_is_one_line_and_exit_2(home, tmp_path):
@@ -39,12 +41,33 @@ def test_report_json_has_the_contract_keys_before_any_run(home):
     report = json.loads(result.stdout)
     assert set(report) >= {"status", "run_id", "data", "training", "evaluation", "registry"}
     assert set(report["data"]) >= {
-        "documents_in", "documents_kept", "dropped", "pii", "duplicates", "contaminated", "train_examples",
-        "eval_examples", "train_tokens", "partitions_total", "partitions_processed",
-    }  # fmt: skip
-    assert set(report["training"]) >= {"mlflow_run_id", "steps", "resumed_from_step", "train_loss",
-                                       "effective_tokens_per_s", "non_pad_fraction"}  # fmt: skip
-    assert set(report["evaluation"]) == {"base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned", "champion"}
+        "documents_in",
+        "documents_kept",
+        "dropped",
+        "pii",
+        "duplicates",
+        "contaminated",
+        "train_examples",
+        "eval_examples",
+        "train_tokens",
+        "partitions_total",
+        "partitions_processed",
+    }
+    assert set(report["training"]) >= {
+        "mlflow_run_id",
+        "steps",
+        "resumed_from_step",
+        "train_loss",
+        "effective_tokens_per_s",
+        "non_pad_fraction",
+    }
+    assert set(report["evaluation"]) == {
+        "base_zero_shot",
+        "base_system_prompt",
+        "base_few_shot",
+        "fine_tuned",
+        "champion",
+    }
     assert set(report["registry"]) >= {"model_name", "version", "champion_version", "promoted", "reason"}
 
 

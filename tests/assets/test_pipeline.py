@@ -4,8 +4,8 @@ import json
 
 import mlflow
 import pytest
-
 from conftest import write_config, write_example_shards, write_jsonl
+
 from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
 from resources.settings import TunegraphSettings
@@ -15,9 +15,15 @@ from resources.tracking import MlflowTracking
 def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
     shards = write_example_shards(home, shards=4)
     # A record with PII and one that is broken, in a shard of their own.
-    write_jsonl(home / "landing" / "extra.jsonl", [
-        {"instruction": "Who maintains it?", "output": "Write to Ada.Lovelace@Example.ORG or call (555) 123-4567."},
-    ])  # fmt: skip
+    write_jsonl(
+        home / "landing" / "extra.jsonl",
+        [
+            {
+                "instruction": "Who maintains it?",
+                "output": "Write to Ada.Lovelace@Example.ORG or call (555) 123-4567.",
+            },
+        ],
+    )
     with (home / "landing" / "extra.jsonl").open("a") as f:
         f.write('{"instruction": "broken\n')
 
@@ -73,8 +79,10 @@ def test_registered_model_loads_back_through_mlflow(home, instance, settings):
     tracking = MlflowTracking(home=str(home))
     tracking.activate()
     components = mlflow.transformers.load_model("models:/tunegraph-tiny@champion", return_type="components")
-    assert components["tokenizer"].chat_template == settings.paths().latest("base_model").joinpath(
-        "model", "chat_template.jinja").read_text()  # fmt: skip
+    assert (
+        components["tokenizer"].chat_template
+        == settings.paths().latest("base_model").joinpath("model", "chat_template.jinja").read_text()
+    )
 
 
 def test_empty_landing_folder_is_a_clear_error(home, instance, settings):

@@ -5,13 +5,20 @@ from stages.cleaning import clean_records, normalise
 
 
 def _record(response: str, prompt: str = "Explain it.") -> dict:
-    return {"id": "r", "source_file": "f", "source_line": 1, "schema": "instruction",
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}  # fmt: skip
+    return {
+        "id": "r",
+        "source_file": "f",
+        "source_line": 1,
+        "schema": "instruction",
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    }
 
 
 def test_normalise_repairs_unicode_strips_markup_and_unwraps():
     text = "Return the\n<b>square</b> root&amp;more.\n\nSecond   para\r\n- item one\n- item two\n\n    x =  1"
-    assert normalise(text) == "Return the square root&more.\n\nSecond para\n- item one\n- item two\n\n    x = 1"
+    assert (
+        normalise(text) == "Return the square root&more.\n\nSecond para\n- item one\n- item two\n\n    x = 1"
+    )
     assert normalise("cafÃ©") == "café"  # mojibake repaired by ftfy
 
 
@@ -37,7 +44,9 @@ def test_pii_is_redacted_with_typed_placeholders():
 
 
 def test_pii_leaves_ordinary_numbers_alone():
-    text = "Python 3.11.7 released 2023-12-04; use range(0, 1000) and port 8080. Card-like 1234 5678 9012 3456."
+    text = (
+        "Python 3.11.7 released 2023-12-04; use range(0, 1000) and port 8080. Card-like 1234 5678 9012 3456."
+    )
     assert pii.redact(text) == text  # the 16 digits fail the Luhn check
 
 

@@ -7,12 +7,19 @@ from stages.split import split_records
 
 
 def _rec(rid: str, response: str, prompt: str = "Explain.") -> dict:
-    return {"id": rid, "source_file": "f", "source_line": 1, "schema": "instruction",
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}  # fmt: skip
+    return {
+        "id": rid,
+        "source_file": "f",
+        "source_line": 1,
+        "schema": "instruction",
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    }
 
 
 def test_exact_dedup_keeps_first_and_folds_case_and_punctuation():
-    kept, dups = exact_dedup([_rec("os.stat", "Perform a stat system call."), _rec("posix.stat", "perform a STAT system call")])
+    kept, dups = exact_dedup(
+        [_rec("os.stat", "Perform a stat system call."), _rec("posix.stat", "perform a STAT system call")]
+    )
     assert [r["id"] for r in kept] == ["os.stat"]
     assert dups[0]["duplicate_of"] == "os.stat"
 

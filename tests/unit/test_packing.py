@@ -33,8 +33,15 @@ def test_too_long_examples_are_truncated_and_counted():
 
 def test_packed_loss_equals_token_weighted_loss_of_examples():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, use_cache=False)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_cache=False,
+    )
     model = LlamaForCausalLM(config).eval()
     g = torch.Generator().manual_seed(1)
     examples = []

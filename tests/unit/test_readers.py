@@ -12,9 +12,11 @@ from stages.readers import UnreadableFileError, read_file
 def test_jsonl_instruction_records_keep_source_line(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(
-        json.dumps({"id": "x1", "instruction": "Say hi", "input": "politely", "output": "Hello!"}) + "\n\n"
-        + json.dumps({"instruction": "Add", "output": "2"}) + "\n"
-    )  # fmt: skip
+        json.dumps({"id": "x1", "instruction": "Say hi", "input": "politely", "output": "Hello!"})
+        + "\n\n"
+        + json.dumps({"instruction": "Add", "output": "2"})
+        + "\n"
+    )
     result = read_file(path, "a.jsonl")
     assert [r["id"] for r in result.records] == ["x1", "a.jsonl:3"]
     assert result.records[0]["messages"] == [
@@ -43,9 +45,14 @@ def test_bom_crlf_and_bad_rows_go_to_quarantine_with_reasons(tmp_path):
     result = read_file(path, "mixed.jsonl")
     reasons = {q["source_line"]: q["reason"] for q in result.quarantine}
     assert reasons == {
-        2: "invalid_json", 3: "invalid_utf8", 4: "wrong_type", 5: "missing_field",
-        6: "not_an_object", 7: "invalid_utf8", 8: "line_too_long",
-    }  # fmt: skip
+        2: "invalid_json",
+        3: "invalid_utf8",
+        4: "wrong_type",
+        5: "missing_field",
+        6: "not_an_object",
+        7: "invalid_utf8",
+        8: "line_too_long",
+    }
     assert [r["source_line"] for r in result.records] == [1, 9]
     assert result.records[0]["messages"][-1]["content"] == "c"
     assert len(result.records) + len(result.quarantine) == len(lines)
@@ -54,9 +61,12 @@ def test_bom_crlf_and_bad_rows_go_to_quarantine_with_reasons(tmp_path):
 def test_json_array_csv_parquet_text_and_chat(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "i", "output": "o"}, {"text": "raw doc"}]))
     (tmp_path / "b.csv").write_text("question,answer\nWhat?,That.\nWhy?,Because.\n", encoding="utf-8-sig")
-    pq.write_table(pa.Table.from_pylist([{"messages": [{"role": "user", "content": "u"},
-                                                       {"role": "assistant", "content": "a"}]}]),
-                   tmp_path / "c.parquet")  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}]
+        ),
+        tmp_path / "c.parquet",
+    )
     (tmp_path / "d.txt").write_text("A whole document.\nSecond line.")
 
     a = read_file(tmp_path / "a.json", "a.json")
