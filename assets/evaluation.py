@@ -2,6 +2,7 @@
 
 import gc
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -37,7 +38,9 @@ def model_evaluation(
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     ev = cfg.evaluation
-    records = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")[: ev.max_examples]
+    eval_dir = paths.latest("deduplicated_corpus") / "eval"
+    eval_sets = {p.stem: read_rows(p)[: ev.max_examples] for p in sorted(eval_dir.glob("*.parquet"))}
+    records = eval_sets["held_out"]
     if not records:
         raise dg.Failure("the held-out split is empty: raise data.eval_fraction or add landing files")
     shots = _few_shot_examples(
@@ -48,25 +51,30 @@ def model_evaluation(
     name = registry["model_name"]
     champion_version = _alias_version(client, name, "champion")
 
-    results: dict[str, dict[str, Any] | None] = {}
+    # by_set[eval set][variant] -> scores; the held-out set is the one promotion and the report use.
+    by_set: dict[str, dict[str, dict[str, Any] | None]] = {s: {} for s in eval_sets}
     generations: dict[str, list[str]] = {}
-    models = {
-        "base": paths.latest("base_model") / "model",
-        "fine_tuned": paths.latest("fine_tuned_model") / "model",
-    }
+    sources = {"base": BASE_VARIANTS, "fine_tuned": ("fine_tuned",)}
     if champion_version is not None:
-        models["champion"] = client.get_model_version(name, champion_version).tags["tunegraph.model_dir"]
-    for source, folder in models.items():
-        model, tokenizer = load_saved(folder)
-        model.eval()
-        variants = BASE_VARIANTS if source == "base" else (source,)
+        sources["champion"] = ("champion",)
+    for source, variants in sources.items():
+        model, tokenizer = _load(source, paths, mlflow_tracking, name, champion_version)
         for variant in variants:
-            context.log.info(f"evaluating {variant} on {len(records)} held-out examples")
-            convs = variant_conversations(variant, records, shots, ev.system_prompt)
-            results[variant], generations[variant] = _score(model, tokenizer, convs, records, ev, variant)
+            for set_name, rows in eval_sets.items():
+                if not rows:
+                    continue
+                context.log.info(f"evaluating {variant} on {len(rows)} examples of {set_name}")
+                convs = variant_conversations(variant, rows, shots, ev.system_prompt)
+                by_set[set_name][variant], texts = _score(
+                    model, tokenizer, convs, rows, ev, f"{variant}/{set_name}"
+                )
+                if set_name == "held_out":
+                    generations[variant] = texts
         del model
         gc.collect()
-    results.setdefault("champion", None)
+    for scores in by_set.values():
+        scores.setdefault("champion", None)
+    results = by_set["held_out"]
 
     candidate = results["fine_tuned"]
     champion = results["champion"]
@@ -93,6 +101,7 @@ def model_evaluation(
     _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples)
     summary = {
         "evaluation": results,
+        "evaluation_sets": by_set,
         "primary_metric": ev.primary_metric,
         "registry": {
             "model_name": name,
@@ -115,6 +124,28 @@ def model_evaluation(
             "reason": reason,
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
+        },
+    )
+
+
+MIN_STOP_RATE = 0.95
+
+
+@dg.asset_check(
+    asset=model_evaluation,
+    blocking=True,
+    description="Serving consistency: with the saved chat template, fine-tuned generations end at EOS.",
+)
+def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    summary = read_json(settings.paths().latest("model_evaluation") / "summary.json")
+    rate = summary["evaluation"]["fine_tuned"]["stop_rate"]
+    return dg.AssetCheckResult(
+        passed=rate >= MIN_STOP_RATE,
+        severity=dg.AssetCheckSeverity.WARN,  # a quality signal to act on, not a broken pipeline
+        metadata={
+            "stop_rate": rate,
+            "minimum": MIN_STOP_RATE,
+            "max_new_tokens": settings.config().evaluation.max_new_tokens,
         },
     )
 
@@ -155,6 +186,27 @@ def _score(
     return scores, texts
 
 
+def _load(
+    source: str, paths: Any, tracking: MlflowTracking, name: str, champion_version: str | None
+) -> tuple[Any, Any]:
+    """The model behind a variant. The champion comes from its local folder, or from MLflow if pruned."""
+    if source in ("base", "fine_tuned"):
+        model, tokenizer = load_saved(paths.latest(f"{source}_model") / "model")
+    else:
+        folder = Path(
+            tracking.client().get_model_version(name, champion_version).tags.get("tunegraph.model_dir", "")
+        )
+        if (folder / "config.json").is_file():
+            model, tokenizer = load_saved(folder)
+        else:
+            tracking.activate()
+            parts = mlflow.transformers.load_model(
+                f"models:/{name}/{champion_version}", return_type="components"
+            )
+            model, tokenizer = parts["model"].float(), parts["tokenizer"]
+    return model.eval(), tokenizer
+
+
 def _few_shot_examples(train: list[dict], k: int, seed: int) -> list[dict]:
     """k short original train records, chosen by a stable hash (same shots every run)."""
     originals = [
@@ -164,8 +216,8 @@ def _few_shot_examples(train: list[dict], k: int, seed: int) -> list[dict]:
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
-    model = client.get_registered_model(name)
-    return model.aliases.get(alias)
+    version = client.get_registered_model(name).aliases.get(alias)
+    return None if version is None else str(version)  # MLflow returns alias versions as ints
 
 
 def _log_to_mlflow(

@@ -61,6 +61,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     print(format_summary(build_report(paths)))
+    for check in record.get("failed_checks", []):
+        print(f"check failed: {check} (see its metadata in the Dagster UI)", file=sys.stderr)
     for error in record["errors"]:
         print(f"error: {error}", file=sys.stderr)
     print(

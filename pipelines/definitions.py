@@ -9,7 +9,7 @@ import dagster as dg
 from assets.augment import augmented_corpus, enough_examples, no_eval_contamination, no_residual_pii
 from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import deduplicated_corpus
-from assets.evaluation import candidate_promoted, model_evaluation
+from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.model import base_model, fine_tuned_model
 from assets.tokenize import blocks_have_labels, tokenized_dataset
 from resources.settings import TunegraphSettings, default_config_path, default_home
@@ -32,6 +32,7 @@ ASSET_CHECKS = [
     no_residual_pii,
     blocks_have_labels,
     candidate_promoted,
+    generations_stop_at_eos,
 ]
 
 ingest_job = dg.define_asset_job(

@@ -186,6 +186,11 @@ class Runner:
             tags={"tunegraph/source": "cli"},
         )
         run_ids.append(result.run_id)
+        record["failed_checks"] = sorted(
+            f"{c.asset_key.to_user_string()}:{c.check_name}"
+            for c in result.get_asset_check_evaluations()
+            if not c.passed
+        )
         done = {
             e.asset_key.to_user_string()
             for e in result.get_asset_materialization_events()
@@ -221,6 +226,14 @@ class Runner:
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
+    """The user-facing cause of a failed run, on one line."""
+    blocked = [
+        f"{c.asset_key.to_user_string()}:{c.check_name}"
+        for c in result.get_asset_check_evaluations()
+        if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    if blocked:
+        return f"blocking checks failed: {', '.join(blocked)} (their metadata in the Dagster UI shows why)"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
@@ -232,5 +245,4 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
                 rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line
             )  # drop "pkg.SomeError: "
             return f"{event.step_key}: {message}"
-    failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
-    return f"blocking checks failed: {', '.join(failed)}" if failed else "the run did not succeed"
+    return "the run did not succeed"

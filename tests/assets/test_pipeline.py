@@ -2,6 +2,7 @@
 
 import json
 
+import dagster as dg
 import mlflow
 import pytest
 from conftest import write_config, write_example_shards, write_jsonl
@@ -112,3 +113,36 @@ def test_unknown_model_base_is_a_clear_error(home, instance, tmp_path):
     record = Runner(settings, instance).run()
     assert record["status"] == "failed"
     assert any("model.base './no/such/model' is not a model directory" in e for e in record["errors"])
+
+
+def test_a_worse_model_is_not_promoted(home, instance, settings, tmp_path):
+    write_example_shards(home, shards=2)
+    first = Runner(settings, instance).run()
+    assert first["status"] == "success", first["errors"]
+    assert build_report(settings.paths())["registry"]["promoted"] is True
+
+    # learning_rate 0: the LoRA adapters stay zero, so the "fine-tuned" model is the base model.
+    worse = write_config(tmp_path / "worse.yaml", training={"learning_rate": 0.0})
+    worse_settings = TunegraphSettings(home=str(home), config_path=str(worse))
+    second = Runner(worse_settings, instance).run()
+    assert second["status"] == "success", second["errors"]
+    assert second["failed_checks"] == [
+        "model_evaluation:candidate_promoted",
+        "model_evaluation:generations_stop_at_eos",
+    ]
+    report = build_report(settings.paths())
+    registry = report["registry"]
+    assert registry["version"] == "2" and registry["promoted"] is False
+    assert registry["champion_version"] == "1"
+    assert "does not beat" in registry["reason"]
+    assert all(
+        report["evaluation"][v]["perplexity"] > 1 for v in report["evaluation"]
+    )  # all five, champion too
+    client = MlflowTracking(home=str(home)).client()
+    aliases = client.get_registered_model("tunegraph-tiny").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "challenger": "2"}
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("model_evaluation"), "candidate_promoted")]
+    )
+    evaluation = next(iter(check.values())).event.dagster_event.event_specific_data
+    assert "does not beat" in evaluation.metadata["reason"].value
