@@ -4,6 +4,7 @@ from collections import Counter
 
 import dagster as dg
 
+from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import deduplicated_corpus
 from assets.metadata import counts_table, folder_version, md_table
 from resources.settings import TunegraphSettings
@@ -20,6 +21,7 @@ MIN_EVAL_EXAMPLES = 2
     group_name="data",
     deps=[deduplicated_corpus],
     code_version="augment-1",
+    automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Train records plus seeded instruction paraphrases (train only; capped share).",
 )

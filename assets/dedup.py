@@ -5,13 +5,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.automation import EAGER_BEHIND_GATES
 from assets.corpus import clean_corpus
 from assets.metadata import counts_table, folder_version, md_table
 from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
 from stages.cleaning import clean_records
 from stages.decontamination import decontaminate
-from stages.dedup import exact_dedup
+from stages.dedup import exact_dedup, near_dedup
 from stages.readers import read_file
 from stages.split import split_records
 from stages.tables import read_rows, write_json, write_rows
@@ -21,6 +22,7 @@ from stages.tables import read_rows, write_json, write_rows
     group_name="data",
     deps=[clean_corpus],
     code_version="dedup-1",
+    automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",
 )
@@ -33,6 +35,11 @@ def deduplicated_corpus(
         raise dg.Failure(f"no landing files registered: put files in {paths.landing} and run `tunegraph run`")
     records = [r for key in keys for r in read_rows(paths.latest("clean_corpus", key) / "records.parquet")]
     kept, duplicates = exact_dedup(records)
+    near = []
+    if cfg.data.near_dedup.enabled:
+        nd = cfg.data.near_dedup
+        cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz"
+        kept, near = near_dedup(kept, cache, nd.threshold, nd.ngram, nd.num_perm, nd.min_words)
     train, held_out = split_records(kept, cfg.data.eval_fraction, cfg.data.seed)
     eval_sets = {"held_out": held_out, **_eval_files(cfg.data.eval_files, settings)}
     all_eval = [r for rows in eval_sets.values() for r in rows]
@@ -49,6 +56,7 @@ def deduplicated_corpus(
         for name, rows in eval_sets.items():
             write_rows(out / "eval" / f"{name}.parquet", rows)
         write_rows(out / "duplicates.parquet", duplicates)
+        write_rows(out / "near_duplicates.parquet", near)
         write_rows(out / "contaminated.parquet", contaminated)
         write_json(
             out / "summary.json",
@@ -56,6 +64,7 @@ def deduplicated_corpus(
                 "partitions": keys,
                 "records_in": len(records),
                 "duplicates": len(duplicates),
+                "near_duplicates": len(near),
                 "contaminated": len(contaminated),
                 "capped": capped,
                 "train_examples": len(train),
@@ -72,6 +81,7 @@ def deduplicated_corpus(
             "partitions": len(keys),
             "records_in": len(records),
             "duplicates": len(duplicates),
+            "near_duplicates": len(near),
             "contaminated": len(contaminated),
             "train_examples": len(train),
             "eval_examples": counts_table({n: len(r) for n, r in eval_sets.items()}, key="eval set"),

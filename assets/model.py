@@ -9,6 +9,7 @@ import mlflow
 import torch
 from mlflow.entities import Metric, Param, RunTag
 
+from assets.automation import EAGER_BEHIND_GATES
 from assets.metadata import folder_version, png
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
@@ -21,6 +22,7 @@ from stages.tables import read_json, write_json
 @dg.asset(
     group_name="model",
     code_version="base-1",
+    automation_condition=EAGER_BEHIND_GATES,
     kinds={"pytorch"},
     description="The pretrained model + tokenizer + chat template, stored as safetensors (model.base).",
 )
@@ -70,7 +72,10 @@ def fine_tuned_model(
     cfg, paths = settings.config(), settings.paths()
     client = mlflow_tracking.client()
     experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
-    upstream = {a: paths.latest(a).name for a in ("tokenized_dataset", "base_model", "augmented_corpus")}
+    upstream = {a: paths.latest(a).name for a in ("base_model", "augmented_corpus")}
+    upstream["tokenized_dataset"] = read_json(paths.latest("tokenized_dataset") / "summary.json")[
+        "content_version"
+    ]
     tags = {
         "dagster.run_id": context.run_id,
         "tunegraph.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",

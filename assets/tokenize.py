@@ -1,23 +1,30 @@
 """`tokenized_dataset`: chat-template rendered, response-only labels, packed train blocks; eval unpacked."""
 
+import hashlib
+import json
+
 import dagster as dg
 from transformers import AutoTokenizer
 
 from assets.augment import augmented_corpus
+from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import deduplicated_corpus
-from assets.metadata import folder_version, png
+from assets.metadata import png
 from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import plots
-from stages.chat import IGNORE_INDEX, tokenize_records
+from stages.chat import IGNORE_INDEX, record_key, tokenize_cached, tokenize_records, tokenizer_fingerprint
 from stages.packing import pack_bfd
 from stages.tables import read_rows, write_json, write_rows
+
+CODE_VERSION = "tokenize-2"
 
 
 @dg.asset(
     group_name="data",
     deps=[augmented_corpus, deduplicated_corpus, base_model],
-    code_version="tokenize-1",
+    code_version=CODE_VERSION,
+    automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Examples rendered with the base model's chat template, labels on responses only, BFD-packed.",
 )
@@ -26,7 +33,14 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     tokenizer = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
     train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
     held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
-    examples = tokenize_records(tokenizer, train)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    # Content version: same records, tokenizer and block size -> same version, however often rebuilt.
+    content_version = hashlib.sha256(
+        json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, [record_key(r) for r in train]]).encode()
+    ).hexdigest()[:16]
+    examples, fresh = tokenize_cached(
+        tokenizer, train, paths.home / "cache" / f"tokens-{fingerprint}.parquet"
+    )
     blocks, stats = pack_bfd(examples, cfg.data.block_size)
     eval_examples = tokenize_records(tokenizer, held_out)
     lengths = [len(e["input_ids"]) for e in examples]
@@ -34,7 +48,14 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
         write_rows(out / "train_blocks.parquet", blocks)
         write_rows(out / "eval.parquet", eval_examples)
         plots.histogram(lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example")
-        summary = {**stats.__dict__, "block_size": cfg.data.block_size, "eval_examples": len(eval_examples)}
+        summary = {
+            **stats.__dict__,
+            "block_size": cfg.data.block_size,
+            "eval_examples": len(eval_examples),
+            "tokenizer_fingerprint": fingerprint,
+            "tokenized_now": fresh,
+            "content_version": content_version,
+        }
         write_json(out / "summary.json", summary)
         hist = png(out / "lengths.png", "example lengths")
     context.log.info(
@@ -42,7 +63,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
         f"non-pad {stats.non_pad_fraction:.3f}, {stats.truncated} truncated"
     )
     return dg.MaterializeResult(
-        data_version=folder_version(out),
+        data_version=dg.DataVersion(content_version),
         metadata={
             "examples": stats.examples,
             "tokens": stats.tokens,
@@ -51,6 +72,9 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "blocks": stats.blocks,
             "non_pad_fraction": round(stats.non_pad_fraction, 4),
             "eval_examples": len(eval_examples),
+            "tokenized_now": fresh,
+            "reused_from_cache": len(train) - fresh,
+            "tokenizer_fingerprint": fingerprint,
             "length_histogram": hist,
         },
     )

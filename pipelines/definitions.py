@@ -12,9 +12,11 @@ from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.model import base_model, fine_tuned_model
 from assets.tokenize import blocks_have_labels, tokenized_dataset
+from pipelines.sensors import build_landing_sensor, build_retrain_schedule
 from resources.settings import TunegraphSettings, default_config_path, default_home
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
+from stages.config import ConfigError, TrainingConfig, load_config
 
 PARTITIONED_ASSETS = [raw_corpus, clean_corpus]
 GLOBAL_ASSETS = [
@@ -45,6 +47,11 @@ train_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*GLOBAL_ASSETS),
     description="Dedup, augment, tokenise, fine-tune and evaluate from the cleaned landing files.",
 )
+retrain_job = dg.define_asset_job(
+    "retrain",
+    selection=dg.AssetSelection.assets(fine_tuned_model, model_evaluation),
+    description="Fine-tune on the current tokenized dataset and evaluate against the champion.",
+)
 
 
 def resources(home: str | None = None, config_path: str | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -56,9 +63,20 @@ def resources(home: str | None = None, config_path: str | None = None) -> dict[s
     }
 
 
+def _retrain_cron() -> str:
+    try:
+        return load_config(default_config_path()).training.retrain_cron
+    except ConfigError:
+        return (
+            TrainingConfig().retrain_cron
+        )  # the code location still loads; `tunegraph run` reports the error
+
+
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
-    jobs=[ingest_job, train_job],
+    jobs=[ingest_job, train_job, retrain_job],
+    sensors=[build_landing_sensor(ingest_job)],
+    schedules=[build_retrain_schedule(retrain_job, _retrain_cron())],
     resources=resources(),
 )

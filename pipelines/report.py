@@ -33,6 +33,7 @@ def build_report(paths: Paths) -> dict[str, Any]:
         pii.update(clean.get("pii", {}))
     if dedup:
         dropped["duplicate"] += dedup["duplicates"]
+        dropped["near_duplicate"] += dedup.get("near_duplicates", 0)
         dropped["contaminated"] += dedup["contaminated"]
         dropped["over_max_train_examples"] += dedup.get("capped", 0)
     held_out = dedup.get("eval_examples", {}).get("held_out", 0)
@@ -51,7 +52,7 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "documents_kept": dedup["train_examples"] + held_out if dedup else None,
             "dropped": {k: v for k, v in dropped.items() if v},
             "pii": dict(pii),
-            "duplicates": dedup.get("duplicates"),
+            "duplicates": dedup["duplicates"] + dedup.get("near_duplicates", 0) if dedup else None,
             "contaminated": dedup.get("contaminated"),
             "train_examples": augmented.get("train_examples"),
             "eval_examples": sum(dedup.get("eval_examples", {}).values()) if dedup else None,

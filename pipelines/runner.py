@@ -20,7 +20,7 @@ import dagster as dg
 from assets.metadata import file_hash
 from assets.partitions import landing_files
 from pipelines import definitions
-from resources.settings import Paths, TunegraphSettings
+from resources.settings import TunegraphSettings
 from stages.readers import FORMATS_BY_SUFFIX
 from stages.tables import read_json, write_json
 
@@ -43,18 +43,6 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 class PipelineError(RuntimeError):
     """The run cannot proceed; the message says what to do."""
-
-
-def landing_keys(paths: Paths, configured_format: str) -> list[str]:
-    """Partition keys for the landing folder: relative POSIX paths of visible files."""
-    if not paths.landing.is_dir():
-        return []
-    files = sorted(p for p in paths.landing.rglob("*") if p.is_file() and not _hidden(p, paths.landing))
-    return [p.relative_to(paths.landing).as_posix() for p in files if configured_format != "auto" or p.suffix]
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def _sha(*parts: Any) -> str:
@@ -90,7 +78,7 @@ class Runner:
         return node.code_versions_by_key[node.key] or ""
 
     def sync_partitions(self) -> list[str]:
-        keys = landing_keys(self.paths, self.config.corpus.format)
+        keys = self.paths.landing_keys(self.config.corpus.format)
         if not keys:
             raise PipelineError(
                 f"no landing files in {self.paths.landing}: run `tunegraph example-data` "

@@ -47,6 +47,22 @@ class Paths:
     def runs(self) -> Path:
         return self.home / "runs"
 
+    def landing_keys(self, configured_format: str = "auto") -> list[str]:
+        """Partition keys of the landing folder: relative POSIX paths of visible files.
+
+        With corpus.format 'auto', files without an extension are left out (README, .gitkeep...).
+        """
+        if not self.landing.is_dir():
+            return []
+        files = sorted(
+            p
+            for p in self.landing.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.landing).parts)
+        )
+        return [
+            p.relative_to(self.landing).as_posix() for p in files if configured_format != "auto" or p.suffix
+        ]
+
     def asset_root(self, asset: str, partition: str | None = None) -> Path:
         root = self.home / "assets" / asset
         return root / "partitions" / partition if partition else root

@@ -6,7 +6,13 @@ token the model stops on at generation time. A tokenizer without a template gets
 saved with the model so evaluation and serving render exactly what training saw.
 """
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 
@@ -62,3 +68,44 @@ def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], batch_size: 
         for p, r in zip(prompt_ids, response_ids, strict=True):
             out.append({"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r})
     return out
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Changes whenever tokenisation could: vocabulary/merges, chat template, EOS."""
+    backend = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab())
+    payload = "\x00".join(
+        [type(tokenizer).__name__, backend, tokenizer.chat_template or "", tokenizer.eos_token]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def record_key(record: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(record["messages"], sort_keys=True).encode()).hexdigest()
+
+
+def tokenize_cached(
+    tokenizer: Any, records: list[dict[str, Any]], cache_file: Path
+) -> tuple[list[dict], int]:
+    """`tokenize_records`, reusing token ids of records seen before; returns (examples, newly tokenised).
+
+    The cache file is specific to one tokenizer fingerprint (put it in the file name), keyed by
+    each record's content, so a data fix re-tokenises only the records it changed.
+    """
+    cache: dict[str, dict] = {}
+    if cache_file.is_file():
+        table = pq.read_table(cache_file).to_pydict()
+        cache = {
+            k: {"input_ids": i, "labels": lab}
+            for k, i, lab in zip(table["key"], table["input_ids"], table["labels"], strict=True)
+        }
+    keys = [record_key(r) for r in records]
+    missing = {k: r for k, r in zip(keys, records, strict=True) if k not in cache}
+    if missing:
+        cache.update(zip(missing, tokenize_records(tokenizer, list(missing.values())), strict=True))
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        rows = {"key": list(cache), "input_ids": [c["input_ids"] for c in cache.values()],
+                "labels": [c["labels"] for c in cache.values()]}  # fmt: skip
+        tmp = cache_file.with_suffix(".tmp")
+        pq.write_table(pa.table(rows), tmp)
+        tmp.replace(cache_file)
+    return [cache[k] for k in keys], len(missing)

@@ -39,6 +39,23 @@ class CleaningConfig(_Section):
     max_chars: int = Field(4000, ge=1, description="Records whose response is longer are dropped (too_long).")
 
 
+class NearDedupConfig(_Section):
+    enabled: bool = Field(True, description="Drop near-duplicate responses (MinHash LSH) after exact dedup.")
+    threshold: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard of word 3-grams; 0.5 catches copies with ~10% edits.",
+    )
+    ngram: int = Field(3, ge=1, description="Words per shingle.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    min_words: int = Field(
+        16,
+        ge=1,
+        description="Shorter responses are only exact-deduplicated (a few edited words make a new answer).",
+    )
+
+
 class DecontaminationConfig(_Section):
     enabled: bool = Field(True, description="Remove train records sharing an n-gram with any eval record.")
     ngram: int = Field(13, ge=3, description="n-gram length in words; 13 follows GPT-3's decontamination.")
@@ -62,6 +79,7 @@ class DataConfig(_Section):
     )
     block_size: int = Field(512, ge=16, description="Tokens per packed training block.")
     cleaning: CleaningConfig = CleaningConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
 
@@ -101,6 +119,9 @@ class TrainingConfig(_Section):
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps.")
     seed: int = 0
+    retrain_cron: str = Field(
+        "0 3 * * 1", description="When the retrain schedule looks for changed data (weekly, Monday 03:00)."
+    )
     warm_start_from: str | None = Field(
         None, description="Registered model version or alias to continue from (explicit, recorded)."
     )

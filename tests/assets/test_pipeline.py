@@ -11,6 +11,7 @@ from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
+from stages.tables import read_rows
 
 
 def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
@@ -58,7 +59,18 @@ def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
     assert "eval_fine_tuned_perplexity" in run.data.metrics
     version = client.get_model_version("tunegraph-tiny", "1")
-    assert version.tags["tunegraph.data_version.tokenized_dataset"].startswith("v-")
+    tokens_summary = json.loads((settings.paths().latest("tokenized_dataset") / "summary.json").read_text())
+    assert version.tags["tunegraph.data_version.tokenized_dataset"] == tokens_summary["content_version"]
+    assert version.tags["tunegraph.data_version.augmented_corpus"].startswith("v-")
+
+    # Every packed example has labels; the fine-tuned model carries the template training used.
+    paths = settings.paths()
+    for block in read_rows(paths.latest("tokenized_dataset") / "train_blocks.parquet"):
+        starts = [i for i, p in enumerate(block["position_ids"]) if p == 0] + [len(block["position_ids"])]
+        for a, b in zip(starts, starts[1:], strict=False):
+            assert any(label != -100 for label in block["labels"][a:b])
+    template = (paths.latest("base_model") / "model" / "chat_template.jinja").read_text()
+    assert (paths.latest("fine_tuned_model") / "model" / "chat_template.jinja").read_text() == template
 
     # Nothing changed: nothing runs.
     again = Runner(settings, instance).run()

@@ -1,0 +1,201 @@
+"""Training throughput: padded random batches (what a new user writes) vs tunegraph's packed blocks.
+
+    python benchmarks/throughput.py [--model tiny|default] [--device cpu|cuda] [--json]
+
+In one process, the same model (fresh copy per path, same seed) trains on the same examples for
+the same number of label tokens:
+  baseline  random batches of --batch-size examples, padded to the longest in the batch,
+            attention_mask on the padding
+  packed    the tokenized_dataset path: best-fit-decreasing blocks of --block-size tokens,
+            position_ids restarting per example, no attention mask, use_cache=False
+Reported: effective label tokens/s (label tokens that count in the loss, per second of
+forward + backward + optimizer step), each path's non-pad fraction, and the speedup. Packing can
+at best recover what padding wastes, so the goal is speedup >= 0.9 / baseline non-pad fraction.
+On CUDA it also reports MFU = 6 * parameters * tokens/s / peak bf16 FLOP/s of the detected card
+(the 6N rule counts forward + backward matmul FLOPs, ignoring attention).
+
+--model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores).
+--model default: SmolLM2-135M-Instruct, full fine-tune on a slice of the corpus (minutes).
+--model smollm2-360m-shape: a random model of SmolLM2-360M's shape (for GPUs; no hub needed).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
+from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
+from stages.model_source import load_source, tiny_random_model  # noqa: E402
+from stages.packing import pack_bfd  # noqa: E402
+from stages.train import PackedCollator  # noqa: E402
+
+# Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def build_model(name: str, vocab_size: int) -> Any:
+    if name == "tiny":
+        return tiny_random_model(vocab_size)
+    if name == "default":
+        return load_source("bundled:smollm2-135m-instruct")[0]
+    if name == "smollm2-360m-shape":
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+            num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192, tie_word_embeddings=True,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+    raise SystemExit(f"unknown --model {name}: use tiny, default or smollm2-360m-shape")
+
+
+def padded_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int) -> list[dict]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[start : start + batch_size]]
+        width = max(len(e["input_ids"]) for e in chunk)
+        ids = torch.full((len(chunk), width), pad_id)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, e in enumerate(chunk):
+            n = len(e["input_ids"])
+            ids[row, :n], labels[row, :n], mask[row, :n] = (
+                torch.tensor(e["input_ids"]),
+                torch.tensor(e["labels"]),
+                1,
+            )
+        batches.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
+    return batches
+
+
+def train_on(model: Any, batches: list[dict], device: str) -> tuple[float, int, int, int]:
+    """(seconds, label tokens, real tokens, slots) over all batches, after one untimed warm-up pass."""
+    model.to(device).train()
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    warm = {k: v.to(device) for k, v in batches[0].items() if k != "real"}
+    with autocast:
+        model(**warm).loss.backward()
+    optimizer.zero_grad(set_to_none=True)
+    seconds, labels, real, slots = 0.0, 0, 0, 0
+    for batch in batches:
+        real_mask = batch.get("real", batch.get("attention_mask"))
+        batch = {k: v.to(device) for k, v in batch.items() if k != "real"}
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        labels += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        real += int(real_mask.sum())
+        slots += batch["input_ids"].numel()
+    return seconds, labels, real, slots
+
+
+def packed_batches(examples: list[dict], block_size: int, batch_blocks: int, pad_id: int) -> list[dict]:
+    blocks, _ = pack_bfd(examples, block_size)
+    collator = PackedCollator(pad_id)
+    batches = []
+    for start in range(0, len(blocks), batch_blocks):
+        chunk = blocks[start : start + batch_blocks]
+        batch = collator(chunk)
+        real = torch.zeros_like(batch["input_ids"])
+        for row, b in enumerate(chunk):
+            real[row, : len(b["input_ids"])] = 1
+        batches.append({**batch, "real": real})
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny", choices=["tiny", "default", "smollm2-360m-shape"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--examples", type=int, default=None, help="examples used (default: by model)")
+    parser.add_argument("--batch-size", type=int, default=8, help="baseline examples per batch")
+    parser.add_argument("--block-size", type=int, default=512)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    tokenizer = smollm2_tokenizer()
+    records = example_records()
+    random.Random(0).shuffle(records)
+    n = args.examples or {"tiny": 1200, "default": 96}.get(args.model, 4000)
+    examples = [e for e in tokenize_records(tokenizer, records[:n]) if len(e["input_ids"]) <= args.block_size]
+    pad = tokenizer.pad_token_id
+
+    baseline = padded_batches(examples, args.batch_size, pad, seed=0)
+    # Same tokens per step on average: blocks per batch sized to the baseline's real tokens per batch.
+    mean_tokens = sum(len(e["input_ids"]) for e in examples) * args.batch_size / len(examples)
+    packed = packed_batches(examples, args.block_size, max(1, round(mean_tokens / args.block_size)), pad)
+    results = {}
+    for name, batches in (("baseline", baseline), ("packed", packed)):
+        model = build_model(args.model, len(tokenizer))
+        seconds, labels, real, slots = train_on(model, batches, args.device)
+        results[name] = {
+            "tokens_per_s": labels / seconds,
+            "processed_tokens_per_s": real / seconds,
+            "non_pad_fraction": real / slots,
+            "label_tokens": labels,
+            "seconds": seconds,
+        }
+        del model
+    speedup = results["packed"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
+    out: dict[str, Any] = {
+        "model": args.model,
+        "device": args.device,
+        "examples": len(examples),
+        "baseline": {k: round(v, 4) for k, v in results["baseline"].items()},
+        "packed": {k: round(v, 4) for k, v in results["packed"].items()},
+        "speedup": round(speedup, 3),
+        "recovered_fraction": round(speedup * results["baseline"]["non_pad_fraction"], 3),
+    }
+    if args.device == "cuda":
+        card = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16.items() if k in card), None)
+        params = sum(p.numel() for p in build_model(args.model, len(tokenizer)).parameters())
+        for name in ("baseline", "packed"):
+            # Useful FLOPs only: padding costs time but is not counted.
+            rate = results[name]["processed_tokens_per_s"]
+            out[name]["mfu"] = round(6 * params * rate / peak, 4) if peak else None
+        out["card"] = card
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(
+        f"{args.model} on {args.device}: {len(examples)} examples, same examples and label tokens on both paths"
+    )
+    print(f"{'path':<10}{'label tok/s':>14}{'non-pad':>10}{'label tokens':>14}{'seconds':>10}")
+    for name in ("baseline", "packed"):
+        r = out[name]
+        print(
+            f"{name:<10}{r['tokens_per_s']:>14.1f}{r['non_pad_fraction']:>10.3f}{r['label_tokens']:>14}{r['seconds']:>10.1f}"
+        )
+    print(
+        f"speedup {out['speedup']}x; packing recovers {out['recovered_fraction']:.0%} of the padding waste bound"
+    )
+
+
+if __name__ == "__main__":
+    main()
