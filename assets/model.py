@@ -2,6 +2,7 @@
 
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +17,7 @@ from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import plots
 from stages.model_source import load_saved, save_base_model
-from stages.tables import read_json, write_json
+from stages.tables import read_json, read_rows, write_json
 
 
 @dg.asset(
@@ -117,6 +118,9 @@ def fine_tuned_model(
             final_dir = paths.published(out)
             for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
                 client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
+            lineage = _lineage(context, paths, cfg, summary)
+            write_json(out / "lineage.json", lineage)
+            client.log_dict(run_id, lineage, "lineage/lineage.json")
             registry = {
                 "mlflow_run_id": run_id,
                 "model_name": cfg.tracking.registered_model,
@@ -142,6 +146,32 @@ def fine_tuned_model(
             "loss_curve": loss_png,
         },
     )
+
+
+UPSTREAM_ASSETS = ("raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
+                   "base_model")  # fmt: skip
+
+
+def _lineage(context: dg.AssetExecutionContext, paths, cfg, summary: dict) -> dict:  # noqa: ANN001
+    """Landing files (content hash, train records), config, code versions: what `compare` diffs."""
+    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
+    per_file = Counter(r["source_file"] for r in train)
+    files = {}
+    for key in read_json(paths.latest("deduplicated_corpus") / "summary.json")["partitions"]:
+        raw = read_json(paths.latest("raw_corpus", key) / "summary.json")
+        files[key] = {"content_hash": raw["content_hash"], "train_records": per_file.get(key, 0)}
+    # Upstream code versions as recorded on their latest materialisations; this asset's own from its definition.
+    code_versions = {"fine_tuned_model": context.assets_def.code_versions_by_key[context.asset_key]}
+    for name in UPSTREAM_ASSETS:
+        event = context.instance.get_latest_materialization_event(dg.AssetKey(name))
+        if event is not None and event.asset_materialization is not None:
+            code_versions[name] = (event.asset_materialization.tags or {}).get("dagster/code_version")
+    return {
+        "landing_files": files,
+        "config": cfg.flat(),
+        "code_versions": code_versions,
+        "metrics": {"train_loss": summary["train_loss"]},
+    }
 
 
 def _final_metrics(summary: dict) -> list[Metric]:

@@ -3,6 +3,8 @@
     tunegraph example-data [--if-empty]   write the stdlib-docs example corpus into landing/
     tunegraph run [--select A,B] [--full] bring the graph up to date (new/changed files, then stale assets)
     tunegraph report [--json]             the latest state
+    tunegraph lineage PATH                model versions trained on each content version of a landing file
+    tunegraph compare A B [--json]        what changed between two model versions (or aliases)
     tunegraph ui                          Dagster UI + daemon and MLflow UI on 127.0.0.1
 
 Every command takes --config PATH (default $TUNEGRAPH_CONFIG or configs/default.yaml); state lives
@@ -79,6 +81,36 @@ def cmd_report(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace, paths: Paths) -> tuple:  # noqa: ANN001
+    from resources.tracking import MlflowTracking
+    from stages.config import load_config
+
+    return MlflowTracking(home=str(paths.home)).client(), load_config(args.config).tracking.registered_model
+
+
+def cmd_lineage(args: argparse.Namespace, paths: Paths) -> int:
+    from pipelines.lineage import lineage_of_file
+
+    client, name = _registry(args, paths)
+    rows = lineage_of_file(client, name, args.path)
+    if not rows:
+        print(f"no registered version of {name} was trained on {args.path}")
+        return 1
+    print(f"{'version':>8}  {'aliases':<20} {'content hash':<18} {'train records':>13}")
+    for r in rows:
+        print(f"{r['version']:>8}  {r['aliases']:<20} {r['content_hash']:<18} {r['train_records']:>13}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, paths: Paths) -> int:
+    from pipelines.lineage import compare
+
+    client, name = _registry(args, paths)
+    result, markdown = compare(client, name, args.a, args.b)
+    print(json.dumps(result, indent=2, default=str) if args.json else markdown)
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     from resources.tracking import MlflowTracking
 
@@ -140,10 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="redo everything")
     p = sub.add_parser("report", help="print the latest state")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "lineage", help="which model versions were trained on which versions of a landing file"
+    )
+    p.add_argument("path", help="landing file path relative to landing/, e.g. stdlib-03.jsonl")
+    p = sub.add_parser("compare", help="what changed between two model versions (numbers or aliases)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("ui", help="start the Dagster and MLflow UIs on loopback")
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
-    for name in ("run", "report", "example-data", "ui"):
+    for name in sub.choices:
         sub.choices[name].add_argument("--config", type=Path, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -152,7 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     args.config = (args.config or default_config_path()).resolve()
     home = default_home()
     configure_environment(home, args.config)
-    handlers = {"example-data": cmd_example_data, "run": cmd_run, "report": cmd_report, "ui": cmd_ui}
+    handlers = {
+        "example-data": cmd_example_data,
+        "run": cmd_run,
+        "report": cmd_report,
+        "lineage": cmd_lineage,
+        "compare": cmd_compare,
+        "ui": cmd_ui,
+    }
     try:
         return handlers[args.command](args, Paths(home))
     except ConfigError as err:

@@ -1,0 +1,80 @@
+"""What a model was trained on, and what changed between two models.
+
+A lineage record (written with every fine-tune, logged to its MLflow run) holds the landing files
+with their content hashes and train record counts, the resolved config (flat keys), the code
+version of every asset, and the evaluation metrics. `diff` compares two of them.
+"""
+
+from typing import Any
+
+
+def diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    a_files, b_files = older["landing_files"], newer["landing_files"]
+    changed = [
+        {
+            "file": f,
+            "records_before": a_files[f]["train_records"],
+            "records_after": b_files[f]["train_records"],
+        }
+        for f in sorted(set(a_files) & set(b_files))
+        if a_files[f]["content_hash"] != b_files[f]["content_hash"]
+    ]
+    keys = sorted(set(older["config"]) | set(newer["config"]))
+    metrics = sorted(set(older.get("metrics", {})) & set(newer.get("metrics", {})))
+    return {
+        "files_added": [
+            {"file": f, "records": b_files[f]["train_records"]} for f in sorted(set(b_files) - set(a_files))
+        ],
+        "files_removed": [
+            {"file": f, "records": a_files[f]["train_records"]} for f in sorted(set(a_files) - set(b_files))
+        ],
+        "files_changed": changed,
+        "config_changed": [
+            {"key": k, "before": older["config"].get(k), "after": newer["config"].get(k)}
+            for k in keys
+            if older["config"].get(k) != newer["config"].get(k)
+        ],
+        "code_changed": [
+            {"asset": a, "before": older["code_versions"].get(a), "after": newer["code_versions"].get(a)}
+            for a in sorted(set(older["code_versions"]) | set(newer["code_versions"]))
+            if older["code_versions"].get(a) != newer["code_versions"].get(a)
+        ],
+        "metric_deltas": {
+            m: {
+                "before": older["metrics"][m],
+                "after": newer["metrics"][m],
+                "delta": newer["metrics"][m] - older["metrics"][m],
+            }
+            for m in metrics
+        },
+    }
+
+
+def to_markdown(title: str, d: dict[str, Any]) -> str:
+    lines = [f"# {title}", ""]
+    sections = [
+        ("Landing files added", d["files_added"], ["file", "records"]),
+        ("Landing files removed", d["files_removed"], ["file", "records"]),
+        ("Landing files changed", d["files_changed"], ["file", "records_before", "records_after"]),
+        ("Config keys that differ", d["config_changed"], ["key", "before", "after"]),
+        ("Code versions that differ", d["code_changed"], ["asset", "before", "after"]),
+        (
+            "Metric deltas",
+            [{"metric": m, **v} for m, v in d["metric_deltas"].items()],
+            ["metric", "before", "after", "delta"],
+        ),
+    ]
+    for heading, rows, columns in sections:
+        lines.append(f"## {heading}")
+        if not rows:
+            lines += ["(none)", ""]
+            continue
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
