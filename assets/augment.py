@@ -11,6 +11,8 @@ from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import augment
 from stages.decontamination import decontaminate
+from stages.dedup import normalised_hash
+from stages.readers import schema_problem
 from stages.tables import read_rows, write_json, write_rows
 
 MIN_TRAIN_EXAMPLES = 8
@@ -29,7 +31,7 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
     cfg, paths = settings.config(), settings.paths()
     train = read_rows(paths.latest("deduplicated_corpus") / "train.parquet")
     aug = cfg.data.augmentation
-    new = augment(train, aug.max_share, cfg.data.seed) if aug.enabled else []
+    new = augment(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
     rows = [{**r, "source_id": r["id"], "augmentation": "none"} for r in train] + new
     methods = Counter(r["augmentation"] for r in rows)
     with paths.publish("augmented_corpus") as out:
@@ -117,4 +119,38 @@ def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
             "matches": counts_table(dict(found), key="type"),
             "records": md_table(offenders, ["id", "types"]),
         },
+    )
+
+
+@dg.asset_check(
+    asset=augmented_corpus,
+    blocking=True,
+    description="Responses duplicated among original train records stay under data.max_duplicate_rate.",
+)
+def duplicate_rate(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    train, _ = _train_and_eval(settings)
+    originals = [r for r in train if r["augmentation"] == "none"]
+    by_hash = Counter(normalised_hash(r["messages"][-1]["content"]) for r in originals)
+    duplicated = sum(n - 1 for n in by_hash.values() if n > 1)
+    rate = duplicated / max(len(originals), 1)
+    limit = settings.config().data.max_duplicate_rate
+    return dg.AssetCheckResult(
+        passed=rate <= limit, metadata={"duplicate_rate": rate, "limit": limit, "duplicates": duplicated}
+    )
+
+
+@dg.asset_check(
+    asset=augmented_corpus,
+    blocking=True,
+    description="Every record is a valid conversation ending with an answer.",
+)
+def schema_valid(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    train, eval_rows = _train_and_eval(settings)
+    bad = [
+        {"id": r.get("id"), "problem": problem}
+        for r in train + eval_rows
+        if (problem := schema_problem(r)) is not None
+    ]
+    return dg.AssetCheckResult(
+        passed=not bad, metadata={"invalid": len(bad), "examples": md_table(bad, ["id", "problem"])}
     )

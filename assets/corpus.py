@@ -7,7 +7,8 @@ import dagster as dg
 from assets.metadata import counts_table, file_hash, folder_version, md_table
 from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
-from stages.cleaning import clean_records
+from stages import pii
+from stages.cleaning import Rules, clean_records
 from stages.readers import read_file
 from stages.tables import read_rows, write_json, write_rows
 
@@ -51,7 +52,11 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
             "schemas": counts_table(dict(Counter(r["schema"] for r in result.records)), key="schema"),
             "sample": md_table(
                 [
-                    {"id": r["id"], "line": r["source_line"], "response": r["messages"][-1]["content"]}
+                    {
+                        "id": r["id"],
+                        "line": r["source_line"],
+                        "response": pii.redact(r["messages"][-1]["content"]),
+                    }
                     for r in result.records
                 ],
                 ["id", "line", "response"],
@@ -73,7 +78,7 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
     cfg, paths = settings.config(), settings.paths()
     key = context.partition_key
     records = read_rows(paths.latest("raw_corpus", key) / "records.parquet")
-    result = clean_records(records, cfg.data.cleaning.min_chars, cfg.data.cleaning.max_chars)
+    result = clean_records(records, Rules(**cfg.data.cleaning.model_dump()))
     dropped = Counter(d["reason"] for d in result.dropped)
     with paths.publish("clean_corpus", key) as out:
         write_rows(out / "records.parquet", result.kept)

@@ -10,7 +10,7 @@ from assets.corpus import clean_corpus
 from assets.metadata import counts_table, folder_version, md_table
 from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
-from stages.cleaning import clean_records
+from stages.cleaning import Rules, clean_records
 from stages.decontamination import decontaminate
 from stages.dedup import exact_dedup, near_dedup
 from stages.readers import read_file
@@ -104,6 +104,6 @@ def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list
         if not path.is_file():
             raise dg.Failure(f"data.eval_files: {path} not found; fix the path in {settings.config_path}")
         read = read_file(path, path.name, "auto", cfg.corpus.fields)
-        cleaned = clean_records(read.records, cfg.data.cleaning.min_chars, cfg.data.cleaning.max_chars)
+        cleaned = clean_records(read.records, Rules(**cfg.data.cleaning.model_dump()))
         sets[path.stem] = [{**r, "id": f"eval:{path.name}:{r['id']}"} for r in cleaned.kept]
     return sets

@@ -113,6 +113,9 @@ def fine_tuned_model(
                 "loss",
             )
             client.log_artifact(run_id, str(out / "loss.png"))
+            tokens_dir = paths.latest("tokenized_dataset")
+            client.log_artifact(run_id, str(tokens_dir / "dataset_card.md"), "dataset")
+            client.log_artifact(run_id, str(tokens_dir / "lengths.png"), "dataset")
             client.log_batch(run_id, metrics=_final_metrics(summary))
             version = _log_and_register(mlflow_tracking, run_id, out, cfg.tracking.registered_model)
             final_dir = paths.published(out)

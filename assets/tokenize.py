@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from assets.augment import augmented_corpus
 from assets.automation import EAGER_BEHIND_GATES
+from assets.dataset_card import card_markdown, corpus_accounting
 from assets.dedup import deduplicated_corpus
 from assets.metadata import png
 from assets.model import base_model
@@ -15,7 +16,7 @@ from resources.settings import TunegraphSettings
 from stages import plots
 from stages.chat import IGNORE_INDEX, record_key, tokenize_cached, tokenize_records, tokenizer_fingerprint
 from stages.packing import pack_bfd
-from stages.tables import read_rows, write_json, write_rows
+from stages.tables import read_json, read_rows, write_json, write_rows
 
 CODE_VERSION = "tokenize-2"
 
@@ -58,6 +59,9 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
         }
         write_json(out / "summary.json", summary)
         hist = png(out / "lengths.png", "example lengths")
+        methods = read_json(paths.latest("augmented_corpus") / "summary.json")["methods"]
+        card = card_markdown(corpus_accounting(paths), summary, len(train), methods)
+        (out / "dataset_card.md").write_text(card)
     context.log.info(
         f"{stats.examples} examples -> {stats.blocks} blocks of {cfg.data.block_size}, "
         f"non-pad {stats.non_pad_fraction:.3f}, {stats.truncated} truncated"
@@ -76,6 +80,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "reused_from_cache": len(train) - fresh,
             "tokenizer_fingerprint": fingerprint,
             "length_histogram": hist,
+            "dataset_card": dg.MetadataValue.md(card),
         },
     )
 

@@ -6,7 +6,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from stages.cleaning import clean_records  # noqa: E402
+from stages.cleaning import Rules, clean_records  # noqa: E402
 from stages.config import PipelineConfig  # noqa: E402
 from stages.example_corpus import stdlib_records  # noqa: E402
 from stages.readers import to_record  # noqa: E402
@@ -17,7 +17,7 @@ def example_records() -> list[dict[str, Any]]:
     cleaning = PipelineConfig().data.cleaning
     raw, _ = stdlib_records()
     records = [to_record(r, "stdlib.jsonl", i, {}) for i, r in enumerate(raw, start=1)]
-    return clean_records(records, cleaning.min_chars, cleaning.max_chars).kept
+    return clean_records(records, Rules(**cleaning.model_dump())).kept
 
 
 def smollm2_tokenizer() -> Any:

@@ -6,7 +6,14 @@ pipeline YAML, default configs/default.yaml) when the code location loads.
 
 import dagster as dg
 
-from assets.augment import augmented_corpus, enough_examples, no_eval_contamination, no_residual_pii
+from assets.augment import (
+    augmented_corpus,
+    duplicate_rate,
+    enough_examples,
+    no_eval_contamination,
+    no_residual_pii,
+    schema_valid,
+)
 from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
@@ -30,6 +37,8 @@ GLOBAL_ASSETS = [
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [
     no_eval_contamination,
+    duplicate_rate,
+    schema_valid,
     enough_examples,
     no_residual_pii,
     blocks_have_labels,

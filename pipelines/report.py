@@ -1,8 +1,8 @@
 """`tunegraph report`: the latest state, assembled from the published outputs under $TUNEGRAPH_HOME."""
 
-from collections import Counter
 from typing import Any
 
+from assets.dataset_card import corpus_accounting, summary
 from resources.settings import Paths
 from stages.evaluation import VARIANTS
 from stages.tables import read_json
@@ -10,48 +10,25 @@ from stages.tables import read_json
 METRICS = ("loss", "perplexity", "rouge_l", "exact_match")
 
 
-def _summary(paths: Paths, asset: str, name: str = "summary.json", partition: str | None = None) -> dict:
-    if not paths.has_latest(asset, partition):
-        return {}
-    path = paths.latest(asset, partition) / name
-    return read_json(path) if path.is_file() else {}
-
-
 def build_report(paths: Paths) -> dict[str, Any]:
     last = read_json(paths.runs / "last.json") if (paths.runs / "last.json").is_file() else {}
-    dedup = _summary(paths, "deduplicated_corpus")
-    partitions = dedup.get("partitions", [])
-    documents_in, dropped, pii = 0, Counter(), Counter()
-    for key in partitions:
-        raw, clean = (
-            _summary(paths, "raw_corpus", partition=key),
-            _summary(paths, "clean_corpus", partition=key),
-        )
-        documents_in += raw.get("documents_in", 0)
-        dropped.update(raw.get("quarantined", {}))
-        dropped.update(clean.get("dropped", {}))
-        pii.update(clean.get("pii", {}))
-    if dedup:
-        dropped["duplicate"] += dedup["duplicates"]
-        dropped["near_duplicate"] += dedup.get("near_duplicates", 0)
-        dropped["contaminated"] += dedup["contaminated"]
-        dropped["over_max_train_examples"] += dedup.get("capped", 0)
-    held_out = dedup.get("eval_examples", {}).get("held_out", 0)
-    augmented = _summary(paths, "augmented_corpus")
-    tokens = _summary(paths, "tokenized_dataset")
-    train = _summary(paths, "fine_tuned_model", "train_summary.json")
-    registry = _summary(paths, "fine_tuned_model", "mlflow.json")
-    evaluation = _summary(paths, "model_evaluation")
+    dedup = summary(paths, "deduplicated_corpus")
+    accounting = corpus_accounting(paths)
+    augmented = summary(paths, "augmented_corpus")
+    tokens = summary(paths, "tokenized_dataset")
+    train = summary(paths, "fine_tuned_model", "train_summary.json")
+    registry = summary(paths, "fine_tuned_model", "mlflow.json")
+    evaluation = summary(paths, "model_evaluation")
     scores = evaluation.get("evaluation", {})
     return {
         "status": last.get("status"),
         "run_id": last.get("run_id"),
         "errors": last.get("errors", []),
         "data": {
-            "documents_in": documents_in if dedup else None,
-            "documents_kept": dedup["train_examples"] + held_out if dedup else None,
-            "dropped": {k: v for k, v in dropped.items() if v},
-            "pii": dict(pii),
+            "documents_in": accounting.get("documents_in"),
+            "documents_kept": accounting.get("documents_kept"),
+            "dropped": accounting.get("dropped", {}),
+            "pii": accounting.get("pii", {}),
             "duplicates": dedup["duplicates"] + dedup.get("near_duplicates", 0) if dedup else None,
             "contaminated": dedup.get("contaminated"),
             "train_examples": augmented.get("train_examples"),
@@ -59,6 +36,7 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "train_tokens": tokens.get("tokens"),
             "partitions_total": last.get("partitions_total"),
             "partitions_processed": last.get("partitions_processed", []),
+            "partitions_removed": last.get("partitions_removed", []),
         },
         "training": {
             "mlflow_run_id": registry.get("mlflow_run_id"),
@@ -85,6 +63,11 @@ def format_summary(report: dict[str, Any]) -> str:
         f"status: {report['status']}  (dagster run {report['run_id']})",
         f"data: {d['documents_in']} documents in, {d['documents_kept']} kept; dropped {d['dropped']}; pii {d['pii']}",
         f"      {d['train_examples']} train examples ({d['train_tokens']} tokens), {d['eval_examples']} eval",
+        *(
+            [f"      landing files removed (their records left the training set): {d['partitions_removed']}"]
+            if d["partitions_removed"]
+            else []
+        ),
         f"training: {t['steps']} steps, final loss {_f(t['train_loss'])}, "
         f"{_f(t['effective_tokens_per_s'], 1)} label tokens/s, MLflow run {t['mlflow_run_id']}",
         "evaluation (held-out):",

@@ -77,7 +77,8 @@ class Runner:
         node = next(a for a in definitions.ASSETS if a.key.to_user_string() == asset)
         return node.code_versions_by_key[node.key] or ""
 
-    def sync_partitions(self) -> list[str]:
+    def sync_partitions(self) -> tuple[list[str], list[str]]:
+        """(current landing keys, keys whose file was deleted since the last sync)."""
         keys = self.paths.landing_keys(self.config.corpus.format)
         if not keys:
             raise PipelineError(
@@ -92,7 +93,7 @@ class Runner:
         for key in gone:
             self.instance.delete_dynamic_partition(landing_files.name, key)
             self.log(f"landing file removed: {key} (its records leave the training set)")
-        return keys
+        return keys, gone
 
     def partition_fingerprint(self, key: str) -> str:
         return _sha(
@@ -100,14 +101,23 @@ class Runner:
             [self._code_version(a) + self._config_hash(a) for a in ("raw_corpus", "clean_corpus")],
         )
 
-    def run(self, select: list[str] | None = None, full: bool = False) -> dict[str, Any]:
+    def run(
+        self, select: list[str] | None = None, full: bool = False, only: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Bring the graph up to date. `select` forces those assets; `only` limits the run to those
+        global assets (staleness unchanged), e.g. the data stages without training."""
         started = time.time()
-        keys = self.sync_partitions()
+        keys, removed = self.sync_partitions()
         state = read_json(self.state_file) if self.state_file.is_file() else {}
         done_parts: dict[str, str] = state.get("partitions", {})
         done_assets: dict[str, str] = state.get("assets", {})
         everything = full or select is not None
-        record: dict[str, Any] = {"status": "running", "started": started, "partitions_total": len(keys)}
+        record: dict[str, Any] = {
+            "status": "running",
+            "started": started,
+            "partitions_total": len(keys),
+            "partitions_removed": removed,
+        }
 
         part_fp = {k: self.partition_fingerprint(k) for k in keys}
         todo = [
@@ -160,6 +170,8 @@ class Runner:
                 stale.append(name)
         if select is not None:
             stale = [s for s in stale if s in select]
+        if only is not None:
+            stale = [s for s in stale if s in only]
         if not stale:
             self.log("everything is up to date")
             return self._finish(record, "up_to_date", run_ids)

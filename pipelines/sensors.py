@@ -80,6 +80,8 @@ DATA_GATES = [
     dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "no_eval_contamination"),
     dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "enough_examples"),
     dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "no_residual_pii"),
+    dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "duplicate_rate"),
+    dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "schema_valid"),
     dg.AssetCheckKey(dg.AssetKey("tokenized_dataset"), "blocks_have_labels"),
 ]
 

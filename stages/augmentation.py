@@ -21,24 +21,53 @@ def _rank(seed: int, record_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"aug:{seed}:{record_id}".encode()).digest()[:8], "big")
 
 
-def augment(train: list[dict[str, Any]], max_share: float, seed: int) -> list[dict[str, Any]]:
-    """Return only the new records. len(new) / (len(train) + len(new)) <= max_share."""
+def augment(
+    train: list[dict[str, Any]], max_share: float, seed: int, few_shot_k: int = 0
+) -> list[dict[str, Any]]:
+    """Return only the new records. len(new) / (len(train) + len(new)) <= max_share.
+
+    Each chosen record gets an instruction paraphrase; with few_shot_k > 0, every other chosen
+    record instead gets k other train examples as earlier turns (the prompt-engineering few-shot
+    technique, used as training data so the model also learns to read such prompts).
+    """
     eligible = [r for r in train if r["schema"] != "text"]
     budget = int(max_share * len(train) / (1 - max_share)) if max_share < 1 else len(eligible)
     chosen = sorted(eligible, key=lambda r: _rank(seed, r["id"]))[: min(budget, len(eligible))]
     new = []
-    for record in chosen:
-        template = PARAPHRASE_TEMPLATES[1 + _rank(seed + 1, record["id"]) % (len(PARAPHRASE_TEMPLATES) - 1)]
-        messages = [dict(m) for m in record["messages"]]
-        user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-        messages[user]["content"] = template.format(instruction=messages[user]["content"])
-        new.append(
-            {
-                **record,
-                "id": f"{record['id']}#paraphrase",
-                "messages": messages,
-                "source_id": record["id"],
-                "augmentation": "paraphrase_template",
-            }
-        )
+    for i, record in enumerate(chosen):
+        if few_shot_k > 0 and i % 2 == 1 and len(eligible) > few_shot_k:
+            new.append(_few_shot(record, eligible, few_shot_k, seed))
+        else:
+            new.append(_paraphrase(record, seed))
     return new
+
+
+def _paraphrase(record: dict[str, Any], seed: int) -> dict[str, Any]:
+    template = PARAPHRASE_TEMPLATES[1 + _rank(seed + 1, record["id"]) % (len(PARAPHRASE_TEMPLATES) - 1)]
+    messages = [dict(m) for m in record["messages"]]
+    user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[user]["content"] = template.format(instruction=messages[user]["content"])
+    return {
+        **record,
+        "id": f"{record['id']}#paraphrase",
+        "messages": messages,
+        "source_id": record["id"],
+        "augmentation": "paraphrase_template",
+    }
+
+
+def _few_shot(record: dict[str, Any], pool: list[dict[str, Any]], k: int, seed: int) -> dict[str, Any]:
+    """k other train examples (stable choice per record) as earlier user/assistant turns."""
+    others = sorted(
+        (r for r in pool if r["id"] != record["id"]), key=lambda r: _rank(seed + 2, record["id"] + r["id"])
+    )
+    shots = [m for shot in others[:k] for m in shot["messages"] if m["role"] != "system"]
+    system = [m for m in record["messages"] if m["role"] == "system"]
+    rest = [m for m in record["messages"] if m["role"] != "system"]
+    return {
+        **record,
+        "id": f"{record['id']}#few_shot",
+        "messages": [*system, *shots, *rest],
+        "source_id": record["id"],
+        "augmentation": "few_shot_context",
+    }

@@ -14,6 +14,7 @@ import ftfy
 
 from stages import pii
 
+_WORD = re.compile(r"\w+")
 _TAG = re.compile(r"</?(?:[a-zA-Z][a-zA-Z0-9]*)(?:\s[^<>]*)?/?>")
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 # A line starting like this is structure (a list, a table, code, a doctest), not a wrapped sentence.
@@ -57,7 +58,19 @@ def normalise(text: str) -> str:
     return unwrap(text).strip()
 
 
-def clean_records(records: list[dict[str, Any]], min_chars: int, max_chars: int) -> CleanResult:
+@dataclass(frozen=True)
+class Rules:
+    """Filter thresholds (see CleaningConfig for what each means)."""
+
+    min_chars: int = 8
+    max_chars: int = 4000
+    max_duplicate_line_fraction: float = 0.3
+    max_top_ngram_fraction: float = 0.2
+    max_symbol_fraction: float = 0.5
+    min_words_for_repetition: int = 20
+
+
+def clean_records(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
     result = CleanResult()
     for record in records:
         messages = [
@@ -65,7 +78,7 @@ def clean_records(records: list[dict[str, Any]], min_chars: int, max_chars: int)
             for m in record["messages"]
         ]
         response = messages[-1]["content"]
-        reason = _filter_reason(messages, response, min_chars, max_chars)
+        reason = _filter_reason(messages, response, rules)
         cleaned = {**record, "messages": messages}
         if reason is None:
             result.kept.append(cleaned)
@@ -74,15 +87,26 @@ def clean_records(records: list[dict[str, Any]], min_chars: int, max_chars: int)
     return result
 
 
-def _filter_reason(
-    messages: list[dict[str, str]], response: str, min_chars: int, max_chars: int
-) -> str | None:
+def _filter_reason(messages: list[dict[str, str]], response: str, rules: Rules) -> str | None:
+    """The name of the first rule the record fails, or None. Rules in the style of Gopher/datatrove."""
     if not response or any(not m["content"] for m in messages if m["role"] == "user"):
         return "empty"
-    if len(response) < min_chars:
+    if len(response) < rules.min_chars:
         return "too_short"
-    if len(response) > max_chars:
+    if len(response) > rules.max_chars:
         return "too_long"
+    symbols = sum(1 for c in response if not (c.isalnum() or c.isspace()))
+    if symbols / len(response) > rules.max_symbol_fraction:
+        return "symbol_ratio"
+    words = _WORD.findall(response.lower())
+    if len(words) >= rules.min_words_for_repetition:
+        lines = [line.strip() for line in response.split("\n") if line.strip()]
+        if lines and 1 - len(set(lines)) / len(lines) > rules.max_duplicate_line_fraction:
+            return "repeated_lines"
+        bigrams = Counter(zip(words, words[1:], strict=False))
+        (top, count), chars = bigrams.most_common(1)[0], sum(len(w) for w in words)
+        if count > 1 and count * (len(top[0]) + len(top[1])) / chars > rules.max_top_ngram_fraction:
+            return "repeated_ngrams"
     return None
 
 

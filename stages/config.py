@@ -37,6 +37,23 @@ class CorpusConfig(_Section):
 class CleaningConfig(_Section):
     min_chars: int = Field(8, ge=0, description="Records whose response is shorter are dropped (too_short).")
     max_chars: int = Field(4000, ge=1, description="Records whose response is longer are dropped (too_long).")
+    max_duplicate_line_fraction: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="Share of repeated lines above which a record is dropped (Gopher: 0.3).",
+    )
+    max_top_ngram_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="Share of characters in the most frequent word 2-gram (Gopher: 0.2)."
+    )
+    max_symbol_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of characters that are neither letters, digits nor spaces."
+    )
+    min_words_for_repetition: int = Field(
+        20,
+        ge=1,
+        description="Repetition rules only judge texts at least this long (short texts repeat by chance).",
+    )
 
 
 class NearDedupConfig(_Section):
@@ -66,6 +83,9 @@ class AugmentationConfig(_Section):
     max_share: float = Field(
         0.3, ge=0.0, lt=1.0, description="Cap on the augmented share of the final training set."
     )
+    few_shot_k: int = Field(
+        0, ge=0, description="If > 0, half the augmented records get k other train examples as earlier turns."
+    )
 
 
 class DataConfig(_Section):
@@ -78,6 +98,12 @@ class DataConfig(_Section):
         None, ge=1, description="Keep only the first N train records (by stable hash); None keeps all."
     )
     block_size: int = Field(512, ge=16, description="Tokens per packed training block.")
+    max_duplicate_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Blocking check: share of train responses still duplicated after dedup.",
+    )
     cleaning: CleaningConfig = CleaningConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()

@@ -19,6 +19,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from stages import pii
+
 FORMATS_BY_SUFFIX = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -75,8 +77,15 @@ class BadRecordError(ValueError):
 
 
 def quarantine_row(key: str, line: int, reason: str, detail: str, raw: Any) -> dict[str, Any]:
+    """A quarantined row with its reason; the excerpt is PII-redacted like everything stored."""
     text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-    return {"source_file": key, "source_line": line, "reason": reason, "detail": detail, "raw": text[:500]}
+    return {
+        "source_file": key,
+        "source_line": line,
+        "reason": reason,
+        "detail": detail,
+        "raw": pii.redact(text[:500]),
+    }
 
 
 def _rows(path: Path, fmt: str, result: ReadResult, key: str) -> Iterator[tuple[int, Any]]:
@@ -213,3 +222,17 @@ def _chat(value: Any) -> list[dict[str, str]]:
             "missing_field", "the last message must be the assistant's (the training target)"
         )
     return messages
+
+
+def schema_problem(record: dict[str, Any]) -> str | None:
+    """What makes a canonical record unusable for training, or None."""
+    if not record.get("id") or not record.get("source_file"):
+        return "missing id or source_file"
+    messages = record.get("messages") or []
+    if not messages or any(
+        m.get("role") not in ROLES or not isinstance(m.get("content"), str) for m in messages
+    ):
+        return "messages must be a non-empty list of {role, content}"
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        return "the last message must be a non-empty assistant answer"
+    return None

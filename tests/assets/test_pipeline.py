@@ -1,11 +1,13 @@
 """The whole graph on configs/tiny.yaml: real Dagster instance, real MLflow on SQLite, real files."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import mlflow
 import pytest
 from conftest import write_config, write_example_shards, write_jsonl
+from transformers import AutoTokenizer
 
 from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
@@ -14,7 +16,7 @@ from resources.tracking import MlflowTracking
 from stages.tables import read_rows
 
 
-def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
+def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings, tmp_path):
     shards = write_example_shards(home, shards=4)
     # A record with PII and one that is broken, in a shard of their own.
     write_jsonl(
@@ -22,7 +24,7 @@ def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
         [
             {
                 "instruction": "Who maintains it?",
-                "output": "Write to Ada.Lovelace@Example.ORG or call (555) 123-4567.",
+                "output": "Write to Ada.Lovelace@Example.ORG or call (555) 123-4567. Key AKIAIOSFODNN7EXAMPLE.",
             },
         ],
     )
@@ -37,7 +39,7 @@ def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
     data = report["data"]
     assert data["documents_in"] == data["documents_kept"] + sum(data["dropped"].values())
     assert data["dropped"]["invalid_json"] == 1 and data["dropped"]["empty"] > 0
-    assert data["pii"] == {"email": 1, "phone": 1}
+    assert data["pii"] == {"email": 1, "phone": 1, "secret": 1}
     assert data["train_examples"] > 0 and data["eval_examples"] > 0 and data["train_tokens"] > 0
     assert report["training"]["steps"] == 6
     assert 0 < report["training"]["non_pad_fraction"] <= 1
@@ -46,14 +48,28 @@ def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings):
     assert report["evaluation"]["champion"] is None  # no champion before the first promotion
     assert report["registry"]["version"] == "1"
 
-    # No PII reached the training data.
-    tokens_dir = settings.paths().latest("augmented_corpus")
-    assert "Lovelace" not in (tokens_dir / "train.parquet").read_bytes().decode("latin-1")
+    # No PII reached the token ids, the Dagster metadata or MLflow.
+    planted = ["Lovelace", "123-4567", "AKIAIOSFODNN7EXAMPLE"]
+    tok = AutoTokenizer.from_pretrained(settings.paths().latest("base_model") / "model")
+    blocks = read_rows(settings.paths().latest("tokenized_dataset") / "train_blocks.parquet")
+    decoded = tok.decode([t for b in blocks for t in b["input_ids"]])
+    assert "<EMAIL>" in decoded and not any(p in decoded for p in planted)
+    metadata = [
+        str(r.asset_materialization.metadata)
+        for key in instance.get_asset_keys()
+        for r in instance.fetch_materializations(key, limit=1000).records
+    ]
+    assert metadata and not any(p in m for m in metadata for p in planted)
 
     # MLflow: one finished run with the resolved config, the loss curve, eval metrics and a model version.
     client = MlflowTracking(home=str(home)).client()
     run = client.get_run(report["training"]["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    artifacts = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    texts = [
+        f.read_text(errors="ignore") for f in artifacts.rglob("*") if f.suffix in (".md", ".json", ".txt")
+    ]
+    assert texts and not any(p in t for t in texts for p in planted)
     assert run.data.params["training.max_steps"] == "6"
     assert run.data.tags["dagster.run_id"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3

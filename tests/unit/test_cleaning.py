@@ -1,7 +1,7 @@
 """Cleaning and PII redaction: what is changed, what is dropped and why."""
 
 from stages import pii
-from stages.cleaning import clean_records, normalise
+from stages.cleaning import Rules, clean_records, normalise
 
 
 def _record(response: str, prompt: str = "Explain it.") -> dict:
@@ -24,7 +24,7 @@ def test_normalise_repairs_unicode_strips_markup_and_unwraps():
 
 def test_filters_drop_with_reasons_and_accounting_holds():
     records = [_record(""), _record("short"), _record("x" * 50), _record("A good answer here.")]
-    result = clean_records(records, min_chars=8, max_chars=40)
+    result = clean_records(records, Rules(min_chars=8, max_chars=40))
     assert [d["reason"] for d in result.dropped] == ["empty", "too_short", "too_long"]
     assert len(result.kept) == 1
     assert len(records) == len(result.kept) + len(result.dropped)
@@ -53,3 +53,14 @@ def test_pii_leaves_ordinary_numbers_alone():
 def test_private_key_block_is_one_secret():
     key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----"
     assert pii.redact(f"key:\n{key}\ndone") == "key:\n<SECRET>\ndone"
+
+
+def test_repetition_and_symbol_rules_name_the_rule():
+    looping = "The byteswap of the array.\n\n" + "The byteswap is a byteswap of the array.\n\n" * 6
+    spammy = "buy now " * 20
+    symbols = "#### ==== **** ---- //// :::: ;;;; ~~~~ " * 3 + "ok"
+    fine = "Return a new list containing all items from the iterable in ascending order. " * 1
+    records = [_record(looping), _record(spammy), _record(symbols), _record(fine)]
+    result = clean_records(records, Rules())
+    assert [d["reason"] for d in result.dropped] == ["repeated_lines", "repeated_ngrams", "symbol_ratio"]
+    assert [r["messages"][-1]["content"] for r in result.kept] == [fine.strip()]
