@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.corpus import clean_corpus
+from assets.dataset_card import corpus_accounting
 from assets.metadata import counts_table, folder_version, md_table
 from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
@@ -107,3 +108,18 @@ def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list
         cleaned = clean_records(read.records, Rules(**cfg.data.cleaning.model_dump()))
         sets[path.stem] = [{**r, "id": f"eval:{path.name}:{r['id']}"} for r in cleaned.kept]
     return sets
+
+
+@dg.asset_check(
+    asset=deduplicated_corpus,
+    blocking=True,
+    description="Accounting: every document read is kept or dropped with a named reason.",
+)
+def accounting_holds(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    acc = corpus_accounting(settings.paths())
+    dropped = sum(acc["dropped"].values())
+    return dg.AssetCheckResult(
+        passed=acc["documents_in"] == acc["documents_kept"] + dropped,
+        metadata={"documents_in": acc["documents_in"], "documents_kept": acc["documents_kept"],
+                  "dropped": dropped, "by_reason": counts_table(acc["dropped"])},
+    )  # fmt: skip

@@ -1,15 +1,11 @@
 """The benchmarks' shared inputs: the example corpus as cleaned canonical records, and its tokenizer."""
 
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from stages.cleaning import Rules, clean_records  # noqa: E402
-from stages.config import PipelineConfig  # noqa: E402
-from stages.example_corpus import stdlib_records  # noqa: E402
-from stages.readers import to_record  # noqa: E402
+from stages.cleaning import Rules, clean_records
+from stages.config import PipelineConfig
+from stages.example_corpus import stdlib_records
+from stages.readers import to_record
 
 
 def example_records() -> list[dict[str, Any]]:

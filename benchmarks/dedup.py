@@ -13,17 +13,19 @@ holds a planted partner of it or a document whose exact shingle Jaccard with it 
 threshold (the docstrings have real near-duplicates of their own, e.g. os.stat and posix.stat).
 """
 
-import argparse
-import json
-import random
-import re
 import sys
-import time
 from pathlib import Path
 
-from datasketch import MinHash, MinHashLSH
+# The repository root instead of this folder, whose tokenize.py would shadow the standard library's.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+from datasketch import MinHash, MinHashLSH  # noqa: E402
 
 from stages.example_corpus import stdlib_records  # noqa: E402
 from stages.near_dedup import near_duplicates, words  # noqa: E402

@@ -28,7 +28,7 @@ from pipelines.runner import Runner  # noqa: E402
 from resources.settings import DEFAULT_CONFIG, REPO_ROOT, TunegraphSettings  # noqa: E402
 from stages.example_corpus import stdlib_records, write_shards  # noqa: E402
 
-DATA_STAGES = ["deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]
+DATA_STAGES = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]
 
 
 def main() -> None:

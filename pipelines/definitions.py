@@ -15,7 +15,7 @@ from assets.augment import (
     schema_valid,
 )
 from assets.corpus import clean_corpus, raw_corpus
-from assets.dedup import deduplicated_corpus
+from assets.dedup import accounting_holds, deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.model import base_model, fine_tuned_model
 from assets.tokenize import blocks_have_labels, tokenized_dataset
@@ -36,6 +36,7 @@ GLOBAL_ASSETS = [
 ]
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [
+    accounting_holds,
     no_eval_contamination,
     duplicate_rate,
     schema_valid,

@@ -105,7 +105,7 @@ class Runner:
         self, select: list[str] | None = None, full: bool = False, only: list[str] | None = None
     ) -> dict[str, Any]:
         """Bring the graph up to date. `select` forces those assets; `only` limits the run to those
-        global assets (staleness unchanged), e.g. the data stages without training."""
+        assets (staleness unchanged; partitions only if raw_corpus or clean_corpus is named)."""
         started = time.time()
         keys, removed = self.sync_partitions()
         state = read_json(self.state_file) if self.state_file.is_file() else {}
@@ -126,6 +126,8 @@ class Runner:
             if everything or done_parts.get(k) != part_fp[k] or not self.paths.has_latest("clean_corpus", k)
         ]
         if select is not None and not {"raw_corpus", "clean_corpus"} & set(select):
+            todo = []
+        if only is not None and not {"raw_corpus", "clean_corpus"} & set(only):
             todo = []
         failures, run_ids = [], []
         for key in todo:

@@ -77,6 +77,7 @@ def _passed(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> bool:
 
 
 DATA_GATES = [
+    dg.AssetCheckKey(dg.AssetKey("deduplicated_corpus"), "accounting_holds"),
     dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "no_eval_contamination"),
     dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "enough_examples"),
     dg.AssetCheckKey(dg.AssetKey("augmented_corpus"), "no_residual_pii"),

@@ -52,21 +52,93 @@ def render_prompts(tokenizer: Any, conversations: list[list[dict[str, str]]]) ->
     ]
 
 
-def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], batch_size: int = 1024) -> list[dict]:
+def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], batch_size: int = 4096) -> list[dict]:
     """Records -> [{input_ids, labels}] with labels only on the response and its EOS.
 
-    Prompt and response are tokenised separately, in batches: the prompt ends with the assistant
-    header's newline, so the boundary tokenises the same way at generation time.
+    Same ids as rendering each prompt and tokenising prompt and response separately (the
+    reference path, `_tokenize_rendered`), but faster: the template is rendered once per role
+    sequence with placeholder contents, its constant pieces are tokenised once, every message's
+    content in one batched call, and the ids are spliced. A sample is checked against the
+    reference path; records whose contents could merge with a neighbouring piece (leading or
+    trailing whitespace) take the reference path.
     """
     out: list[dict] = []
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
-        prompts = render_prompts(tokenizer, [prompt_messages(r) for r in batch])
-        responses = [response_text(r) + tokenizer.eos_token for r in batch]
-        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-        for p, r in zip(prompt_ids, response_ids, strict=True):
-            out.append({"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r})
+        spliced = _tokenize_spliced(tokenizer, batch)
+        if spliced is None:
+            out += _tokenize_rendered(tokenizer, batch)
+        else:
+            out += spliced
+    return out
+
+
+def _tokenize_rendered(tokenizer: Any, records: list[dict[str, Any]]) -> list[dict]:
+    """The reference path: render each prompt, tokenise prompts and responses in batches.
+
+    The prompt ends with the assistant header, so the boundary tokenises as at generation time.
+    """
+    prompts = render_prompts(tokenizer, [prompt_messages(r) for r in records])
+    responses = [response_text(r) + tokenizer.eos_token for r in records]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [
+        {"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r}
+        for p, r in zip(prompt_ids, response_ids, strict=True)
+    ]
+
+
+_SENTINEL = "\x00tunegraph-content-{}\x00"
+_SAMPLE = 32  # records checked against the reference path per batch
+
+
+def _skeleton(tokenizer: Any, roles: tuple[str, ...]) -> list[list[int]] | None:
+    """Token ids of the constant pieces around each message's content, or None if not splittable."""
+    conv = [{"role": role, "content": _SENTINEL.format(i)} for i, role in enumerate(roles)]
+    rendered = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) if conv else ""
+    pieces, rest = [], rendered
+    for i in range(len(roles)):
+        head, sep, rest = rest.partition(_SENTINEL.format(i))
+        if not sep:
+            return None  # the template rewrites or drops content: splicing would be wrong
+        pieces.append(head)
+    pieces.append(rest)
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in pieces]
+
+
+def _tokenize_spliced(tokenizer: Any, records: list[dict[str, Any]]) -> list[dict] | None:
+    safe = [
+        all(m["content"] == m["content"].strip() and m["content"] for m in r["messages"]) and r["messages"]
+        for r in records
+    ]
+    skeletons: dict[tuple[str, ...], list[list[int]] | None] = {}
+    contents: list[str] = []
+    for r, ok in zip(records, safe, strict=True):
+        if not ok:
+            continue
+        roles = tuple(m["role"] for m in prompt_messages(r))
+        if roles not in skeletons:
+            skeletons[roles] = _skeleton(tokenizer, roles)
+        contents += [m["content"] for m in prompt_messages(r)] + [response_text(r) + tokenizer.eos_token]
+    if any(s is None for s in skeletons.values()):
+        return None
+    content_ids = iter(tokenizer(contents, add_special_tokens=False)["input_ids"]) if contents else iter(())
+    out = []
+    slow = [r for r, ok in zip(records, safe, strict=True) if not ok]
+    slow_ids = iter(_tokenize_rendered(tokenizer, slow)) if slow else iter(())
+    for r, ok in zip(records, safe, strict=True):
+        if not ok:
+            out.append(next(slow_ids))
+            continue
+        pieces = skeletons[tuple(m["role"] for m in prompt_messages(r))]
+        prompt: list[int] = list(pieces[0])
+        for piece in pieces[1:]:
+            prompt += next(content_ids) + piece
+        response = next(content_ids)
+        out.append({"input_ids": prompt + response, "labels": [IGNORE_INDEX] * len(prompt) + response})
+    sample = records[:_SAMPLE]
+    if out[: len(sample)] != _tokenize_rendered(tokenizer, sample):
+        return None  # this template does not splice cleanly; the caller takes the reference path
     return out
 
 

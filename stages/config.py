@@ -142,6 +142,11 @@ class TrainingConfig(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(2, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
+    neftune_noise_alpha: float | None = Field(
+        None,
+        gt=0.0,
+        description="NEFTune: noise on input embeddings during training (e.g. 5); off by default.",
+    )
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps.")
     seed: int = 0

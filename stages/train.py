@@ -145,6 +145,7 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type="cosine",
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=2,

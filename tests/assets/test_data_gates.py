@@ -32,7 +32,9 @@ def _setup(home, tmp_path, enabled: bool) -> TunegraphSettings:  # noqa: ANN001
 
 def test_a_planted_eval_passage_is_removed_from_training(home, instance, tmp_path):
     settings = _setup(home, tmp_path, enabled=True)
-    record = Runner(settings, instance).run(only=["base_model", "deduplicated_corpus", "augmented_corpus"])
+    record = Runner(settings, instance).run(
+        only=["raw_corpus", "clean_corpus", "base_model", "deduplicated_corpus", "augmented_corpus"]
+    )
     assert record["status"] == "success", record["errors"]
     dedup = settings.paths().latest("deduplicated_corpus")
     assert [r["id"] for r in read_rows(dedup / "contaminated.parquet")] == ["planted"]

@@ -50,3 +50,21 @@ def test_token_cache_reuses_unchanged_records_and_follows_the_tokenizer(tmp_path
     other = copy.deepcopy(tok)
     other.chat_template = DEFAULT_CHAT_TEMPLATE.replace("<|im_start|>", "<|im_start|> ")
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)
+
+
+def test_spliced_tokenisation_equals_rendering_each_prompt():
+    from stages.chat import _tokenize_rendered
+
+    tok = _smollm2_tokenizer()
+    records = [_rec(f"Explain `mod.f{i}`.", f"Return {i} things.\n\nSecond paragraph.") for i in range(40)]
+    records += [
+        {"id": "sys", "schema": "instruction", "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}]},
+        {"id": "chat", "schema": "chat", "messages": [
+            {"role": "user", "content": "One?"}, {"role": "assistant", "content": "1"},
+            {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "2"}]},
+        {"id": "text", "schema": "text", "messages": [{"role": "assistant", "content": "Raw text document."}]},
+        _rec("  leading spaces", "\n starts with a newline"),
+    ]  # fmt: skip
+    assert tokenize_records(tok, records) == _tokenize_rendered(tok, records)

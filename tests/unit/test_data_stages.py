@@ -50,3 +50,19 @@ def test_augmentation_is_seeded_capped_and_traceable():
         assert new["messages"][-1] == source["messages"][-1]  # the answer is unchanged
         assert source["messages"][0]["content"] in new["messages"][0]["content"]
         assert new["messages"][0]["content"] != source["messages"][0]["content"]
+
+
+def test_few_shot_augmentation_draws_only_on_train_records():
+    train = [_rec(f"t{i}", f"train answer {i}", prompt=f"Train question {i}?") for i in range(40)]
+    evals = [_rec(f"e{i}", f"eval answer {i}", prompt=f"Eval question {i}?") for i in range(10)]
+    new = augment(train, 0.3, seed=1, few_shot_k=2)
+    assert {r["augmentation"] for r in new} == {"paraphrase_template", "few_shot_context"}
+    train_texts = {m["content"] for r in train for m in r["messages"]}
+    eval_texts = {m["content"] for r in evals for m in r["messages"]}
+    for record in new:
+        assert record["source_id"] in {r["id"] for r in train}
+        for message in record["messages"][:-1]:
+            assert not any(e in message["content"] for e in eval_texts)
+        shots = [m["content"] for m in record["messages"][:-2]]
+        assert all(s in train_texts for s in shots)
+    assert new == augment(train, 0.3, seed=1, few_shot_k=2)
