@@ -50,6 +50,8 @@ def model_evaluation(
     client = mlflow_tracking.client()
     name = registry["model_name"]
     champion_version = _alias_version(client, name, "champion")
+    if champion_version == registry["version"]:
+        champion_version = None  # re-evaluating the champion itself: it is judged against the baselines
 
     # by_set[eval set][variant] -> scores; the held-out set is the one promotion and the report use.
     by_set: dict[str, dict[str, dict[str, Any] | None]] = {s: {} for s in eval_sets}

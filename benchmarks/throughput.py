@@ -141,7 +141,7 @@ def main() -> None:
     tokenizer = smollm2_tokenizer()
     records = example_records()
     random.Random(0).shuffle(records)
-    n = args.examples or {"tiny": 1200, "default": 96}.get(args.model, 4000)
+    n = args.examples or {"tiny": 200, "default": 96}.get(args.model, 4000)
     examples = [e for e in tokenize_records(tokenizer, records[:n]) if len(e["input_ids"]) <= args.block_size]
     pad = tokenizer.pad_token_id
 
