@@ -7,11 +7,14 @@ import dagster as dg
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import deduplicated_corpus
 from assets.metadata import counts_table, folder_version, md_table
+from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import pii
-from stages.augmentation import augment
+from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
 from stages.decontamination import decontaminate
 from stages.dedup import normalised_hash
+from stages.evaluation import generate
+from stages.model_source import load_saved
 from stages.readers import schema_problem
 from stages.tables import read_rows, write_json, write_rows
 
@@ -21,8 +24,8 @@ MIN_EVAL_EXAMPLES = 2
 
 @dg.asset(
     group_name="data",
-    deps=[deduplicated_corpus],
-    code_version="augment-1",
+    deps=[deduplicated_corpus, base_model],
+    code_version="augment-2",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Train records plus seeded instruction paraphrases (train only; capped share).",
@@ -32,6 +35,8 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
     train = read_rows(paths.latest("deduplicated_corpus") / "train.parquet")
     aug = cfg.data.augmentation
     new = augment(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
+    if aug.enabled and aug.model_paraphrase:
+        new = _with_model_paraphrases(context, settings, new, train)
     rows = [{**r, "source_id": r["id"], "augmentation": "none"} for r in train] + new
     methods = Counter(r["augmentation"] for r in rows)
     with paths.publish("augmented_corpus") as out:
@@ -51,6 +56,24 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
             ),
         },
     )
+
+
+def _with_model_paraphrases(
+    context: dg.AssetExecutionContext, settings: TunegraphSettings, new: list[dict], train: list[dict]
+) -> list[dict]:
+    paths = settings.paths()
+    folder = paths.latest("base_model")
+    model, tokenizer = load_saved(folder / "model")
+    ev = settings.config().evaluation
+
+    def rewrite(prompts: list[str]) -> list[str]:
+        context.log.info(f"the base model paraphrases {len(prompts)} instructions")
+        convs = [[{"role": "user", "content": p}] for p in prompts]
+        return [o["text"] for o in generate(model, tokenizer, convs, ev.max_new_tokens, ev.batch_size)]
+
+    cache = paths.home / "cache" / f"paraphrases-{folder.name}.json"
+    paraphrases = model_paraphrases(paraphrase_sources(new, train), rewrite, cache)
+    return apply_model_paraphrases(new, train, paraphrases)
 
 
 def _train_and_eval(settings: TunegraphSettings) -> tuple[list[dict], list[dict]]:

@@ -26,10 +26,11 @@ from resources.training import TrainingLauncher
 from stages.config import ConfigError, TrainingConfig, load_config
 
 PARTITIONED_ASSETS = [raw_corpus, clean_corpus]
+# In dependency order: the runner chains fingerprints along this list.
 GLOBAL_ASSETS = [
+    base_model,
     deduplicated_corpus,
     augmented_corpus,
-    base_model,
     tokenized_dataset,
     fine_tuned_model,
     model_evaluation,

@@ -5,6 +5,9 @@ augmented records in the final training set is capped by `data.augmentation.max_
 """
 
 import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # {instruction} is the original user turn; the response is unchanged.
@@ -71,3 +74,57 @@ def _few_shot(record: dict[str, Any], pool: list[dict[str, Any]], k: int, seed: 
         "source_id": record["id"],
         "augmentation": "few_shot_context",
     }
+
+
+PARAPHRASE_PROMPT = (
+    "Rewrite the following request in different words, keeping its meaning. "
+    "Reply with the rewritten request only.\n\n{instruction}"
+)
+
+
+def model_paraphrases(
+    instructions: list[str], generate: Callable[[list[str]], list[str]], cache_file: Path
+) -> dict[str, str]:
+    """instruction -> the model's paraphrase; only instructions not in the cache are generated.
+
+    The cache file belongs to one model version (put it in the name): generation is the slow part.
+    """
+    cache: dict[str, str] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    missing = sorted({i for i in instructions if i not in cache})
+    if missing:
+        outputs = generate([PARAPHRASE_PROMPT.format(instruction=i) for i in missing])
+        cache.update(zip(missing, (o.strip() for o in outputs), strict=True))
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, ensure_ascii=False, sort_keys=True))
+        tmp.replace(cache_file)
+    return {i: cache[i] for i in instructions}
+
+
+def apply_model_paraphrases(
+    new: list[dict[str, Any]], train: list[dict[str, Any]], paraphrases: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Template paraphrases whose source instruction has a usable model paraphrase get it instead."""
+    by_id = {r["id"]: r for r in train}
+    out = []
+    for record in new:
+        original = _user_turn(by_id[record["source_id"]])
+        rewrite = paraphrases.get(original, "")
+        if record["augmentation"] != "paraphrase_template" or not rewrite or rewrite == original:
+            out.append(record)
+            continue
+        messages = [dict(m) for m in record["messages"]]
+        messages[max(i for i, m in enumerate(messages) if m["role"] == "user")]["content"] = rewrite
+        out.append({**record, "id": f"{record['source_id']}#model_paraphrase", "messages": messages,
+                    "augmentation": "model_paraphrase"})  # fmt: skip
+    return out
+
+
+def _user_turn(record: dict[str, Any]) -> str:
+    return [m for m in record["messages"] if m["role"] == "user"][-1]["content"]
+
+
+def paraphrase_sources(new: list[dict[str, Any]], train: list[dict[str, Any]]) -> list[str]:
+    """The original instructions behind the template paraphrases (what the model rewrites)."""
+    by_id = {r["id"]: r for r in train}
+    return [_user_turn(by_id[r["source_id"]]) for r in new if r["augmentation"] == "paraphrase_template"]

@@ -86,6 +86,9 @@ class AugmentationConfig(_Section):
     few_shot_k: int = Field(
         0, ge=0, description="If > 0, half the augmented records get k other train examples as earlier turns."
     )
+    model_paraphrase: bool = Field(
+        False, description="Let the base model rewrite the paraphrased instructions (slow on CPU; cached)."
+    )
 
 
 class DataConfig(_Section):

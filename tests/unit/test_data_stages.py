@@ -66,3 +66,26 @@ def test_few_shot_augmentation_draws_only_on_train_records():
         shots = [m["content"] for m in record["messages"][:-2]]
         assert all(s in train_texts for s in shots)
     assert new == augment(train, 0.3, seed=1, few_shot_k=2)
+
+
+def test_model_paraphrases_are_cached_and_replace_template_paraphrases(tmp_path):
+    from stages.augmentation import apply_model_paraphrases, model_paraphrases, paraphrase_sources
+
+    train = [_rec(f"t{i}", f"answer {i}", prompt=f"Explain thing {i}.") for i in range(20)]
+    new = augment(train, 0.2, seed=0)
+    calls: list[list[str]] = []
+
+    def fake_model(prompts: list[str]) -> list[str]:
+        calls.append(prompts)
+        return [f"Tell me about {p.rsplit(' ', 1)[-1]}" for p in prompts]
+
+    sources = paraphrase_sources(new, train)
+    first = model_paraphrases(sources, fake_model, tmp_path / "cache.json")
+    again = model_paraphrases(sources, fake_model, tmp_path / "cache.json")
+    assert first == again and len(calls) == 1 and len(calls[0]) == len(new)
+    out = apply_model_paraphrases(new, train, first)
+    assert {r["augmentation"] for r in out} == {"model_paraphrase"}
+    assert all(r["messages"][-2]["content"].startswith("Tell me about") for r in out)
+    assert all(
+        r["messages"][-1] == next(t for t in train if t["id"] == r["source_id"])["messages"][-1] for r in out
+    )
