@@ -129,7 +129,7 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
                 "-p",
                 str(args.dagster_port),
             ],
-            cwd=REPO_ROOT,
+            cwd=paths.home / "dagster",
         ),
         subprocess.Popen(
             [
