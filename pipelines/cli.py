@@ -14,6 +14,7 @@ in $TUNEGRAPH_HOME (default ./data).
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,12 +150,18 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     print(
         f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C stops both)"
     )
+    # Ctrl-C or a plain kill of this command stops both servers, never leaving them orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for proc in procs:
             proc.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         for proc in procs:
             proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
     return 0
 
 
