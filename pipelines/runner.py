@@ -64,14 +64,7 @@ class Runner:
         self.state_file = self.paths.runs / "fingerprints.json"
 
     def _config_hash(self, asset: str) -> str:
-        dump = self.config.model_dump(mode="json")
-        picked = {}
-        for section in CONFIG_SECTIONS[asset]:
-            value: Any = dump
-            for part in section.split("."):
-                value = value[part]
-            picked[section] = value
-        return _sha(picked)
+        return self.config.section_hash(*CONFIG_SECTIONS[asset])
 
     def _code_version(self, asset: str) -> str:
         node = next(a for a in definitions.ASSETS if a.key.to_user_string() == asset)

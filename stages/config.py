@@ -197,10 +197,15 @@ class PipelineConfig(_Section):
         return _flatten(self.model_dump(mode="json"))
 
     def section_hash(self, *sections: str) -> str:
-        """A short, stable hash of some sections (for cache keys and version tags)."""
+        """A short, stable hash of some sections, dotted paths allowed ("data.cleaning")."""
         dump = self.model_dump(mode="json")
-        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        picked = {}
+        for section in sections:
+            value: Any = dump
+            for part in section.split("."):
+                value = value[part]
+            picked[section] = value
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
