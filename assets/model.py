@@ -1,5 +1,7 @@
 """`base_model` (the pretrained model, saved once as safetensors) and `fine_tuned_model` (the MLflow-tracked fine-tune)."""
 
+import hashlib
+import os
 import platform
 import time
 from collections import Counter
@@ -15,7 +17,7 @@ from assets.metadata import folder_version, png
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
-from stages import plots
+from stages import checkpoints, plots
 from stages.model_source import load_saved, save_base_model
 from stages.tables import read_json, read_rows, write_json
 
@@ -47,6 +49,11 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     )
 
 
+# Part of the resume key: a checkpoint written by other training code is never resumed.
+TRAINING_CODE_HASH = hashlib.sha256(
+    b"".join((Path(__file__).parents[1] / "stages" / f).read_bytes() for f in ("train.py", "checkpoints.py"))
+).hexdigest()[:12]
+
 # Listed explicitly: MLflow's inferred requirements import torchvision, which is not installed.
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -59,8 +66,10 @@ PIP_REQUIREMENTS = [
 @dg.asset(
     group_name="model",
     deps=["tokenized_dataset", base_model],
-    code_version="finetune-1",
+    code_version="finetune-2",
     pool="gpu",
+    # A crash or a killed training process is retried, and the retry resumes from the last checkpoint.
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
     kinds={"pytorch", "mlflow"},
     description="LoRA (merged) or full fine-tune in its own process; one MLflow run; a registered model version.",
 )
@@ -73,36 +82,58 @@ def fine_tuned_model(
     cfg, paths = settings.config(), settings.paths()
     client = mlflow_tracking.client()
     experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
+    for stale in mlflow_tracking.end_orphaned_runs(experiment_id):
+        context.log.warning(f"MLflow run {stale} was left RUNNING by a killed process: marked KILLED")
+    init_dir, warm_start = _initial_model(mlflow_tracking, paths, cfg)
     upstream = {a: paths.latest(a).name for a in ("base_model", "augmented_corpus")}
     upstream["tokenized_dataset"] = read_json(paths.latest("tokenized_dataset") / "summary.json")[
         "content_version"
     ]
+    code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
+    resume_key = {
+        "data_version": upstream["tokenized_dataset"],
+        "initial_model": warm_start["model_uri"] if warm_start else upstream["base_model"],
+        "config": cfg.section_hash("model", "training"),
+        "code_version": f"{code_version}/{TRAINING_CODE_HASH}",
+    }
     tags = {
         "dagster.run_id": context.run_id,
-        "tunegraph.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",
+        "tunegraph.asset": "fine_tuned_model",
+        "tunegraph.host": platform.node(),
+        "tunegraph.pid": str(os.getpid()),
+        "tunegraph.code_version": code_version,
         "tunegraph.config_hash": cfg.section_hash("corpus", "data", "model", "training"),
         "tunegraph.base_model": cfg.model.base,
+        **({"tunegraph.warm_start_from": warm_start["model_uri"]} if warm_start else {}),
         **{f"tunegraph.data_version.{a}": v for a, v in upstream.items()},
     }
     run = client.create_run(experiment_id, run_name=f"fine-tune {context.run_id[:8]}", tags=tags)
     run_id = run.info.run_id
     context.log.info(f"MLflow run {run_id}")
     try:
+        checkpoint_dir = paths.checkpoints("fine_tuned_model")
+        plan = checkpoints.plan_resume(checkpoint_dir, resume_key, run_id)
+        context.log.info(plan.reason)
         client.log_batch(
             run_id,
             params=[Param(k, str(v)[:6000]) for k, v in cfg.flat().items()],
-            tags=[RunTag("host", platform.node())],
+            tags=[RunTag("tunegraph.resumed_from_step", str(plan.step))]
+            + ([RunTag("tunegraph.resumed_from_run", plan.previous_run_id)] if plan.previous_run_id else []),
         )
         with paths.publish("fine_tuned_model", keep=3) as out:
             spec = {
-                "init_model_dir": str(paths.latest("base_model") / "model"),
+                "init_model_dir": str(init_dir),
                 "train_path": str(paths.latest("tokenized_dataset") / "train_blocks.parquet"),
                 "output_dir": str(out),
+                "checkpoint_dir": str(checkpoint_dir),
+                "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
+                "resumed_from_step": plan.step if plan.checkpoint else None,
+                "parent_pid": os.getpid(),
                 "training": cfg.training.model_dump(mode="json"),
                 "mlflow": {"tracking_uri": mlflow_tracking.uri(), "run_id": run_id},
             }
             write_json(out / "spec.json", spec)
-            launcher.launch(context, str(out / "spec.json"), use_gpu=torch.cuda.is_available())
+            launcher.launch(context, str(out / "spec.json"), cfg.training, use_gpu=torch.cuda.is_available())
             summary = read_json(out / "train_summary.json")
             history = summary["history"]
             plots.curve(
@@ -121,7 +152,7 @@ def fine_tuned_model(
             final_dir = paths.published(out)
             for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
                 client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
-            lineage = _lineage(context, paths, cfg, summary)
+            lineage = _lineage(context, paths, cfg, summary, warm_start)
             write_json(out / "lineage.json", lineage)
             client.log_dict(run_id, lineage, "lineage/lineage.json")
             registry = {
@@ -132,6 +163,10 @@ def fine_tuned_model(
             write_json(out / "mlflow.json", registry)
             loss_png = png(out / "loss.png", "training loss")
         client.set_terminated(run_id, "FINISHED")
+        checkpoints.clear(checkpoint_dir)  # the model is published: nothing left to resume
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        client.set_terminated(run_id, "KILLED")  # Ctrl-C or a terminated run: the checkpoints stay
+        raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # never leave a crashed fine-tune RUNNING
         raise
@@ -139,10 +174,13 @@ def fine_tuned_model(
         data_version=folder_version(out),
         metadata={
             "steps": summary["steps"],
+            "resumed_from_step": plan.step,
+            "resume": plan.reason,
+            "warm_start_from": warm_start["model_uri"] if warm_start else "",
             "train_loss": round(summary["train_loss"], 4),
             "effective_tokens_per_s": round(summary["effective_tokens_per_s"], 1),
             "wall_s": round(summary["wall_s"], 1),
-            "device": summary["device"],
+            "device": f"{summary['num_processes']} x {summary['device']}",
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(mlflow_tracking.ui_url(run_id, experiment_id)),
             "registered_model": f"{cfg.tracking.registered_model} v{version}",
@@ -151,11 +189,28 @@ def fine_tuned_model(
     )
 
 
+def _initial_model(tracking: MlflowTracking, paths, cfg) -> tuple[Path, dict | None]:  # noqa: ANN001
+    """The base model, or the registered version `training.warm_start_from` names (step 0 either way)."""
+    if not cfg.training.warm_start_from:
+        return paths.latest("base_model") / "model", None
+    version = tracking.resolve_version(cfg.training.warm_start_from, cfg.tracking.registered_model)
+    model_uri = f"models:/{version.name}/{version.version}"
+    local = Path(version.tags.get("tunegraph.model_dir", ""))
+    if not (local / "config.json").is_file():  # published elsewhere or pruned: fetch it from MLflow
+        local = paths.model_cache(version.name, version.version)
+        if not (local / "config.json").is_file():
+            tracking.activate()
+            parts = mlflow.transformers.load_model(model_uri, return_type="components")
+            parts["model"].save_pretrained(local)
+            parts["tokenizer"].save_pretrained(local)
+    return local, {"model_uri": model_uri, "requested": cfg.training.warm_start_from, "model_dir": str(local)}
+
+
 UPSTREAM_ASSETS = ("raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
                    "base_model")  # fmt: skip
 
 
-def _lineage(context: dg.AssetExecutionContext, paths, cfg, summary: dict) -> dict:  # noqa: ANN001
+def _lineage(context: dg.AssetExecutionContext, paths, cfg, summary: dict, warm_start: dict | None) -> dict:  # noqa: ANN001
     """Landing files (content hash, train records), config, code versions: what `compare` diffs."""
     train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
     per_file = Counter(r["source_file"] for r in train)
@@ -173,6 +228,8 @@ def _lineage(context: dg.AssetExecutionContext, paths, cfg, summary: dict) -> di
         "landing_files": files,
         "config": cfg.flat(),
         "code_versions": code_versions,
+        "warm_start_from": warm_start,
+        "resumed_from_step": summary["resumed_from_step"],
         "metrics": {"train_loss": summary["train_loss"]},
     }
 

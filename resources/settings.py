@@ -47,6 +47,14 @@ class Paths:
     def runs(self) -> Path:
         return self.home / "runs"
 
+    def checkpoints(self, asset: str) -> Path:
+        """Where a training asset keeps the checkpoints of its current run (one run at a time)."""
+        return self.home / "checkpoints" / asset
+
+    def model_cache(self, name: str, version: str) -> Path:
+        """A registered model version downloaded from MLflow (for warm starts)."""
+        return self.home / "models" / f"{name}-v{version}"
+
     def landing_keys(self, configured_format: str = "auto") -> list[str]:
         """Partition keys of the landing folder: relative POSIX paths of visible files.
 

@@ -151,13 +151,27 @@ class TrainingConfig(_Section):
         description="NEFTune: noise on input embeddings during training (e.g. 5); off by default.",
     )
     logging_steps: int = Field(5, ge=1)
-    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps.")
+    save_steps: int = Field(
+        20, ge=1, description="Checkpoint every N steps (what a crashed run resumes from)."
+    )
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
     seed: int = 0
+    num_processes: int = Field(
+        1, ge=1, description="Training processes: GPUs, or CPU workers (DDP over gloo, started by torchrun)."
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a CUDA card that supports it, fp32 otherwise."
+    )
+    accelerate_config: str | None = Field(
+        None, description="An `accelerate config` YAML (FSDP, DeepSpeed) for multi-GPU runs; GPUs only."
+    )
     retrain_cron: str = Field(
         "0 3 * * 1", description="When the retrain schedule looks for changed data (weekly, Monday 03:00)."
     )
     warm_start_from: str | None = Field(
-        None, description="Registered model version or alias to continue from (explicit, recorded)."
+        None,
+        description="Start from an earlier registered model instead of model.base, at step 0: a version "
+        "('3'), an alias ('champion'), or 'name@alias' / 'name/3' / 'models:/...'. Recorded in lineage.",
     )
     lora: LoraSettings = LoraSettings()
 

@@ -1,10 +1,13 @@
 """The fine-tune, as a process of its own: `python -m stages.train SPEC.json`.
 
-Launched by the `fine_tuned_model` asset through Dagster Pipes (logs and the final metadata
-stream back to the asset); it also runs by hand with the same spec file. The spec names the
-base model folder, the packed training blocks, the output folder, the training config and the
-MLflow run to log metrics to. LoRA adapters are merged before saving, so the output folder is a
-plain model with the tokenizer and chat template, loadable by anything that reads transformers.
+Launched by the `fine_tuned_model` asset with `accelerate launch` (or `torchrun` for CPU DDP)
+through Dagster Pipes: logs and the final metadata stream back to the asset. It also runs by
+hand with the same spec file. The spec names the model to start from, the packed training
+blocks, the output and checkpoint folders, the checkpoint to resume (if any), the training
+config and the MLflow run to log metrics to. LoRA adapters are merged before saving, so the
+output folder is a plain model with the tokenizer and chat template.
+
+Under DDP every rank trains; only rank 0 talks to Dagster and MLflow and saves the model.
 """
 
 import json
@@ -29,7 +32,32 @@ from transformers import (
 )
 
 from stages.chat import IGNORE_INDEX
+from stages.checkpoints import AtomicCheckpoints
 from stages.config import TrainingConfig
+
+RANK = int(os.environ.get("RANK", "0"))
+WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class CheckpointedTrainer(AtomicCheckpoints, Trainer):
+    """The HF Trainer, with checkpoints renamed into place only once complete."""
+
+
+class ParentWatch(TrainerCallback):
+    """Stop when the Dagster step that launched us is gone (killed run): no orphaned training."""
+
+    def __init__(self, parent_pid: int | None):
+        self.parent_pid = parent_pid
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.parent_pid is None:
+            return
+        try:
+            os.kill(self.parent_pid, 0)
+        except ProcessLookupError:
+            raise SystemExit(
+                f"the launching process {self.parent_pid} is gone: stopping at step {state.global_step}"
+            ) from None
 
 
 class PackedCollator:
@@ -69,6 +97,7 @@ class Telemetry(TrainerCallback):
 
     def __init__(self, client: MlflowClient | None, run_id: str | None, collator: PackedCollator, log: Any):
         self.client, self.run_id, self.collator, self.log = client, run_id, collator, log
+        self.world_size = WORLD_SIZE  # the collator counts this rank's tokens only
         self.buffer: list[Metric] = []
         self.history: list[dict[str, float]] = []
         self.flush_every = 10
@@ -86,7 +115,7 @@ class Telemetry(TrainerCallback):
             "loss": float(logs["loss"]),
             "learning_rate": float(logs.get("learning_rate", 0.0)),
             "grad_norm": float(logs.get("grad_norm", float("nan"))),
-            "effective_tokens_per_s": self.collator.label_tokens / max(elapsed, 1e-9),
+            "effective_tokens_per_s": self.collator.label_tokens * self.world_size / max(elapsed, 1e-9),
         }
         self.history.append(row)
         self.log(
@@ -114,7 +143,9 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     out_dir = Path(spec["output_dir"])
     set_seed(cfg.seed)
     use_cuda = torch.cuda.is_available()
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
 
     source = Path(spec["init_model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -132,12 +163,13 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         )
         model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"training {cfg.method} on {'cuda' if use_cuda else 'cpu'}: {trainable:,} trainable parameters")
+    device = "cuda" if use_cuda else "cpu"
+    log(f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}): {trainable:,} trainable parameters")
 
     dataset = Dataset.from_parquet(spec["train_path"])
     collator = PackedCollator(tokenizer.pad_token_id)
     args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=spec["checkpoint_dir"],
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -148,25 +180,36 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         neftune_noise_alpha=cfg.neftune_noise_alpha,
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
-        save_total_limit=2,
+        save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
-        bf16=bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not use_cuda,
+        ddp_find_unused_parameters=False if WORLD_SIZE > 1 else None,
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
     mlflow_spec = spec.get("mlflow") or {}
-    client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec else None
+    client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec and RANK == 0 else None
     telemetry = Telemetry(client, mlflow_spec.get("run_id"), collator, log)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[telemetry]
+    trainer = CheckpointedTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
     )
+    resume_from = spec.get("resume_from")
+    if resume_from:
+        log(f"resuming from {resume_from}")
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
     wall_s = time.perf_counter() - started
     telemetry.flush()
+    if RANK != 0:
+        return {}
 
     if cfg.method == "lora":
         model = model.merge_and_unload()
@@ -176,15 +219,16 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     tokenizer.save_pretrained(model_dir)
     summary = {
         "steps": int(result.global_step),
-        "resumed_from_step": None,
+        "resumed_from_step": spec.get("resumed_from_step"),
+        "num_processes": WORLD_SIZE,
         "train_loss": telemetry.history[-1]["loss"] if telemetry.history else float(result.training_loss),
         "mean_train_loss": float(result.training_loss),
         "label_tokens": collator.label_tokens,
         "wall_s": wall_s,
-        "effective_tokens_per_s": collator.label_tokens / wall_s,
+        "effective_tokens_per_s": collator.label_tokens * WORLD_SIZE / wall_s,
         "tracking_s": telemetry.tracking_s,
         "trainable_parameters": trainable,
-        "device": "cuda" if use_cuda else "cpu",
+        "device": device,
         "history": telemetry.history,
         "model_dir": str(model_dir),
     }
@@ -197,13 +241,13 @@ def main() -> None:
         sys.exit("usage: python -m stages.train SPEC.json")
     spec = json.loads(Path(sys.argv[1]).read_text())
     torch.set_num_threads(int(os.environ.get("TUNEGRAPH_TORCH_THREADS", torch.get_num_threads())))
-    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:  # run by hand, not through Dagster Pipes
+    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ or RANK != 0:  # by hand, or a DDP worker
         train(spec)
         return
     with open_dagster_pipes() as pipes:
         summary = train(spec, log=pipes.log.info)
         pipes.report_asset_materialization(
-            metadata={k: v for k, v in summary.items() if k not in ("history", "resumed_from_step")}
+            metadata={k: v for k, v in summary.items() if k != "history" and v is not None}
         )
 
 

@@ -1,0 +1,185 @@
+"""Crash-safe training through the real `fine_tuned_model` asset and the real training process.
+
+The data assets are materialised once per module into a template state folder; each test
+starts from a copy of it, with its own Dagster instance and MLflow store.
+"""
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import TINY_CONFIG, write_config, write_example_shards
+
+from assets.model import fine_tuned_model
+from pipelines import definitions
+from pipelines.cli import configure_environment
+from pipelines.runner import Runner
+from resources.settings import REPO_ROOT, TunegraphSettings
+from resources.tracking import MlflowTracking
+from stages.tables import read_json
+
+DATA_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
+               "base_model"]  # fmt: skip
+# Long enough that a process killed at the first checkpoint has steps left to resume.
+TRAINING = {"max_steps": 12, "save_steps": 3, "logging_steps": 3, "save_total_limit": 2}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("template") / "home"
+    home.mkdir()
+    configure_environment(home, TINY_CONFIG)
+    write_example_shards(home, shards=2)
+    settings = TunegraphSettings(home=str(home), config_path=str(TINY_CONFIG))
+    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
+        record = Runner(settings, instance).run(only=DATA_ASSETS)
+    assert record["status"] == "success", record["errors"]
+    return home
+
+
+@pytest.fixture
+def trained_home(template: Path, home: Path) -> Path:
+    shutil.rmtree(home)
+    shutil.copytree(template, home)
+    return home
+
+
+def settings_with(home: Path, tmp_path: Path, **training) -> TunegraphSettings:
+    config = write_config(tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml",
+                          training={**TRAINING, **training})  # fmt: skip
+    return TunegraphSettings(home=str(home), config_path=str(config))
+
+
+def materialize_fine_tune(settings: TunegraphSettings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    resources = definitions.resources(settings.home, settings.config_path)
+    resources["settings"] = settings
+    return dg.materialize([fine_tuned_model], instance=instance, resources=resources, raise_on_error=False)
+
+
+def training_pids(home: Path) -> list[int]:
+    """The `python -m stages.train` processes training under this state folder."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"stages.train" in argv and any(str(home).encode() in a for a in argv):
+            found.append(int(proc.name))
+    return found
+
+
+def kill_at_checkpoints(home: Path, steps: list[int], sig: int = signal.SIGKILL) -> threading.Thread:
+    """In the background: each time checkpoint-<step> appears, send `sig` to the training process."""
+
+    def watch() -> None:
+        for step in steps:
+            target = home / "checkpoints" / "fine_tuned_model" / f"checkpoint-{step}"
+            deadline = time.time() + 300
+            while not target.is_dir() and time.time() < deadline:
+                time.sleep(0.01)
+            for pid in training_pids(home):
+                os.kill(pid, sig)
+            killed.append(step)
+
+    killed: list[int] = []
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.killed = killed  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def mlflow_statuses(home: Path) -> list[str]:
+    client = MlflowTracking(home=str(home)).client()
+    experiment = client.get_experiment_by_name("tunegraph-tiny")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r.info.status for r in runs]
+
+
+def latest_summary(settings: TunegraphSettings) -> dict:
+    return read_json(settings.paths().latest("fine_tuned_model") / "train_summary.json")
+
+
+def test_killed_training_is_retried_into_resume_and_matches_an_uninterrupted_run(
+    trained_home, instance, tmp_path
+):
+    settings = settings_with(trained_home, tmp_path)
+    killer = kill_at_checkpoints(trained_home, [3])
+    resumed = materialize_fine_tune(settings, instance)
+    killer.join(timeout=5)
+    assert killer.killed == [3]
+    assert resumed.success  # the RetryPolicy's second attempt resumed
+    interrupted = latest_summary(settings)
+    assert interrupted["resumed_from_step"] >= 3
+    metadata = resumed.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["resume"].value.startswith(f"resuming from step {interrupted['resumed_from_step']}")
+
+    # Checkpoints are cleared once the model is published, so this run starts over at step 0.
+    fresh = materialize_fine_tune(settings, instance)
+    assert fresh.success
+    uninterrupted = latest_summary(settings)
+    assert uninterrupted["resumed_from_step"] is None
+    assert interrupted["steps"] == uninterrupted["steps"] == 12
+    assert abs(interrupted["train_loss"] - uninterrupted["train_loss"]) < 1e-4
+    assert mlflow_statuses(trained_home) == ["FAILED", "FINISHED", "FINISHED"]
+    assert not (trained_home / "checkpoints" / "fine_tuned_model").exists()
+
+
+def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_weights(
+    trained_home, instance, tmp_path
+):
+    settings = settings_with(trained_home, tmp_path)
+    # Killed twice (the first attempt and its retry): the materialisation fails, checkpoints stay.
+    killer = kill_at_checkpoints(trained_home, [3, 6])
+    assert not materialize_fine_tune(settings, instance).success
+    killer.join(timeout=5)
+    checkpoints = trained_home / "checkpoints" / "fine_tuned_model"
+    assert (checkpoints / "checkpoint-6").is_dir()
+
+    # New data: a landing file gains records, so the tokenized data version changes.
+    extra = [{"instruction": f"What does helper_{i}() return?", "output": f"It returns the number {i} as an int."}
+             for i in range(40)]  # fmt: skip
+    (trained_home / "landing" / "added.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    assert Runner(settings, instance).run(only=DATA_ASSETS)["status"] == "success"
+    refused = materialize_fine_tune(settings, instance)
+    assert refused.success
+    metadata = refused.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["resume"].value.startswith("not resuming checkpoint-6: data_version ")
+    assert metadata["resumed_from_step"].value == 0
+    from_base = latest_summary(settings)
+    assert from_base["resumed_from_step"] is None and from_base["steps"] == 12
+    registered = read_json(settings.paths().latest("fine_tuned_model") / "mlflow.json")["version"]
+
+    # Warm start: the same data, but training begins from the registered version's weights.
+    warm_settings = settings_with(trained_home, tmp_path, warm_start_from=registered)
+    warm = materialize_fine_tune(warm_settings, instance)
+    assert warm.success
+    warmed = latest_summary(warm_settings)
+    assert warmed["resumed_from_step"] is None and warmed["steps"] == 12
+    # Its first logged loss is where the registered run ended, well below a start from the base model.
+    assert warmed["history"][0]["loss"] < from_base["history"][0]["loss"] - 0.02
+    lineage = read_json(warm_settings.paths().latest("fine_tuned_model") / "lineage.json")
+    assert lineage["warm_start_from"]["model_uri"] == f"models:/tunegraph-tiny/{registered}"
+    assert "RUNNING" not in mlflow_statuses(trained_home)
+
+
+def test_ddp_over_two_cpu_processes_trains_like_one_process_with_the_same_global_batch(
+    trained_home, instance, tmp_path
+):
+    single = settings_with(trained_home, tmp_path, batch_size=2, num_processes=1)
+    assert materialize_fine_tune(single, instance).success
+    one = latest_summary(single)
+    ddp = settings_with(trained_home, tmp_path, batch_size=1, num_processes=2)
+    assert materialize_fine_tune(ddp, instance).success
+    two = latest_summary(ddp)
+    assert one["num_processes"] == 1 and two["num_processes"] == 2
+    assert two["steps"] == one["steps"] == 12
+    # Same global batch, different sampling order: losses agree closely, not bit for bit.
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.01)
+    assert two["history"][-1]["loss"] < two["history"][0]["loss"]  # it learned
