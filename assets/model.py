@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import platform
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ from assets.metadata import folder_version, png
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
-from stages import checkpoints, plots
+from stages import checkpoints, plots, processes
 from stages.model_source import load_saved, save_base_model
 from stages.tables import read_json, read_rows, write_json
 
@@ -99,7 +98,7 @@ def fine_tuned_model(
     tags = {
         "dagster.run_id": context.run_id,
         "tunegraph.asset": "fine_tuned_model",
-        "tunegraph.host": platform.node(),
+        "tunegraph.host": processes.host(),
         "tunegraph.pid": str(os.getpid()),
         "tunegraph.code_version": code_version,
         "tunegraph.config_hash": cfg.section_hash("corpus", "data", "model", "training"),
@@ -128,7 +127,7 @@ def fine_tuned_model(
                 "checkpoint_dir": str(checkpoint_dir),
                 "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
                 "resumed_from_step": plan.step if plan.checkpoint else None,
-                "parent_pid": os.getpid(),
+                "parent_pid": os.getpid() if launcher.local else None,
                 "training": cfg.training.model_dump(mode="json"),
                 "mlflow": {"tracking_uri": mlflow_tracking.uri(), "run_id": run_id},
             }
@@ -164,9 +163,12 @@ def fine_tuned_model(
             loss_png = png(out / "loss.png", "training loss")
         client.set_terminated(run_id, "FINISHED")
         checkpoints.clear(checkpoint_dir)  # the model is published: nothing left to resume
-    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as interrupt:
         client.set_terminated(run_id, "KILLED")  # Ctrl-C or a terminated run: the checkpoints stay
-        raise
+        raise dg.Failure(
+            "interrupted: MLflow run marked KILLED, checkpoints kept; materialise again to resume",
+            allow_retries=False,  # a user's stop is not a crash to retry
+        ) from interrupt
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # never leave a crashed fine-tune RUNNING
         raise

@@ -66,8 +66,6 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     print(format_summary(build_report(paths)))
     for check in record.get("failed_checks", []):
         print(f"check failed: {check} (see its metadata in the Dagster UI)", file=sys.stderr)
-    for error in record["errors"]:
-        print(f"error: {error}", file=sys.stderr)
     print(
         "\nDagster UI and MLflow UI: make ui (http://127.0.0.1:3000, http://127.0.0.1:5000); report: tunegraph report --json"
     )

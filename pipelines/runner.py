@@ -9,6 +9,7 @@
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from assets.metadata import file_hash
 from assets.partitions import landing_files
 from pipelines import definitions
 from resources.settings import TunegraphSettings
+from stages.processes import host, owner_alive
 from stages.readers import FORMATS_BY_SUFFIX
 from stages.tables import read_json, write_json
 
@@ -38,6 +40,8 @@ CONFIG_SECTIONS = {
 
 
 # Step progress and our own log lines, without Dagster's per-event DEBUG chatter.
+UNFINISHED = ("NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
@@ -62,6 +66,8 @@ class Runner:
         self.resources = definitions.resources(settings.home, settings.config_path)
         self.resources["settings"] = settings
         self.state_file = self.paths.runs / "fingerprints.json"
+        # Who runs it: lets the next run tell a killed run from one still going.
+        self.tags = {"tunegraph/source": "cli", "tunegraph/host": host(), "tunegraph/pid": str(os.getpid())}
 
     def _config_hash(self, asset: str) -> str:
         return self.config.section_hash(*CONFIG_SECTIONS[asset])
@@ -88,6 +94,26 @@ class Runner:
             self.log(f"landing file removed: {key} (its records leave the training set)")
         return keys, gone
 
+    def release_dead_runs(self) -> list[str]:
+        """Fail the runs of `tunegraph run` processes that were killed, and free their pool slots.
+
+        Without a daemon nothing else notices a SIGKILLed run: it would stay STARTED and keep its
+        `gpu` slot, so the next fine-tune would wait for it forever.
+        """
+        released = []
+        unfinished = dg.RunsFilter(statuses=[s for s in dg.DagsterRunStatus if s.value in UNFINISHED],
+                                   tags={"tunegraph/source": "cli"})  # fmt: skip
+        for run in self.instance.get_runs(filters=unfinished):
+            if owner_alive(run.tags.get("tunegraph/host"), run.tags.get("tunegraph/pid")):
+                continue
+            self.instance.report_run_failed(run, f"its process ({run.tags['tunegraph/pid']}) was killed")
+            self.instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            self.log(
+                f"dagster run {run.run_id} was left unfinished by a killed process: marked failed, slots freed"
+            )
+            released.append(run.run_id)
+        return released
+
     def partition_fingerprint(self, key: str) -> str:
         return _sha(
             file_hash(self.paths.landing / key),
@@ -100,6 +126,7 @@ class Runner:
         """Bring the graph up to date. `select` forces those assets; `only` limits the run to those
         assets (staleness unchanged; partitions only if raw_corpus or clean_corpus is named)."""
         started = time.time()
+        self.release_dead_runs()
         keys, removed = self.sync_partitions()
         state = read_json(self.state_file) if self.state_file.is_file() else {}
         done_parts: dict[str, str] = state.get("partitions", {})
@@ -132,7 +159,7 @@ class Runner:
                 partition_key=key,
                 raise_on_error=False,
                 run_config=RUN_CONFIG,
-                tags={"tunegraph/source": "cli"},
+                tags=self.tags,
             )
             run_ids.append(result.run_id)
             if result.success:
@@ -178,7 +205,7 @@ class Runner:
             resources=self.resources,
             raise_on_error=False,
             run_config=RUN_CONFIG,
-            tags={"tunegraph/source": "cli"},
+            tags=self.tags,
         )
         run_ids.append(result.run_id)
         record["failed_checks"] = sorted(

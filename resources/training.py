@@ -9,12 +9,14 @@ config (`training.num_processes`, `mixed_precision`, `accelerate_config`):
   here whatever `--num_processes` says (it wants MPI); the training code is the same, and an
   `Accelerator` inside sees MULTI_CPU over gloo.
 
-On Kubernetes the same spec goes to `PipesK8sClient` instead of `PipesSubprocessClient`: only
-this resource changes (see the README).
+On Kubernetes (`backend: k8s`, needs `pip install dagster-k8s`) the same command runs in a pod
+through `PipesK8sClient`; the state folder must then be a volume both the Dagster run and the
+pod mount at the same path. Only this resource's config differs (see the README).
 """
 
 import os
 import sys
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -26,6 +28,20 @@ class TrainingLauncher(dg.ConfigurableResource):
     """How the training process is started."""
 
     torch_threads: int | None = Field(default=None, description="Threads per CPU process; default: torch's.")
+    backend: Literal["subprocess", "k8s"] = Field(
+        default="subprocess", description="Where the training process runs: here, or in a Kubernetes pod."
+    )
+    k8s_image: str | None = Field(default=None, description="k8s: the image with this project installed.")
+    k8s_namespace: str | None = Field(default=None, description="k8s: namespace; default the current one.")
+    k8s_pod_spec: dict[str, Any] | None = Field(
+        default=None,
+        description="k8s: base pod spec: GPU resources, node selector, the volume holding $TUNEGRAPH_HOME.",
+    )
+
+    @property
+    def local(self) -> bool:
+        """Whether the training process runs on this machine (it can watch this process's pid)."""
+        return self.backend == "subprocess"
 
     def command(self, spec_path: str, training: TrainingConfig, use_gpu: bool) -> list[str]:
         n = training.num_processes
@@ -59,7 +75,27 @@ class TrainingLauncher(dg.ConfigurableResource):
             # Split the cores between the workers rather than oversubscribing them.
             env.setdefault("TUNEGRAPH_TORCH_THREADS", str(max(1, _cores() // training.num_processes)))
         command = self.command(spec_path, training, use_gpu)
-        context.log.info("launching: " + " ".join(command))
+        context.log.info(f"launching ({self.backend}): " + " ".join(command))
+        if self.backend == "k8s":
+            if not self.k8s_image:
+                raise ValueError(
+                    "TrainingLauncher(backend='k8s') needs k8s_image: the image with tunegraph installed"
+                )
+            from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
+
+            # The pod runs the image's python, not this machine's interpreter.
+            command = ["python", *command[1:]]
+            return (
+                PipesK8sClient(env=env)
+                .run(
+                    context=context,
+                    image=self.k8s_image,
+                    command=command,
+                    namespace=self.k8s_namespace,
+                    base_pod_spec=self.k8s_pod_spec,
+                )
+                .get_materialize_result()
+            )
         client = dg.PipesSubprocessClient(env=env)
         return client.run(context=context, command=command).get_materialize_result()
 

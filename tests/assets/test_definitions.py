@@ -1,6 +1,8 @@
 """The code location loads and holds the graph DESIGN.md promises."""
 
+import json
 import subprocess
+import sys
 
 from pipelines.definitions import defs
 from resources.settings import REPO_ROOT
@@ -49,3 +51,33 @@ def test_dagster_definitions_validate_cli(home, instance):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+GPU_JOB = """
+import json, os, sys, time
+import dagster as dg
+
+@dg.asset(pool="gpu")
+def holds_the_gpu() -> None:
+    start = time.time()
+    time.sleep(2)
+    print(json.dumps([start, time.time()]), file=open(sys.argv[1], "w"))
+
+with dg.DagsterInstance.get() as instance:
+    assert dg.materialize([holds_the_gpu], instance=instance).success
+"""
+
+
+def test_two_runs_never_hold_the_gpu_pool_at_once(home, instance, tmp_path):
+    """The instance of dagster.yaml limits pool `gpu` to one step at a time, across processes."""
+    from assets.model import fine_tuned_model
+
+    assert fine_tuned_model.op.pool == "gpu"
+    script = tmp_path / "gpu_job.py"
+    script.write_text(GPU_JOB)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"{i}.json")]) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    (a_start, a_end), (b_start, b_end) = sorted(
+        json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)
+    )
+    assert b_start >= a_end  # the second waited for the first to free the slot
