@@ -13,13 +13,14 @@ from assets.augment import augmented_corpus
 from assets.dedup import deduplicated_corpus
 from assets.metadata import md_table
 from assets.model import base_model, fine_tuned_model
+from assets.preference import preference_model
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages import metrics
 from stages.config import EvaluationConfig
 from stages.evaluation import generate, references, response_nll, variant_conversations
 from stages.model_source import load_saved
-from stages.promotion import decide
+from stages.promotion import LOWER_IS_BETTER, decide
 from stages.split import eval_score
 from stages.tables import read_json, read_rows, write_json
 
@@ -28,8 +29,8 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 @dg.asset(
     group_name="evaluation",
-    deps=[fine_tuned_model, base_model, deduplicated_corpus, augmented_corpus],
-    code_version="evaluate-1",
+    deps=[fine_tuned_model, preference_model, base_model, deduplicated_corpus, augmented_corpus],
+    code_version="evaluate-2",
     kinds={"pytorch", "mlflow"},
     description="Held-out perplexity, ROUGE-L and exact match for each variant; champion alias if better.",
 )
@@ -46,17 +47,21 @@ def model_evaluation(
     shots = _few_shot_examples(
         read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k, cfg.data.seed
     )
-    registry = read_json(paths.latest("fine_tuned_model") / "mlflow.json")
+    # The candidates: the fine-tuned model, and the DPO model trained from it when that is on.
+    candidates = {"fine_tuned": read_json(paths.latest("fine_tuned_model") / "mlflow.json")}
+    dpo = read_json(paths.latest("preference_model") / "summary.json")
+    if cfg.preference.enabled and dpo["enabled"] and dpo["starts_from"] == candidates["fine_tuned"]:
+        candidates["preference"] = read_json(paths.latest("preference_model") / "mlflow.json")
     client = mlflow_tracking.client()
-    name = registry["model_name"]
+    name = candidates["fine_tuned"]["model_name"]
     champion_version = _alias_version(client, name, "champion")
-    if champion_version == registry["version"]:
+    if champion_version in {c["version"] for c in candidates.values()}:
         champion_version = None  # re-evaluating the champion itself: it is judged against the baselines
 
     # by_set[eval set][variant] -> scores; the held-out set is the one promotion and the report use.
     by_set: dict[str, dict[str, dict[str, Any] | None]] = {s: {} for s in eval_sets}
     generations: dict[str, list[str]] = {}
-    sources = {"base": BASE_VARIANTS, "fine_tuned": ("fine_tuned",)}
+    sources = {"base": BASE_VARIANTS, **{c: (c,) for c in candidates}}
     if champion_version is not None:
         sources["champion"] = ("champion",)
     for source, variants in sources.items():
@@ -78,8 +83,9 @@ def model_evaluation(
         scores.setdefault("champion", None)
     results = by_set["held_out"]
 
-    candidate = results["fine_tuned"]
-    champion = results["champion"]
+    lower_is_better = LOWER_IS_BETTER[ev.primary_metric]
+    best = sorted(candidates, key=lambda c: results[c][ev.primary_metric] * (1 if lower_is_better else -1))[0]
+    registry, candidate, champion = candidates[best], results[best], results["champion"]
     promoted, reason = decide(
         candidate, champion, {v: results[v] for v in BASE_VARIANTS}, ev.primary_metric, ev.promotion_margin
     )
@@ -87,7 +93,7 @@ def model_evaluation(
     client.set_registered_model_alias(name, "champion" if promoted else "challenger", version)
     client.set_model_version_tag(name, version, "tunegraph.promotion", reason)
     new_champion = version if promoted else champion_version
-    context.log.info(f"{'promoted' if promoted else 'not promoted'}: {reason}")
+    context.log.info(f"{best} (v{version}) {'promoted' if promoted else 'not promoted'}: {reason}")
 
     table = [{"variant": v, **(m or {})} for v, m in results.items()]
     samples = [
@@ -107,6 +113,7 @@ def model_evaluation(
         "primary_metric": ev.primary_metric,
         "registry": {
             "model_name": name,
+            "candidate": best,
             "version": version,
             "champion_version": new_champion,
             "previous_champion_version": champion_version,
@@ -192,7 +199,7 @@ def _load(
     source: str, paths: Any, tracking: MlflowTracking, name: str, champion_version: str | None
 ) -> tuple[Any, Any]:
     """The model behind a variant. The champion comes from its local folder, or from MLflow if pruned."""
-    if source in ("base", "fine_tuned"):
+    if source in ("base", "fine_tuned", "preference"):
         model, tokenizer = load_saved(paths.latest(f"{source}_model") / "model")
     else:
         folder = Path(

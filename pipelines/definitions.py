@@ -18,6 +18,7 @@ from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import accounting_holds, deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.model import base_model, fine_tuned_model
+from assets.preference import pairs_not_in_eval, pairs_well_formed, preference_model, preference_pairs
 from assets.tokenize import blocks_have_labels, tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
 from resources.settings import TunegraphSettings, default_config_path, default_home
@@ -33,6 +34,8 @@ GLOBAL_ASSETS = [
     augmented_corpus,
     tokenized_dataset,
     fine_tuned_model,
+    preference_pairs,
+    preference_model,
     model_evaluation,
 ]
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
@@ -44,6 +47,8 @@ ASSET_CHECKS = [
     enough_examples,
     no_residual_pii,
     blocks_have_labels,
+    pairs_well_formed,
+    pairs_not_in_eval,
     candidate_promoted,
     generations_stop_at_eos,
 ]
@@ -60,8 +65,10 @@ train_job = dg.define_asset_job(
 )
 retrain_job = dg.define_asset_job(
     "retrain",
-    selection=dg.AssetSelection.assets(fine_tuned_model, model_evaluation),
-    description="Fine-tune on the current tokenized dataset and evaluate against the champion.",
+    selection=dg.AssetSelection.assets(
+        fine_tuned_model, preference_pairs, preference_model, model_evaluation
+    ),
+    description="Fine-tune (then DPO, if enabled) on the current data and evaluate against the champion.",
 )
 
 

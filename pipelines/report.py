@@ -46,13 +46,38 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "effective_tokens_per_s": train.get("effective_tokens_per_s"),
             "non_pad_fraction": tokens.get("non_pad_fraction"),
         },
+        "preference": _preference(paths),
         "evaluation": {
-            v: ({m: scores[v].get(m) for m in METRICS} if scores.get(v) else None) for v in VARIANTS
+            v: ({m: scores[v].get(m) for m in METRICS} if scores.get(v) else None)
+            for v in [*VARIANTS, *(["preference"] if "preference" in scores else [])]
         },
         "registry": {
             "model_name": registry.get("model_name"),
-            "version": registry.get("version"),
-            **{k: evaluation.get("registry", {}).get(k) for k in ("champion_version", "promoted", "reason")},
+            "version": evaluation.get("registry", {}).get("version", registry.get("version")),
+            **{
+                k: evaluation.get("registry", {}).get(k)
+                for k in ("candidate", "champion_version", "promoted", "reason")
+            },
+        },
+    }
+
+
+def _preference(paths: Paths) -> dict[str, Any] | None:
+    """The DPO stage, when it ran: its pairs and how training went."""
+    pairs = summary(paths, "preference_pairs")
+    if not pairs.get("enabled"):
+        return None
+    train = summary(paths, "preference_model", "train_summary.json")
+    registry = summary(paths, "preference_model", "mlflow.json")
+    return {
+        "pairs": pairs.get("pairs"),
+        "synthetic": pairs.get("synthetic"),
+        "dropped": pairs.get("dropped", {}),
+        "mlflow_run_id": registry.get("mlflow_run_id"),
+        "version": registry.get("version"),
+        **{
+            k: train.get(k)
+            for k in ("steps", "resumed_from_step", "train_loss", "reward_margin", "reward_accuracy")
         },
     }
 
@@ -81,6 +106,13 @@ def format_summary(report: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"  {variant:<20} {'-':>8}")
+    if report.get("preference"):
+        pr = report["preference"]
+        kind = "synthetic " if pr["synthetic"] else ""
+        lines.append(
+            f"preference (DPO): {pr['pairs']} {kind}pairs, {pr['steps']} steps, final loss {_f(pr['train_loss'])}, "
+            f"reward margin {_f(pr['reward_margin'])}, v{pr['version']}"
+        )
     lines.append(
         f"registry: {r['model_name']} v{r['version']}, champion v{r['champion_version']}, "
         f"promoted={r['promoted']} ({r['reason']})"

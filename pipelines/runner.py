@@ -35,6 +35,8 @@ CONFIG_SECTIONS = {
     "base_model": ("model",),
     "tokenized_dataset": ("data", "model"),
     "fine_tuned_model": ("training", "tracking"),
+    "preference_pairs": ("preference", "data", "evaluation"),
+    "preference_model": ("preference", "training", "tracking"),
     "model_evaluation": ("evaluation", "tracking"),
 }
 
@@ -182,6 +184,10 @@ class Runner:
             fingerprints[name] = _sha(
                 self._code_version(name), self._config_hash(name), [fingerprints[p] for p in parents]
             )
+            if name == "preference_pairs":  # its own landing files, outside the partitions
+                fingerprints[name] = _sha(
+                    fingerprints[name], [file_hash(f) for f in self.paths.preference_files()]
+                )
             upstream_stale = any(p in stale for p in parents)
             if (
                 (everything and (select is None or name in select))

@@ -29,6 +29,19 @@ def default_config_path() -> Path:
     return Path(os.environ.get("TUNEGRAPH_CONFIG", DEFAULT_CONFIG)).expanduser().resolve()
 
 
+PREFERENCES = "preferences"  # landing/preferences/ holds preference pairs, not corpus records
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 class Paths:
     """The one place that knows the layout of the state folder."""
 
@@ -58,18 +71,23 @@ class Paths:
     def landing_keys(self, configured_format: str = "auto") -> list[str]:
         """Partition keys of the landing folder: relative POSIX paths of visible files.
 
-        With corpus.format 'auto', files without an extension are left out (README, .gitkeep...).
+        With corpus.format 'auto', files without an extension are left out (README, .gitkeep...);
+        landing/preferences/ is left out (preference pairs, read by `preference_pairs`).
         """
-        if not self.landing.is_dir():
-            return []
-        files = sorted(
-            p
-            for p in self.landing.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.landing).parts)
-        )
+        files = [
+            p for p in _visible_files(self.landing) if p.relative_to(self.landing).parts[0] != PREFERENCES
+        ]
         return [
             p.relative_to(self.landing).as_posix() for p in files if configured_format != "auto" or p.suffix
         ]
+
+    @property
+    def preference_landing(self) -> Path:
+        """Preference files (prompt, chosen, rejected) land here, apart from the corpus."""
+        return self.landing / PREFERENCES
+
+    def preference_files(self) -> list[Path]:
+        return [p for p in _visible_files(self.preference_landing) if p.suffix]
 
     def asset_root(self, asset: str, partition: str | None = None) -> Path:
         root = self.home / "assets" / asset

@@ -43,7 +43,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         """Whether the training process runs on this machine (it can watch this process's pid)."""
         return self.backend == "subprocess"
 
-    def command(self, spec_path: str, training: TrainingConfig, use_gpu: bool) -> list[str]:
+    def command(self, module: str, spec_path: str, training: TrainingConfig, use_gpu: bool) -> list[str]:
         n = training.num_processes
         if use_gpu or n == 1:
             command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
@@ -54,7 +54,7 @@ class TrainingLauncher(dg.ConfigurableResource):
                 command += ["--mixed_precision", training.mixed_precision]
             if not use_gpu:
                 command += ["--cpu", "--num_cpu_threads_per_process", str(self.torch_threads or _cores())]
-            return [*command, "-m", "stages.train", spec_path]
+            return [*command, "-m", module, spec_path]
         return [
             sys.executable,
             "-m",
@@ -63,18 +63,24 @@ class TrainingLauncher(dg.ConfigurableResource):
             "--nproc_per_node",
             str(n),
             "-m",
-            "stages.train",
+            module,
             spec_path,
         ]
 
     def launch(
-        self, context: dg.AssetExecutionContext, spec_path: str, training: TrainingConfig, use_gpu: bool
+        self,
+        context: dg.AssetExecutionContext,
+        module: str,
+        spec_path: str,
+        training: TrainingConfig,
+        use_gpu: bool,
     ) -> dg.MaterializeResult:
+        """Run `python -m MODULE SPEC` (the training entry point) and wait for its final report."""
         env = {"TUNEGRAPH_TORCH_THREADS": str(self.torch_threads)} if self.torch_threads else {}
         if not use_gpu and training.num_processes > 1:
             # Split the cores between the workers rather than oversubscribing them.
             env.setdefault("TUNEGRAPH_TORCH_THREADS", str(max(1, _cores() // training.num_processes)))
-        command = self.command(spec_path, training, use_gpu)
+        command = self.command(module, spec_path, training, use_gpu)
         context.log.info(f"launching ({self.backend}): " + " ".join(command))
         if self.backend == "k8s":
             if not self.k8s_image:

@@ -176,6 +176,41 @@ class TrainingConfig(_Section):
     lora: LoraSettings = LoraSettings()
 
 
+class PreferenceConfig(_Section):
+    """DPO after the supervised fine-tune; starts from the fine-tuned model."""
+
+    enabled: bool = Field(
+        False, description="Run preference_pairs and preference_model (DPO) after the fine-tune."
+    )
+    synthetic: bool = Field(
+        False,
+        description="Without files in landing/preferences/, build pairs from the corpus: the reference "
+        "answer chosen, the fine-tuned model's answer rejected.",
+    )
+    synthetic_examples: int = Field(
+        64, ge=1, description="Train examples the model answers for synthetic pairs."
+    )
+    synthetic_max_rouge_l: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A synthetic pair only where the model's answer is this far from the reference.",
+    )
+    min_pairs: int = Field(
+        8, ge=1, description="Fewer pairs than this after cleaning fails the blocking check."
+    )
+    method: Literal["lora", "full"] = Field("lora", description="LoRA (uses training.lora) or all weights.")
+    beta: float = Field(
+        0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference."
+    )
+    learning_rate: float = Field(5e-5, ge=0.0)
+    max_steps: int = Field(20, ge=1)
+    batch_size: int = Field(2, ge=1, description="Pairs per device per step.")
+    max_length: int = Field(512, ge=16, description="Prompt + answer tokens; longer pairs are truncated.")
+    logging_steps: int = Field(2, ge=1)
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resumed like the fine-tune's).")
+
+
 class EvaluationConfig(_Section):
     max_examples: int = Field(32, ge=1, description="Held-out examples scored (generation is the slow part).")
     max_new_tokens: int = Field(96, ge=1)
@@ -203,6 +238,7 @@ class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    preference: PreferenceConfig = PreferenceConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
 

@@ -62,7 +62,7 @@ def read_file(path: Path, key: str, fmt: str = "auto", fields: dict[str, str] | 
     """Read `path` (partition `key`) into canonical records plus quarantined rows."""
     fmt = detect_format(path, fmt)
     result = ReadResult()
-    for line, raw in _rows(path, fmt, result, key):
+    for line, raw in iter_rows(path, fmt, result, key):
         try:
             result.records.append(to_record(raw, key, line, fields or {}))
         except BadRecordError as err:
@@ -88,7 +88,8 @@ def quarantine_row(key: str, line: int, reason: str, detail: str, raw: Any) -> d
     }
 
 
-def _rows(path: Path, fmt: str, result: ReadResult, key: str) -> Iterator[tuple[int, Any]]:
+def iter_rows(path: Path, fmt: str, result: ReadResult, key: str) -> Iterator[tuple[int, Any]]:
+    """(line, raw row) of a file in a known format; unparseable lines go to result.quarantine."""
     match fmt:
         case "jsonl":
             yield from _jsonl_rows(path, result, key)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,14 @@ class PackedCollator:
 
 
 class Telemetry(TrainerCallback):
-    """Loss, learning rate, grad norm and effective tokens/s to MLflow, in batches.
+    """Every numeric value the trainer logs (loss, learning rate, grad norm, DPO rewards...) plus
+    effective tokens/s when a collator counts them, to MLflow in batches.
 
     Metrics are buffered and flushed every `flush_every` logging steps and at the end, so
     tracking costs a few SQLite writes per run instead of one per metric.
     """
 
-    def __init__(self, client: MlflowClient | None, run_id: str | None, collator: PackedCollator, log: Any):
+    def __init__(self, client: MlflowClient | None, run_id: str | None, collator: Any, log: Any):
         self.client, self.run_id, self.collator, self.log = client, run_id, collator, log
         self.world_size = WORLD_SIZE  # the collator counts this rank's tokens only
         self.buffer: list[Metric] = []
@@ -109,18 +111,16 @@ class Telemetry(TrainerCallback):
     ) -> None:
         if not logs or "loss" not in logs:
             return
-        elapsed = time.perf_counter() - self.start
-        row = {
-            "step": state.global_step,
-            "loss": float(logs["loss"]),
-            "learning_rate": float(logs.get("learning_rate", 0.0)),
-            "grad_norm": float(logs.get("grad_norm", float("nan"))),
-            "effective_tokens_per_s": self.collator.label_tokens * self.world_size / max(elapsed, 1e-9),
-        }
+        row = {"step": state.global_step}
+        row |= {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and k != "epoch"}
+        if self.collator is not None:
+            elapsed = time.perf_counter() - self.start
+            row["effective_tokens_per_s"] = self.collator.label_tokens * self.world_size / max(elapsed, 1e-9)
         self.history.append(row)
-        self.log(
-            f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} tok/s {row['effective_tokens_per_s']:.0f}"
+        extra = " ".join(
+            f"{k} {row[k]:.4g}" for k in ("rewards/margins", "effective_tokens_per_s") if k in row
         )
+        self.log(f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} {extra}")
         now = int(time.time() * 1000)
         self.buffer += [Metric(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
         if len(self.history) % self.flush_every == 0:
@@ -236,16 +236,18 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     return summary
 
 
-def main() -> None:
+def main(train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
+    """Entry point shared by the training stages: `python -m stages.train|stages.dpo SPEC.json`."""
+    train_fn = train_fn or train
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m stages.train SPEC.json")
+        sys.exit(f"usage: python -m {train_fn.__module__} SPEC.json")
     spec = json.loads(Path(sys.argv[1]).read_text())
     torch.set_num_threads(int(os.environ.get("TUNEGRAPH_TORCH_THREADS", torch.get_num_threads())))
     if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ or RANK != 0:  # by hand, or a DDP worker
-        train(spec)
+        train_fn(spec)
         return
     with open_dagster_pipes() as pipes:
-        summary = train(spec, log=pipes.log.info)
+        summary = train_fn(spec, log=pipes.log.info)
         pipes.report_asset_materialization(
             metadata={k: v for k, v in summary.items() if k != "history" and v is not None}
         )

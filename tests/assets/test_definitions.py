@@ -19,6 +19,8 @@ def test_definitions_hold_the_graph_in_groups():
         "tokenized_dataset": "data",
         "base_model": "model",
         "fine_tuned_model": "model",
+        "preference_pairs": "preference",
+        "preference_model": "preference",
         "model_evaluation": "evaluation",
     }
     parents = {

@@ -56,7 +56,9 @@ def settings_with(home: Path, tmp_path: Path, **training) -> TunegraphSettings:
     return TunegraphSettings(home=str(home), config_path=str(config))
 
 
-def materialize_fine_tune(settings: TunegraphSettings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+def materialize_fine_tune(
+    settings: TunegraphSettings, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
     resources = definitions.resources(settings.home, settings.config_path)
     resources["settings"] = settings
     return dg.materialize([fine_tuned_model], instance=instance, resources=resources, raise_on_error=False)

@@ -62,8 +62,13 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_and_leaves_nothing_running(home,
     final = start_run(home, config)
     assert final.wait(timeout=900) == 0
     report = json.loads(
-        subprocess.run([TUNEGRAPH, "report", "--json"], env={**os.environ, "TUNEGRAPH_HOME": str(home)},
-                       capture_output=True, text=True, check=True).stdout  # fmt: skip
+        subprocess.run(
+            [TUNEGRAPH, "report", "--json"],
+            env={**os.environ, "TUNEGRAPH_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout  # fmt: skip
     )
     assert report["status"] == "success"
     assert report["training"]["resumed_from_step"] == 6 and report["training"]["steps"] == 30

@@ -1,0 +1,241 @@
+"""`preference_pairs` and `preference_model`: DPO after the supervised fine-tune (`preference.enabled`).
+
+Both are in the graph always; with `preference.enabled: false` (the default) they record that
+and do nothing else, so the evaluation and the UI stay the same graph either way.
+"""
+
+import gc
+from collections import Counter
+
+import dagster as dg
+
+from assets.automation import EAGER_BEHIND_GATES
+from assets.dedup import deduplicated_corpus
+from assets.metadata import counts_table, folder_version, md_table
+from assets.model import fine_tuned_model
+from assets.training_run import TrainingJob, code_hash, run_training, training_metadata
+from resources.settings import TunegraphSettings
+from resources.tracking import MlflowTracking
+from resources.training import TrainingLauncher
+from stages import preferences
+from stages.cleaning import Rules
+from stages.decontamination import decontaminate, eval_ngrams, ngrams, record_text
+from stages.evaluation import generate
+from stages.model_source import load_saved
+from stages.split import eval_score
+from stages.tables import read_json, read_rows, write_json, write_rows
+
+DISABLED = {"enabled": False, "pairs": 0}
+
+
+@dg.asset(
+    group_name="preference",
+    deps=[deduplicated_corpus, "augmented_corpus", fine_tuned_model],
+    code_version="preference-pairs-1",
+    automation_condition=EAGER_BEHIND_GATES,
+    kinds={"json"},
+    description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
+)
+def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    pref = cfg.preference
+    if not pref.enabled:
+        with paths.publish("preference_pairs") as out:
+            write_json(out / "summary.json", DISABLED)
+            write_rows(out / "pairs.parquet", [])
+        return dg.MaterializeResult(data_version=folder_version(out), metadata={"enabled": False})
+
+    files = paths.preference_files()
+    pairs, quarantine = [], []
+    if files:
+        for path in files:
+            key = path.relative_to(paths.landing).as_posix()
+            read = preferences.read_pairs(path, key, cfg.corpus.format, cfg.corpus.fields)
+            pairs += read.records
+            quarantine += read.quarantine
+    elif pref.synthetic:
+        pairs = _synthetic(context, settings)
+    else:
+        raise dg.Failure(
+            f"preference.enabled but no files in {paths.preference_landing} and preference.synthetic is false: "
+            "add prompt/chosen/rejected files there (see the README) or set preference.synthetic: true"
+        )
+    if files:
+        cleaned = preferences.clean_pairs(pairs, Rules(**cfg.data.cleaning.model_dump()))
+        kept, dropped, pii_counts = cleaned.kept, cleaned.dropped, dict(cleaned.pii)
+    else:  # built from records that were cleaned as corpus; the model's answers were redacted
+        kept, dropped, pii_counts = pairs, [], {}
+    if cfg.data.decontamination.enabled:
+        eval_records = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
+        kept, contaminated = decontaminate(kept, eval_records, cfg.data.decontamination.ngram)
+        dropped += [{"source_file": c["source_file"], "source_line": c["source_line"], "detail": c["id"],
+                     "reason": "contaminated", "raw": c["shared_ngram"]} for c in contaminated]  # fmt: skip
+    reasons = Counter(r["reason"] for r in quarantine + dropped)
+    summary = {
+        "enabled": True,
+        "synthetic": not files,
+        "files": [p.name for p in files],
+        "pairs_in": len(pairs) + len(quarantine),
+        "pairs": len(kept),
+        "dropped": dict(reasons),
+        "pii": pii_counts,
+    }
+    with paths.publish("preference_pairs") as out:
+        write_rows(out / "pairs.parquet", kept)
+        (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
+        write_rows(out / "quarantine.parquet", quarantine + dropped)
+        write_json(out / "summary.json", summary)
+    context.log.info(f"{len(kept)} preference pairs kept of {summary['pairs_in']} ({dict(reasons)})")
+    return dg.MaterializeResult(
+        data_version=folder_version(out),
+        metadata={
+            "enabled": True,
+            "synthetic": summary["synthetic"],
+            "pairs": len(kept),
+            "dropped": counts_table(dict(reasons)),
+            "sample": md_table(
+                [
+                    {
+                        "prompt": p["messages"][-2]["content"],
+                        "chosen": p["messages"][-1]["content"],
+                        "rejected": p["rejected"],
+                    }
+                    for p in kept
+                ],  # fmt: skip
+                ["prompt", "chosen", "rejected"],
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=preference_pairs,
+    blocking=True,
+    description="Every pair has a prompt, two different non-empty answers, and there are enough of them.",
+)
+def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    out = settings.paths().latest("preference_pairs")
+    if not read_json(out / "summary.json")["enabled"]:
+        return dg.AssetCheckResult(passed=True, metadata={"enabled": False})
+    pairs = read_rows(out / "pairs.parquet")
+    problems = Counter()
+    for p in pairs:
+        chosen, rejected = p["messages"][-1]["content"], p["rejected"]
+        # A synthetic pair may reject a blank answer (the model said nothing); a landed one may not.
+        if (
+            not chosen.strip()
+            or not p["messages"][-2]["content"].strip()
+            or not (rejected.strip() or p["synthetic"])
+        ):
+            problems["empty"] += 1
+        elif chosen == rejected:
+            problems["chosen_equals_rejected"] += 1
+    minimum = settings.config().preference.min_pairs
+    return dg.AssetCheckResult(
+        passed=not problems and len(pairs) >= minimum,
+        metadata={"pairs": len(pairs), "minimum": minimum, **problems},
+    )
+
+
+@dg.asset_check(
+    asset=preference_pairs,
+    blocking=True,
+    description="No pair shares an n-gram with the held-out evaluation set.",
+)
+def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    cfg, paths = settings.config(), settings.paths()
+    out = paths.latest("preference_pairs")
+    if not read_json(out / "summary.json")["enabled"] or not cfg.data.decontamination.enabled:
+        return dg.AssetCheckResult(passed=True, metadata={"checked": False})
+    n = cfg.data.decontamination.ngram
+    grams = eval_ngrams(read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"), n)
+    hits = [p["id"] for p in read_rows(out / "pairs.parquet") if ngrams(record_text(p), n) & grams]
+    return dg.AssetCheckResult(
+        passed=not hits, metadata={"contaminated": len(hits), "ids": ", ".join(hits[:10])}
+    )
+
+
+@dg.asset(
+    group_name="preference",
+    deps=[preference_pairs, fine_tuned_model],
+    code_version="dpo-1",
+    pool="gpu",
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=2),  # a crash retries into resume, as for the fine-tune
+    kinds={"pytorch", "mlflow"},
+    description="DPO (TRL) from the fine-tuned model on the preference pairs; MLflow run; registered version.",
+)
+def preference_model(
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    mlflow_tracking: MlflowTracking,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
+    cfg, paths = settings.config(), settings.paths()
+    if not cfg.preference.enabled:
+        with paths.publish("preference_model") as out:
+            write_json(out / "summary.json", DISABLED)
+        return dg.MaterializeResult(data_version=folder_version(out), metadata={"enabled": False})
+    pairs_dir, sft_dir = paths.latest("preference_pairs"), paths.latest("fine_tuned_model")
+    pairs = read_json(pairs_dir / "summary.json")
+    sft = read_json(sft_dir / "mlflow.json")
+    code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
+    job = TrainingJob(
+        module="stages.dpo",
+        run_name="dpo",
+        inputs={
+            "init_model_dir": str(sft_dir / "model"),
+            "pairs_path": str(pairs_dir / "pairs.jsonl"),
+            "preference": cfg.preference.model_dump(mode="json"),
+        },
+        resume_key={
+            "data_version": pairs_dir.name,
+            "initial_model": f"{sft['model_name']}/{sft['version']}",
+            "config": cfg.section_hash("preference", "training"),
+            "code_version": f"{code_version}/{code_hash('dpo.py')}",
+        },
+        tags={
+            "tunegraph.starts_from": f"models:/{sft['model_name']}/{sft['version']}",
+            "tunegraph.preference_pairs": str(pairs["pairs"]),
+            "tunegraph.synthetic_pairs": str(pairs["synthetic"]),
+        },
+        artifacts=[(pairs_dir / "summary.json", "preference")],
+        lineage={"starts_from": sft, "preference_pairs": pairs, "config": cfg.flat()},
+    )
+    trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
+    write_json(trained.out / "summary.json", {"enabled": True, "starts_from": sft})
+    summary = trained.summary
+    return dg.MaterializeResult(
+        data_version=folder_version(trained.out),
+        metadata={
+            **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
+            "pairs": summary["pairs"],
+            "synthetic_pairs": pairs["synthetic"],
+            "reward_margin": summary["reward_margin"],
+            "reward_accuracy": summary["reward_accuracy"],
+        },
+    )
+
+
+def _synthetic(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> list[dict]:
+    """The fine-tuned model answers some original train prompts; pairs where the reference is better."""
+    cfg, paths = settings.config(), settings.paths()
+    pref = cfg.preference
+    train = [
+        r
+        for r in read_rows(paths.latest("augmented_corpus") / "train.parquet")
+        if r["augmentation"] == "none"
+    ]
+    train = sorted(train, key=lambda r: eval_score(r["id"], cfg.data.seed + 11))[: pref.synthetic_examples]
+    model, tokenizer = load_saved(paths.latest("fine_tuned_model") / "model")
+    context.log.info(f"synthetic pairs: the fine-tuned model answers {len(train)} train prompts")
+    outputs = generate(model.eval(), tokenizer, [r["messages"][:-1] for r in train], cfg.evaluation.max_new_tokens,
+                       cfg.evaluation.batch_size, desc="synthetic rejected answers")  # fmt: skip
+    del model
+    gc.collect()
+    return preferences.synthetic_pairs(train, [o["text"] for o in outputs], pref.synthetic_max_rouge_l)
+
+
+def _jsonl(row: dict) -> str:
+    import json
+
+    return json.dumps(row, ensure_ascii=False) + "\n"

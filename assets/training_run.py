@@ -1,0 +1,193 @@
+"""One tracked training run, shared by `fine_tuned_model` (SFT) and `preference_model` (DPO).
+
+The same path for both: end MLflow runs orphaned by killed processes, open an MLflow run, decide
+whether to resume from checkpoints (same data, config and code) or start at step 0, launch the
+training process through Dagster Pipes, then log the loss curve, metrics and model, register a
+version and write the lineage. A crash marks the run FAILED and a user's stop marks it KILLED
+(never retried); nothing is ever left RUNNING.
+"""
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import mlflow
+import torch
+from mlflow.entities import Metric, Param, RunTag
+
+from assets.metadata import png
+from resources.settings import Paths
+from resources.tracking import MlflowTracking
+from resources.training import TrainingLauncher
+from stages import checkpoints, plots, processes
+from stages.config import PipelineConfig
+from stages.model_source import load_saved
+from stages.tables import read_json, write_json
+
+# Listed explicitly: MLflow's inferred requirements import torchvision, which is not installed.
+PIP_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    "transformers>=5",
+    "safetensors",
+    "accelerate",
+]
+STAGES = Path(__file__).parents[1] / "stages"
+
+
+def code_hash(*modules: str) -> str:
+    """Part of the resume key: a checkpoint written by other training code is never resumed."""
+    files = ("checkpoints.py", "train.py", *modules)
+    return hashlib.sha256(b"".join((STAGES / f).read_bytes() for f in files)).hexdigest()[:12]
+
+
+@dataclass
+class TrainingJob:
+    """What differs between the training assets; everything else is shared."""
+
+    module: str  # the entry point, run as `python -m MODULE SPEC.json`
+    run_name: str
+    inputs: dict[str, Any]  # spec entries of this stage: the model to start from, its data, its config
+    resume_key: dict[str, str]
+    tags: dict[str, str]
+    artifacts: list[tuple[Path, str | None]] = field(default_factory=list)  # (file, MLflow folder)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainedModel:
+    summary: dict[str, Any]
+    out: Path  # the published output folder
+    run_id: str
+    experiment_id: str
+    version: str
+    plan: checkpoints.ResumePlan
+    loss_png: dg.MetadataValue
+
+
+def run_training(
+    context: dg.AssetExecutionContext,
+    cfg: PipelineConfig,
+    paths: Paths,
+    tracking: MlflowTracking,
+    launcher: TrainingLauncher,
+    job: TrainingJob,
+) -> TrainedModel:
+    asset = context.asset_key.to_user_string()
+    client = tracking.client()
+    experiment_id = tracking.experiment_id(cfg.tracking.experiment)
+    for stale in tracking.end_orphaned_runs(experiment_id):
+        context.log.warning(f"MLflow run {stale} was left RUNNING by a killed process: marked KILLED")
+    tags = {
+        "dagster.run_id": context.run_id,
+        "tunegraph.asset": asset,
+        "tunegraph.host": processes.host(),
+        "tunegraph.pid": str(os.getpid()),
+        "tunegraph.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",
+        **job.tags,
+    }
+    run_id = client.create_run(
+        experiment_id, run_name=f"{job.run_name} {context.run_id[:8]}", tags=tags
+    ).info.run_id
+    context.log.info(f"MLflow run {run_id}")
+    try:
+        checkpoint_dir = paths.checkpoints(asset)
+        plan = checkpoints.plan_resume(checkpoint_dir, job.resume_key, run_id)
+        context.log.info(plan.reason)
+        resumed = [RunTag("tunegraph.resumed_from_run", plan.previous_run_id)] if plan.previous_run_id else []
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(v)[:6000]) for k, v in cfg.flat().items()],
+            tags=[RunTag("tunegraph.resumed_from_step", str(plan.step)), *resumed],
+        )
+        with paths.publish(asset, keep=3) as out:
+            spec = {
+                **job.inputs,
+                "output_dir": str(out),
+                "checkpoint_dir": str(checkpoint_dir),
+                "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
+                "resumed_from_step": plan.step if plan.checkpoint else None,
+                "parent_pid": os.getpid() if launcher.local else None,
+                "training": cfg.training.model_dump(mode="json"),
+                "mlflow": {"tracking_uri": tracking.uri(), "run_id": run_id},
+            }
+            write_json(out / "spec.json", spec)
+            launcher.launch(
+                context, job.module, str(out / "spec.json"), cfg.training, torch.cuda.is_available()
+            )
+            summary = read_json(out / "train_summary.json")
+            history = summary["history"]
+            plots.curve([h["step"] for h in history], [h["loss"] for h in history], out / "loss.png",
+                        "training loss", "loss")  # fmt: skip
+            for path, folder in [(out / "loss.png", None), *job.artifacts]:
+                client.log_artifact(run_id, str(path), folder)
+            client.log_batch(run_id, metrics=_final_metrics(summary))
+            version = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
+            final_dir = paths.published(out)
+            for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
+                client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
+            lineage = {**job.lineage, "resumed_from_step": summary["resumed_from_step"],
+                       "metrics": {"train_loss": summary["train_loss"]}}  # fmt: skip
+            write_json(out / "lineage.json", lineage)
+            client.log_dict(run_id, lineage, "lineage/lineage.json")
+            registry = {
+                "mlflow_run_id": run_id,
+                "model_name": cfg.tracking.registered_model,
+                "version": version,
+            }
+            write_json(out / "mlflow.json", registry)
+            loss_png = png(out / "loss.png", "training loss")
+        client.set_terminated(run_id, "FINISHED")
+        checkpoints.clear(checkpoint_dir)  # the model is published: nothing left to resume
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as interrupt:
+        client.set_terminated(run_id, "KILLED")  # Ctrl-C or a terminated run: the checkpoints stay
+        raise dg.Failure(
+            "interrupted: MLflow run marked KILLED, checkpoints kept; materialise again to resume",
+            allow_retries=False,  # a user's stop is not a crash to retry
+        ) from interrupt
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # never leave a crashed training RUNNING
+        raise
+    return TrainedModel(summary, final_dir, run_id, experiment_id, version, plan, loss_png)
+
+
+def training_metadata(
+    trained: TrainedModel, tracking: MlflowTracking, registered_model: str
+) -> dict[str, Any]:
+    summary = trained.summary
+    return {
+        "steps": summary["steps"],
+        "resumed_from_step": trained.plan.step,
+        "resume": trained.plan.reason,
+        "train_loss": round(summary["train_loss"], 4),
+        "wall_s": round(summary["wall_s"], 1),
+        "device": f"{summary['num_processes']} x {summary['device']}",
+        "mlflow_run_id": trained.run_id,
+        "mlflow_run": dg.MetadataValue.url(tracking.ui_url(trained.run_id, trained.experiment_id)),
+        "registered_model": f"{registered_model} v{trained.version}",
+        "loss_curve": trained.loss_png,
+    }
+
+
+def _final_metrics(summary: dict) -> list[Metric]:
+    now = int(time.time() * 1000)
+    numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return [Metric(f"final_{k}", float(v), now, summary["steps"]) for k, v in numbers.items()]
+
+
+def _log_and_register(tracking: MlflowTracking, run_id: str, out: Path, registered_model: str) -> str:
+    """Log the merged model with its tokenizer and chat template; register it; return the version."""
+    tracking.activate()
+    model, tokenizer = load_saved(out / "model")
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-generation",
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=registered_model,
+        )
+    return str(info.registered_model_version)

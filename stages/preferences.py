@@ -1,0 +1,140 @@
+"""Preference pairs (prompt, chosen, rejected) for DPO: read, cleaned and checked like the corpus.
+
+Landing files under `landing/preferences/` use the preference schema: `prompt` (a string or chat
+messages ending with the user's turn), `chosen` and `rejected` (strings, or chat messages whose
+last one is the assistant's). `corpus.fields` maps other names onto these. A canonical pair is a
+corpus record whose `messages` are the prompt plus the chosen answer, with `rejected` beside it,
+so the corpus's cleaning, PII redaction and decontamination apply to it unchanged.
+
+Without preference files, pairs can be built from the corpus (`preference.synthetic`): the
+reference answer is chosen and the fine-tuned model's own answer rejected, when ROUGE-L says
+the two differ enough for the reference to be the better one. Such pairs are marked synthetic.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from stages import metrics, pii
+from stages.cleaning import CleanResult, Rules, clean_records, normalise
+from stages.readers import ROLES, BadRecordError, ReadResult, detect_format, iter_rows, quarantine_row
+
+
+def read_pairs(path: Path, key: str, fmt: str = "auto", fields: dict[str, str] | None = None) -> ReadResult:
+    """Read one preference file into canonical pairs plus quarantined rows (with reasons)."""
+    result = ReadResult()
+    for line, raw in iter_rows(path, detect_format(path, fmt), result, key):
+        try:
+            result.records.append(to_pair(raw, key, line, fields or {}))
+        except BadRecordError as err:
+            result.quarantine.append(quarantine_row(key, line, err.reason, err.detail, raw))
+    return result
+
+
+def to_pair(raw: Any, key: str, line: int, fields: dict[str, str]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise BadRecordError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
+    row = {**raw, **{canonical: raw[source] for canonical, source in fields.items() if source in raw}}
+    for name in ("prompt", "chosen", "rejected"):
+        if row.get(name) is None:
+            raise BadRecordError(
+                "missing_field", f"'{name}' is missing (preference schema: prompt, chosen, rejected)"
+            )
+    rid = row.get("id")
+    return {
+        "id": str(rid) if isinstance(rid, str | int) and str(rid) else f"{key}:{line}",
+        "source_file": key,
+        "source_line": line,
+        "schema": "preference",
+        "messages": [
+            *_prompt(row["prompt"]),
+            {"role": "assistant", "content": _answer(row["chosen"], "chosen")},
+        ],
+        "rejected": _answer(row["rejected"], "rejected"),
+        "synthetic": False,
+    }
+
+
+def _prompt(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise BadRecordError(
+            "wrong_type", "'prompt' should be a string or a non-empty list of {role, content}"
+        )
+    messages = []
+    for m in value:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise BadRecordError(
+                "wrong_type", f"bad prompt message {str(m)[:80]}: needs role in {sorted(ROLES)}"
+            )
+        messages.append({"role": m["role"], "content": m["content"]})
+    if messages[-1]["role"] != "user":
+        raise BadRecordError("wrong_type", "the prompt's last message must be the user's")
+    return messages
+
+
+def _answer(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and isinstance(value[-1], dict)
+        and value[-1].get("role") == "assistant"
+    ):
+        content = value[-1].get("content")
+        if isinstance(content, str):
+            return content
+    raise BadRecordError("wrong_type", f"'{name}' should be a string or messages ending with the assistant's")
+
+
+def clean_pairs(pairs: list[dict[str, Any]], rules: Rules) -> CleanResult:
+    """The corpus's cleaning on prompt + chosen, then the pair's own rules on the rejected answer."""
+    cleaned = clean_records(pairs, rules)
+    result = CleanResult(dropped=cleaned.dropped, pii=cleaned.pii)
+    for pair in cleaned.kept:
+        rejected = pii.redact(normalise(pair["rejected"]), result.pii)
+        chosen = pair["messages"][-1]["content"]
+        reason = None
+        if not rejected:
+            reason = "empty_rejected"
+        elif rejected == chosen:
+            reason = "chosen_equals_rejected"
+        elif len(rejected) > rules.max_chars:
+            reason = "too_long"
+        if reason is None:
+            result.kept.append({**pair, "rejected": rejected})
+        else:
+            result.dropped.append({"source_file": pair["source_file"], "source_line": pair["source_line"],
+                                   "detail": pair["id"], "reason": reason, "raw": rejected[:500]})  # fmt: skip
+    return result
+
+
+def synthetic_pairs(
+    records: list[dict[str, Any]], generated: list[str], max_rouge_l: float
+) -> list[dict[str, Any]]:
+    """Reference answer chosen, the model's answer rejected, where they differ (ROUGE-L below max).
+
+    A blank answer (the model said nothing, or only whitespace) is kept as an empty rejected
+    answer: answering is preferred to staying silent. Answers are PII-redacted like the corpus.
+    """
+    pairs = []
+    for record, answer in zip(records, generated, strict=True):
+        reference = record["messages"][-1]["content"]
+        if metrics.rouge_l(answer, reference) >= max_rouge_l:
+            continue  # the model already answers like the reference: no preference to learn
+        rejected = pii.redact(answer.strip())
+        pairs.append({**record, "schema": "preference", "rejected": rejected, "synthetic": True})
+    return pairs
+
+
+def dpo_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """TRL's conversational preference format."""
+    return [
+        {
+            "prompt": p["messages"][:-1],
+            "chosen": [p["messages"][-1]],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]

@@ -1,0 +1,65 @@
+"""DPO as its own asset after the fine-tune, on the tiny model: real files, Dagster, MLflow, TRL."""
+
+import json
+
+from conftest import write_config, write_example_shards, write_jsonl
+
+from pipelines.report import build_report
+from pipelines.runner import Runner
+from resources.settings import TunegraphSettings
+from resources.tracking import MlflowTracking
+from stages.tables import read_json
+
+PREFERENCE = {"enabled": True, "learning_rate": 1.0e-3, "max_steps": 8, "batch_size": 4, "logging_steps": 2,
+              "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16}  # fmt: skip
+
+
+def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(home, instance, tmp_path):
+    write_example_shards(home, shards=2)
+    pairs = [{"prompt": f"What does helper_{i}() return?", "chosen": f"It returns the integer {i}, always.",
+              "rejected": "I do not know; perhaps a banana, or nothing at all."} for i in range(16)]  # fmt: skip
+    pairs += [
+        {"prompt": "Broken pair", "chosen": "Same words here.", "rejected": "Same words here."},
+        {"prompt": "No rejected answer", "chosen": "Only one answer here."},
+    ]
+    write_jsonl(home / "landing" / "preferences" / "pairs.jsonl", pairs)
+    config = write_config(tmp_path / "dpo.yaml", preference=PREFERENCE)
+    settings = TunegraphSettings(home=str(home), config_path=str(config))
+
+    record = Runner(settings, instance).run()
+    assert record["status"] == "success", record["errors"]
+    # Preference files are not corpus partitions.
+    assert all(not p.startswith("preferences/") for p in record["partitions_processed"])
+
+    report = build_report(settings.paths())
+    preference = report["preference"]
+    assert preference["pairs"] == 16 and preference["synthetic"] is False
+    assert preference["dropped"] == {"chosen_equals_rejected": 1, "missing_field": 1}
+    assert preference["steps"] == 8
+    history = read_json(settings.paths().latest("preference_model") / "train_summary.json")["history"]
+    assert history[-1]["loss"] < history[0]["loss"]  # the DPO loss falls
+    assert history[-1]["rewards/margins"] > history[0]["rewards/margins"]  # chosen pulls away from rejected
+    assert report["evaluation"]["preference"]["perplexity"] > 1  # scored as one more variant
+    assert report["registry"]["candidate"] in ("fine_tuned", "preference")
+
+    client = MlflowTracking(home=str(home)).client()
+    run = client.get_run(preference["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["tunegraph.starts_from"] == "models:/tunegraph-tiny/1"
+    assert len(client.get_metric_history(run.info.run_id, "rewards/margins")) == 4
+    assert preference["version"] == "2"  # SFT is v1; DPO registers the next version
+
+
+def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(home, instance, tmp_path):
+    write_example_shards(home, shards=2)
+    config = write_config(tmp_path / "dpo.yaml", preference={**PREFERENCE, "synthetic": True})
+    settings = TunegraphSettings(home=str(home), config_path=str(config))
+    record = Runner(settings, instance).run()
+    assert record["status"] == "success", record["errors"]
+    preference = build_report(settings.paths())["preference"]
+    # The tiny model's answers (blank lines) share nothing with the references: every prompt is a pair.
+    assert preference["synthetic"] is True and preference["pairs"] == PREFERENCE["synthetic_examples"]
+    pairs = (settings.paths().latest("preference_pairs") / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs) == preference["pairs"] and json.loads(pairs[0])["chosen"][0]["role"] == "assistant"
+    client = MlflowTracking(home=str(home)).client()
+    assert client.get_run(preference["mlflow_run_id"]).data.tags["tunegraph.synthetic_pairs"] == "True"

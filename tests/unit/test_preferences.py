@@ -1,0 +1,86 @@
+"""Preference pairs: the schema, malformed records to quarantine with reasons, synthetic pairs."""
+
+import json
+
+from stages.cleaning import Rules
+from stages.preferences import clean_pairs, dpo_rows, read_pairs, synthetic_pairs
+
+GOOD = {"prompt": "What does len() return?", "chosen": "The number of items in a container.",
+        "rejected": "A string with the name of the object."}  # fmt: skip
+
+
+def test_malformed_preference_records_are_quarantined_with_reasons_and_good_ones_kept(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    rows = [
+        GOOD,
+        {  # chat form, with a system turn and PII in the rejected answer
+            "prompt": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is pi?"},
+            ],
+            "chosen": [{"role": "assistant", "content": "About 3.14159, the circle constant."}],
+            "rejected": [{"role": "assistant", "content": "Ask ada@example.org about it, she knows."}],
+        },
+        {"prompt": "Say hi.", "chosen": "Hello there, friend!"},  # no rejected
+        {"prompt": "Same?", "chosen": "Exactly the same answer.", "rejected": "Exactly  the same answer."},
+        {"prompt": "Empty?", "chosen": "A real answer is here.", "rejected": "   "},
+        {"prompt": ["not", "messages"], "chosen": "An answer here.", "rejected": "Another one."},
+        {
+            "prompt": [{"role": "assistant", "content": "ends with the model"}],
+            "chosen": "Fine answer.",
+            "rejected": "x",
+        },
+        {"prompt": "Short?", "chosen": "No.", "rejected": "A long and wrong answer."},  # chosen too short
+        ["not", "an", "object"],
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"prompt": "broken\n')
+    read = read_pairs(path, "preferences/prefs.jsonl")
+    assert sorted(q["reason"] for q in read.quarantine) == [
+        "invalid_json", "missing_field", "not_an_object", "wrong_type", "wrong_type"]  # fmt: skip
+    cleaned = clean_pairs(read.records, Rules())
+    assert sorted(d["reason"] for d in cleaned.dropped) == [
+        "chosen_equals_rejected",
+        "empty_rejected",
+        "too_short",
+    ]
+    assert [p["source_line"] for p in cleaned.kept] == [1, 2]
+    assert cleaned.kept[1]["rejected"] == "Ask <EMAIL> about it, she knows."
+    assert cleaned.pii == {"email": 1}
+    # Everything read is accounted for: kept + dropped + quarantined.
+    assert len(cleaned.kept) + len(cleaned.dropped) + len(read.quarantine) == len(rows) + 1
+
+    chat = dpo_rows(cleaned.kept)[1]
+    assert chat["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is pi?"},
+    ]
+    assert chat["chosen"] == [{"role": "assistant", "content": "About 3.14159, the circle constant."}]
+    assert chat["rejected"][0]["role"] == "assistant"
+
+
+def test_fields_map_other_column_names_onto_the_preference_schema(tmp_path):
+    path = tmp_path / "prefs.csv"
+    path.write_text("question,good,bad\nWhat is 2+2?,It is four.,It is five.\n")
+    read = read_pairs(
+        path, "preferences/prefs.csv", fields={"prompt": "question", "chosen": "good", "rejected": "bad"}
+    )
+    assert read.quarantine == []
+    assert (
+        read.records[0]["messages"][-1]["content"] == "It is four."
+        and read.records[0]["rejected"] == "It is five."
+    )
+
+
+def test_synthetic_pairs_keep_only_answers_that_differ_from_the_reference():
+    records = [
+        {"id": str(i), "source_file": "a.jsonl", "source_line": i,
+         "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": ref}]}
+        for i, ref in enumerate(["Return the sum of the numbers.", "Split the string at whitespace."])
+    ]  # fmt: skip
+    records.append({**records[1], "id": "2"})
+    generated = ["Return the sum of the numbers.", "It is a banana, ask bob@example.com.", "\n\n\n"]
+    pairs = synthetic_pairs(records, generated, max_rouge_l=0.5)
+    assert [p["id"] for p in pairs] == ["1", "2"]  # the first answer already matches its reference
+    assert pairs[0]["synthetic"] is True and pairs[0]["rejected"] == "It is a banana, ask <EMAIL>."
+    assert pairs[0]["messages"][-1]["content"] == "Split the string at whitespace."
+    assert pairs[1]["rejected"] == ""  # a blank answer: answering is preferred to silence
