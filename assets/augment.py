@@ -1,6 +1,8 @@
 """`augmented_corpus`: the final training records, plus the blocking data gates before training."""
 
+import functools
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 
@@ -11,11 +13,12 @@ from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
-from stages.decontamination import decontaminate
+from stages.decontamination import decontaminate, record_text
 from stages.dedup import normalised_hash
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
+from stages.scan_cache import CleanSet, digest, source_salt
 from stages.tables import read_rows, write_json, write_rows
 
 MIN_TRAIN_EXAMPLES = 8
@@ -78,12 +81,14 @@ def _with_model_paraphrases(
 
 def _train_and_eval(settings: TunegraphSettings) -> tuple[list[dict], list[dict]]:
     paths = settings.paths()
-    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
-    eval_rows = [
-        r
-        for p in sorted((paths.latest("deduplicated_corpus") / "eval").glob("*.parquet"))
-        for r in read_rows(p)
-    ]
+    return _read_train_and_eval(paths.latest("augmented_corpus"), paths.latest("deduplicated_corpus"))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_train_and_eval(augmented: Path, deduplicated: Path) -> tuple[list[dict], list[dict]]:
+    """Read once per published version for all the checks of a run (the folders never change)."""
+    train = read_rows(augmented / "train.parquet")
+    eval_rows = [r for p in sorted((deduplicated / "eval").glob("*.parquet")) for r in read_rows(p)]
     return train, eval_rows
 
 
@@ -93,7 +98,14 @@ def _train_and_eval(settings: TunegraphSettings) -> tuple[list[dict], list[dict]
 def no_eval_contamination(settings: TunegraphSettings) -> dg.AssetCheckResult:
     train, eval_rows = _train_and_eval(settings)
     n = settings.config().data.decontamination.ngram
-    _, leaked = decontaminate(train, eval_rows, n)
+    # Only records not already found clean against this very eval set are scanned again.
+    eval_digest = digest("\n".join(sorted(record_text(r) for r in eval_rows)))
+    cache = CleanSet(settings.paths().home / "cache" / "contamination-clean.json", f"{n}:{eval_digest}")
+    digests = [digest(record_text(r)) for r in train]
+    unknown = [r for r, d in zip(train, digests, strict=True) if d not in cache]
+    _, leaked = decontaminate(unknown, eval_rows, n)
+    leaked_ids = {r["id"] for r in leaked}
+    cache.save({d for r, d in zip(train, digests, strict=True) if r["id"] not in leaked_ids})
     eval_ids = {r["id"] for r in eval_rows}
     same_id = [r for r in train if r["source_id"] in eval_ids]
     return dg.AssetCheckResult(
@@ -131,11 +143,19 @@ def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
     train, eval_rows = _train_and_eval(settings)
     found: Counter[str] = Counter()
     offenders = []
+    # Texts already found clean by these very patterns are not scanned again.
+    cache = CleanSet(settings.paths().home / "cache" / "pii-clean.json", source_salt(pii))
+    clean = set()
     for r in train + eval_rows:
-        hits = sum((pii.find(m["content"]) for m in r["messages"]), Counter())
+        text = "\n".join(m["content"] for m in r["messages"])
+        text_digest = digest(text)
+        hits = Counter() if text_digest in cache else pii.find(text)
         if hits:
             found += hits
             offenders.append({"id": r["id"], "types": ", ".join(sorted(hits))})
+        else:
+            clean.add(text_digest)
+    cache.save(clean)
     return dg.AssetCheckResult(
         passed=not found,
         metadata={

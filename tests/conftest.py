@@ -1,6 +1,7 @@
 """Shared fixtures: a fresh state folder, a real Dagster instance and real MLflow per test."""
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -62,6 +63,35 @@ def write_config(path: Path, **overrides: dict) -> Path:
             raw[section] = values
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+# The data assets and the base model: what every training test needs before it trains.
+DATA_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
+               "base_model"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def data_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state folder with DATA_ASSETS materialised from two example shards, built once per session."""
+    from pipelines.runner import Runner
+
+    home = tmp_path_factory.mktemp("template") / "home"
+    home.mkdir()
+    configure_environment(home, TINY_CONFIG)
+    write_example_shards(home, shards=2)
+    settings = TunegraphSettings(home=str(home), config_path=str(TINY_CONFIG))
+    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
+        record = Runner(settings, instance).run(only=DATA_ASSETS)
+    assert record["status"] == "success", record["errors"]
+    return home
+
+
+@pytest.fixture
+def prepared_home(data_template: Path, home: Path) -> Path:
+    """This test's state folder, starting as a copy of the data template (its own instance and MLflow)."""
+    shutil.rmtree(home)
+    shutil.copytree(data_template, home)
+    return home
 
 
 @pytest.fixture

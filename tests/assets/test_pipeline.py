@@ -9,6 +9,7 @@ import pytest
 from conftest import write_config, write_example_shards, write_jsonl
 from transformers import AutoTokenizer
 
+from pipelines.lineage import compare, lineage_of_file
 from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
 from resources.settings import TunegraphSettings
@@ -16,7 +17,7 @@ from resources.tracking import MlflowTracking
 from stages.tables import read_rows
 
 
-def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings, tmp_path):
+def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, settings, tmp_path):
     shards = write_example_shards(home, shards=4)
     # A record with PII and one that is broken, in a shard of their own.
     write_jsonl(
@@ -87,31 +88,42 @@ def test_tiny_pipeline_end_to_end_then_incremental(home, instance, settings, tmp
             assert any(label != -100 for label in block["labels"][a:b])
     template = (paths.latest("base_model") / "model" / "chat_template.jinja").read_text()
     assert (paths.latest("fine_tuned_model") / "model" / "chat_template.jinja").read_text() == template
+    # ...and so does the registered model, loaded back through MLflow by its alias.
+    MlflowTracking(home=str(home)).activate()
+    components = mlflow.transformers.load_model("models:/tunegraph-tiny@champion", return_type="components")
+    assert components["tokenizer"].chat_template == template
 
     # Nothing changed: nothing runs.
     again = Runner(settings, instance).run()
     assert again["status"] == "up_to_date" and again["partitions_processed"] == []
 
-    # One shard edited: only it is re-read and re-cleaned; the model follows.
+    # One shard edited and the learning rate changed: only that shard is re-read and re-cleaned;
+    # the model follows.
     lines = shards[1].read_text().splitlines()
     lines[0] = json.dumps({"id": "edited", "instruction": "Explain x.", "output": "A fixed answer for x."})
     shards[1].write_text("\n".join(lines) + "\n")
-    third = Runner(settings, instance).run()
+    changed = write_config(tmp_path / "changed.yaml", training={"learning_rate": 5e-4})
+    third = Runner(TunegraphSettings(home=str(home), config_path=str(changed)), instance).run()
     assert third["status"] == "success", third["errors"]
     assert third["partitions_processed"] == [shards[1].name]
     assert build_report(settings.paths())["registry"]["version"] == "2"
 
-
-def test_registered_model_loads_back_through_mlflow(home, instance, settings):
-    write_example_shards(home, shards=2)
-    assert Runner(settings, instance).run()["status"] == "success"
-    tracking = MlflowTracking(home=str(home))
-    tracking.activate()
-    components = mlflow.transformers.load_model("models:/tunegraph-tiny@champion", return_type="components")
-    assert (
-        components["tokenizer"].chat_template
-        == settings.paths().latest("base_model").joinpath("model", "chat_template.jinja").read_text()
-    )
+    # `tunegraph compare` names exactly that shard and that config key; `lineage` follows the file.
+    result, markdown = compare(client, "tunegraph-tiny", "2", "1")
+    assert (result["older"], result["newer"]) == ("1", "2")
+    assert [f["file"] for f in result["files_changed"]] == [shards[1].name]
+    assert result["files_added"] == [] and result["files_removed"] == []
+    assert [c["key"] for c in result["config_changed"]] == ["training.learning_rate"]
+    assert result["code_changed"] == []
+    assert "eval_fine_tuned_perplexity" in result["metric_deltas"]
+    assert f"| {shards[1].name} |" in markdown
+    newer_run = client.get_model_version("tunegraph-tiny", "2").run_id
+    assert "lineage/compare_v1_v2.md" in [a.path for a in client.list_artifacts(newer_run, "lineage")]
+    edited = lineage_of_file(client, "tunegraph-tiny", shards[1].name)
+    assert [r["version"] for r in edited] == ["1", "2"]
+    assert edited[0]["content_hash"] != edited[1]["content_hash"]
+    same = lineage_of_file(client, "tunegraph-tiny", shards[0].name)
+    assert same[0]["content_hash"] == same[1]["content_hash"]
 
 
 def test_empty_landing_folder_is_a_clear_error(home, instance, settings):
@@ -143,8 +155,8 @@ def test_unknown_model_base_is_a_clear_error(home, instance, tmp_path):
     assert any("model.base './no/such/model' is not a model directory" in e for e in record["errors"])
 
 
-def test_a_worse_model_is_not_promoted(home, instance, settings, tmp_path):
-    write_example_shards(home, shards=2)
+def test_a_worse_model_is_not_promoted(prepared_home, instance, settings, tmp_path):
+    home = prepared_home
     first = Runner(settings, instance).run()
     assert first["status"] == "success", first["errors"]
     assert build_report(settings.paths())["registry"]["promoted"] is True

@@ -2,7 +2,8 @@
 
 import json
 
-from conftest import write_config, write_example_shards, write_jsonl
+import pytest
+from conftest import write_config, write_jsonl
 
 from pipelines.report import build_report
 from pipelines.runner import Runner
@@ -14,8 +15,10 @@ PREFERENCE = {"enabled": True, "learning_rate": 1.0e-3, "max_steps": 8, "batch_s
               "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16}  # fmt: skip
 
 
-def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(home, instance, tmp_path):
-    write_example_shards(home, shards=2)
+def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
+    prepared_home, instance, tmp_path
+):
+    home = prepared_home
     pairs = [{"prompt": f"What does helper_{i}() return?", "chosen": f"It returns the integer {i}, always.",
               "rejected": "I do not know; perhaps a banana, or nothing at all."} for i in range(16)]  # fmt: skip
     pairs += [
@@ -28,8 +31,8 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
 
     record = Runner(settings, instance).run()
     assert record["status"] == "success", record["errors"]
-    # Preference files are not corpus partitions.
-    assert all(not p.startswith("preferences/") for p in record["partitions_processed"])
+    # Preference files are not corpus partitions: the data stages (done in the template) stay done.
+    assert record["partitions_processed"] == [] and record["partitions_total"] == 2
 
     report = build_report(settings.paths())
     preference = report["preference"]
@@ -50,8 +53,9 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
     assert preference["version"] == "2"  # SFT is v1; DPO registers the next version
 
 
-def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(home, instance, tmp_path):
-    write_example_shards(home, shards=2)
+@pytest.mark.slow
+def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(prepared_home, instance, tmp_path):
+    home = prepared_home
     config = write_config(tmp_path / "dpo.yaml", preference={**PREFERENCE, "synthetic": True})
     settings = TunegraphSettings(home=str(home), config_path=str(config))
     record = Runner(settings, instance).run()

@@ -1,12 +1,11 @@
 """Crash-safe training through the real `fine_tuned_model` asset and the real training process.
 
-The data assets are materialised once per module into a template state folder; each test
-starts from a copy of it, with its own Dagster instance and MLflow store.
+The data assets are materialised once per session into a template state folder (conftest);
+each test starts from a copy of it, with its own Dagster instance and MLflow store.
 """
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -14,40 +13,17 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import TINY_CONFIG, write_config, write_example_shards
+from conftest import DATA_ASSETS, write_config
 
 from assets.model import fine_tuned_model
 from pipelines import definitions
-from pipelines.cli import configure_environment
 from pipelines.runner import Runner
-from resources.settings import REPO_ROOT, TunegraphSettings
+from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages.tables import read_json
 
-DATA_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
-               "base_model"]  # fmt: skip
 # Long enough that a process killed at the first checkpoint has steps left to resume.
 TRAINING = {"max_steps": 12, "save_steps": 3, "logging_steps": 3, "save_total_limit": 2}
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("template") / "home"
-    home.mkdir()
-    configure_environment(home, TINY_CONFIG)
-    write_example_shards(home, shards=2)
-    settings = TunegraphSettings(home=str(home), config_path=str(TINY_CONFIG))
-    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
-        record = Runner(settings, instance).run(only=DATA_ASSETS)
-    assert record["status"] == "success", record["errors"]
-    return home
-
-
-@pytest.fixture
-def trained_home(template: Path, home: Path) -> Path:
-    shutil.rmtree(home)
-    shutil.copytree(template, home)
-    return home
 
 
 def settings_with(home: Path, tmp_path: Path, **training) -> TunegraphSettings:
@@ -109,10 +85,10 @@ def latest_summary(settings: TunegraphSettings) -> dict:
 
 
 def test_killed_training_is_retried_into_resume_and_matches_an_uninterrupted_run(
-    trained_home, instance, tmp_path
+    prepared_home, instance, tmp_path
 ):
-    settings = settings_with(trained_home, tmp_path)
-    killer = kill_at_checkpoints(trained_home, [3])
+    settings = settings_with(prepared_home, tmp_path)
+    killer = kill_at_checkpoints(prepared_home, [3])
     resumed = materialize_fine_tune(settings, instance)
     killer.join(timeout=5)
     assert killer.killed == [3]
@@ -129,25 +105,26 @@ def test_killed_training_is_retried_into_resume_and_matches_an_uninterrupted_run
     assert uninterrupted["resumed_from_step"] is None
     assert interrupted["steps"] == uninterrupted["steps"] == 12
     assert abs(interrupted["train_loss"] - uninterrupted["train_loss"]) < 1e-4
-    assert mlflow_statuses(trained_home) == ["FAILED", "FINISHED", "FINISHED"]
-    assert not (trained_home / "checkpoints" / "fine_tuned_model").exists()
+    assert mlflow_statuses(prepared_home) == ["FAILED", "FINISHED", "FINISHED"]
+    assert not (prepared_home / "checkpoints" / "fine_tuned_model").exists()
 
 
+@pytest.mark.slow
 def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_weights(
-    trained_home, instance, tmp_path
+    prepared_home, instance, tmp_path
 ):
-    settings = settings_with(trained_home, tmp_path)
+    settings = settings_with(prepared_home, tmp_path)
     # Killed twice (the first attempt and its retry): the materialisation fails, checkpoints stay.
-    killer = kill_at_checkpoints(trained_home, [3, 6])
+    killer = kill_at_checkpoints(prepared_home, [3, 6])
     assert not materialize_fine_tune(settings, instance).success
     killer.join(timeout=5)
-    checkpoints = trained_home / "checkpoints" / "fine_tuned_model"
+    checkpoints = prepared_home / "checkpoints" / "fine_tuned_model"
     assert (checkpoints / "checkpoint-6").is_dir()
 
     # New data: a landing file gains records, so the tokenized data version changes.
     extra = [{"instruction": f"What does helper_{i}() return?", "output": f"It returns the number {i} as an int."}
              for i in range(40)]  # fmt: skip
-    (trained_home / "landing" / "added.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    (prepared_home / "landing" / "added.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
     assert Runner(settings, instance).run(only=DATA_ASSETS)["status"] == "success"
     refused = materialize_fine_tune(settings, instance)
     assert refused.success
@@ -159,7 +136,7 @@ def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_w
     registered = read_json(settings.paths().latest("fine_tuned_model") / "mlflow.json")["version"]
 
     # Warm start: the same data, but training begins from the registered version's weights.
-    warm_settings = settings_with(trained_home, tmp_path, warm_start_from=registered)
+    warm_settings = settings_with(prepared_home, tmp_path, warm_start_from=registered)
     warm = materialize_fine_tune(warm_settings, instance)
     assert warm.success
     warmed = latest_summary(warm_settings)
@@ -168,16 +145,17 @@ def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_w
     assert warmed["history"][0]["loss"] < from_base["history"][0]["loss"] - 0.02
     lineage = read_json(warm_settings.paths().latest("fine_tuned_model") / "lineage.json")
     assert lineage["warm_start_from"]["model_uri"] == f"models:/tunegraph-tiny/{registered}"
-    assert "RUNNING" not in mlflow_statuses(trained_home)
+    assert "RUNNING" not in mlflow_statuses(prepared_home)
 
 
+@pytest.mark.slow
 def test_ddp_over_two_cpu_processes_trains_like_one_process_with_the_same_global_batch(
-    trained_home, instance, tmp_path
+    prepared_home, instance, tmp_path
 ):
-    single = settings_with(trained_home, tmp_path, batch_size=2, num_processes=1)
+    single = settings_with(prepared_home, tmp_path, batch_size=2, num_processes=1)
     assert materialize_fine_tune(single, instance).success
     one = latest_summary(single)
-    ddp = settings_with(trained_home, tmp_path, batch_size=1, num_processes=2)
+    ddp = settings_with(prepared_home, tmp_path, batch_size=1, num_processes=2)
     assert materialize_fine_tune(ddp, instance).success
     two = latest_summary(ddp)
     assert one["num_processes"] == 1 and two["num_processes"] == 2

@@ -1,0 +1,40 @@
+"""Remember which texts a whole-dataset scan already found clean, so a rerun scans only new text.
+
+The blocking checks re-scan every training record on every run (PII patterns, eval n-gram
+overlap). After a one-record edit, all but that record were scanned before with the same rules:
+their content hashes are kept in a small file under the state folder, salted with what the
+verdict depends on (the scanner's source, the eval set), so any change of rules starts afresh.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+class CleanSet:
+    """Content hashes found clean under `salt`; load, test, add, save."""
+
+    def __init__(self, path: Path, salt: str):
+        self.path, self.salt = path, salt
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        self.clean: set[str] = set(saved.get("clean", [])) if saved.get("salt") == salt else set()
+
+    def __contains__(self, text_digest: str) -> bool:
+        return text_digest in self.clean
+
+    def save(self, clean: set[str]) -> None:
+        """Keep exactly the hashes found clean in this scan (old records drop out)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(clean)}))
+        tmp.replace(self.path)
+
+
+def source_salt(*modules: object) -> str:
+    """A salt from the source files of the modules a verdict depends on."""
+    data = b"".join(Path(m.__file__).read_bytes() for m in modules)  # type: ignore[attr-defined]
+    return hashlib.sha256(data).hexdigest()[:16]
