@@ -147,7 +147,7 @@ def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
     cache = CleanSet(settings.paths().home / "cache" / "pii-clean.json", source_salt(pii))
     clean = set()
     for r in train + eval_rows:
-        text = "\n".join(m["content"] for m in r["messages"])
+        text = record_text(r)
         text_digest = digest(text)
         hits = Counter() if text_digest in cache else pii.find(text)
         if hits:

@@ -2,7 +2,6 @@
 
 import gc
 import time
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -200,19 +199,11 @@ def _load(
 ) -> tuple[Any, Any]:
     """The model behind a variant. The champion comes from its local folder, or from MLflow if pruned."""
     if source in ("base", "fine_tuned", "preference"):
-        model, tokenizer = load_saved(paths.latest(f"{source}_model") / "model")
+        folder = paths.latest(f"{source}_model") / "model"
     else:
-        folder = Path(
-            tracking.client().get_model_version(name, champion_version).tags.get("tunegraph.model_dir", "")
-        )
-        if (folder / "config.json").is_file():
-            model, tokenizer = load_saved(folder)
-        else:
-            tracking.activate()
-            parts = mlflow.transformers.load_model(
-                f"models:/{name}/{champion_version}", return_type="components"
-            )
-            model, tokenizer = parts["model"].float(), parts["tokenizer"]
+        version = tracking.client().get_model_version(name, champion_version)
+        folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
+    model, tokenizer = load_saved(folder)
     return model.eval(), tokenizer
 
 

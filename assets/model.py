@@ -4,7 +4,6 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.metadata import folder_version
@@ -101,14 +100,7 @@ def _initial_model(tracking: MlflowTracking, paths, cfg) -> tuple[Path, dict | N
         return paths.latest("base_model") / "model", None
     version = tracking.resolve_version(cfg.training.warm_start_from, cfg.tracking.registered_model)
     model_uri = f"models:/{version.name}/{version.version}"
-    local = Path(version.tags.get("tunegraph.model_dir", ""))
-    if not (local / "config.json").is_file():  # published elsewhere or pruned: fetch it from MLflow
-        local = paths.model_cache(version.name, version.version)
-        if not (local / "config.json").is_file():
-            tracking.activate()
-            parts = mlflow.transformers.load_model(model_uri, return_type="components")
-            parts["model"].save_pretrained(local)
-            parts["tokenizer"].save_pretrained(local)
+    local = tracking.model_dir(version, paths.model_cache(version.name, version.version))
     return local, {"model_uri": model_uri, "requested": cfg.training.warm_start_from, "model_dir": str(local)}
 
 

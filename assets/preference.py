@@ -5,6 +5,7 @@ and do nothing else, so the evaluation and the UI stay the same graph either way
 """
 
 import gc
+import json
 from collections import Counter
 
 import dagster as dg
@@ -236,6 +237,4 @@ def _synthetic(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
 
 
 def _jsonl(row: dict) -> str:
-    import json
-
     return json.dumps(row, ensure_ascii=False) + "\n"

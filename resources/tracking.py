@@ -80,6 +80,20 @@ class MlflowTracking(dg.ConfigurableResource):
             ended.append(run.info.run_id)
         return ended
 
+    def model_dir(self, version: ModelVersion, cache: Path) -> Path:
+        """A registered version as a local model folder: where it was published, or else
+        downloaded from MLflow once into `cache` (the published folder may have been pruned)."""
+        local = Path(version.tags.get("tunegraph.model_dir", ""))
+        if (local / "config.json").is_file():
+            return local
+        if not (cache / "config.json").is_file():
+            self.activate()
+            uri = f"models:/{version.name}/{version.version}"
+            parts = mlflow.transformers.load_model(uri, return_type="components")
+            parts["model"].save_pretrained(cache)
+            parts["tokenizer"].save_pretrained(cache)
+        return cache
+
     def resolve_version(self, ref: str, default_name: str) -> ModelVersion:
         """A registered model version from '3', 'champion', 'name/3', 'name@alias' or 'models:/...'."""
         body = ref.removeprefix("models:/").lstrip("@")

@@ -6,20 +6,28 @@ starts from the supervised model (`init_model_dir`); with LoRA the frozen starti
 also DPO's reference, so no second copy is held in memory. Adapters are merged before saving.
 """
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer
 
 from stages.checkpoints import AtomicCheckpoints
 from stages.config import PreferenceConfig, TrainingConfig
-from stages.train import RANK, WORLD_SIZE, ParentWatch, Telemetry, main
+from stages.train import (
+    RANK,
+    WORLD_SIZE,
+    ParentWatch,
+    fit,
+    lora_config,
+    main,
+    resolve_precision,
+    save_and_summarise,
+    shared_arguments,
+    telemetry_for,
+)
 
 
 class CheckpointedDPOTrainer(AtomicCheckpoints, DPOTrainer):
@@ -29,48 +37,26 @@ class CheckpointedDPOTrainer(AtomicCheckpoints, DPOTrainer):
 def train_dpo(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     cfg = TrainingConfig.model_validate(spec["training"])
     pref = PreferenceConfig.model_validate(spec["preference"])
-    out_dir = Path(spec["output_dir"])
     set_seed(cfg.seed)
-    use_cuda = torch.cuda.is_available()
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
-
+    precision = resolve_precision(cfg)
     source = Path(spec["init_model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    peft_config = None
-    if pref.method == "lora":
-        from peft import LoraConfig
-
-        lora = cfg.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    peft_config = lora_config(cfg.lora) if pref.method == "lora" else None
     pairs = Dataset.from_json(spec["pairs_path"])
-    device = "cuda" if use_cuda else "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({precision})")
     args = DPOConfig(
-        output_dir=spec["checkpoint_dir"],
+        **shared_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
         per_device_train_batch_size=pref.batch_size,
         learning_rate=pref.learning_rate,
         beta=pref.beta,
         max_length=pref.max_length,
-        lr_scheduler_type="cosine",
         logging_steps=pref.logging_steps,
         save_steps=pref.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not use_cuda,
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
-    mlflow_spec = spec.get("mlflow") or {}
-    client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec and RANK == 0 else None
-    telemetry = Telemetry(client, mlflow_spec.get("run_id"), None, log)
+    telemetry = telemetry_for(spec, None, log)
     trainer = CheckpointedDPOTrainer(
         model=model,
         args=args,
@@ -80,37 +66,23 @@ def train_dpo(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=spec.get("resume_from"))
-    wall_s = time.perf_counter() - started
-    telemetry.flush()
+    result, wall_s = fit(trainer, spec, telemetry, log)
     if RANK != 0:
         return {}
-
     model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    model.config.use_cache = True
-    model_dir = out_dir / "model"
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
     last = telemetry.history[-1] if telemetry.history else {}
-    summary = {
-        "steps": int(result.global_step),
-        "resumed_from_step": spec.get("resumed_from_step"),
-        "num_processes": WORLD_SIZE,
-        "train_loss": last.get("loss", float(result.training_loss)),
-        "mean_train_loss": float(result.training_loss),
-        "reward_margin": last.get("rewards/margins"),
-        "reward_accuracy": last.get("rewards/accuracies"),
-        "pairs": len(pairs),
-        "wall_s": wall_s,
-        "tracking_s": telemetry.tracking_s,
-        "trainable_parameters": trainable,
-        "device": device,
-        "history": telemetry.history,
-        "model_dir": str(model_dir),
-    }
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return save_and_summarise(
+        model,
+        tokenizer,
+        spec,
+        result,
+        telemetry,
+        reward_margin=last.get("rewards/margins"),
+        reward_accuracy=last.get("rewards/accuracies"),
+        pairs=len(pairs),
+        wall_s=wall_s,
+        trainable_parameters=trainable,
+    )
 
 
 if __name__ == "__main__":

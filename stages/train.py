@@ -34,7 +34,7 @@ from transformers import (
 
 from stages.chat import IGNORE_INDEX
 from stages.checkpoints import AtomicCheckpoints
-from stages.config import TrainingConfig
+from stages.config import LoraSettings, TrainingConfig
 
 RANK = int(os.environ.get("RANK", "0"))
 WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
@@ -138,69 +138,45 @@ class Telemetry(TrainerCallback):
         self.tracking_s += time.perf_counter() - t
 
 
-def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
-    cfg = TrainingConfig.model_validate(spec["training"])
-    out_dir = Path(spec["output_dir"])
-    set_seed(cfg.seed)
-    use_cuda = torch.cuda.is_available()
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
+def resolve_precision(cfg: TrainingConfig) -> str:
+    """`mixed_precision: auto` -> bf16 on a CUDA card that supports it, fp32 ("no") otherwise."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
-    source = Path(spec["init_model_dir"])
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    model.config.use_cache = False  # with a KV cache, packed examples would attend to each other
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    device = "cuda" if use_cuda else "cpu"
-    log(f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}): {trainable:,} trainable parameters")
+def lora_config(lora: LoraSettings) -> Any:
+    from peft import LoraConfig
 
-    dataset = Dataset.from_parquet(spec["train_path"])
-    collator = PackedCollator(tokenizer.pad_token_id)
-    args = TrainingArguments(
-        output_dir=spec["checkpoint_dir"],
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type="cosine",
-        neftune_noise_alpha=cfg.neftune_noise_alpha,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not use_cuda,
-        ddp_find_unused_parameters=False if WORLD_SIZE > 1 else None,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+
+
+def shared_arguments(spec: dict[str, Any], cfg: TrainingConfig, precision: str) -> dict[str, Any]:
+    """Trainer arguments every training stage sets the same way (checkpoints, seed, device)."""
+    return {
+        "output_dir": spec["checkpoint_dir"],
+        "save_total_limit": cfg.save_total_limit,
+        "seed": cfg.seed,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "use_cpu": not torch.cuda.is_available(),
+        "lr_scheduler_type": "cosine",
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
+def telemetry_for(spec: dict[str, Any], collator: Any, log: Any) -> Telemetry:
+    """Telemetry to the spec's MLflow run; only rank 0 talks to MLflow."""
     mlflow_spec = spec.get("mlflow") or {}
     client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec and RANK == 0 else None
-    telemetry = Telemetry(client, mlflow_spec.get("run_id"), collator, log)
-    trainer = CheckpointedTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
-    )
+    return Telemetry(client, mlflow_spec.get("run_id"), collator, log)
+
+
+def fit(trainer: Trainer, spec: dict[str, Any], telemetry: Telemetry, log: Any) -> tuple[Any, float]:
+    """Train, from the spec's checkpoint if it names one; (train output, wall seconds)."""
     resume_from = spec.get("resume_from")
     if resume_from:
         log(f"resuming from {resume_from}")
@@ -208,11 +184,14 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=resume_from)
     wall_s = time.perf_counter() - started
     telemetry.flush()
-    if RANK != 0:
-        return {}
+    return result, wall_s
 
-    if cfg.method == "lora":
-        model = model.merge_and_unload()
+
+def save_and_summarise(
+    model: Any, tokenizer: Any, spec: dict[str, Any], result: Any, telemetry: Telemetry, **extra: Any
+) -> dict[str, Any]:
+    """Save the (merged) model with its tokenizer and write train_summary.json; return the summary."""
+    out_dir = Path(spec["output_dir"])
     model.config.use_cache = True
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
@@ -223,17 +202,72 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         "num_processes": WORLD_SIZE,
         "train_loss": telemetry.history[-1]["loss"] if telemetry.history else float(result.training_loss),
         "mean_train_loss": float(result.training_loss),
-        "label_tokens": collator.label_tokens,
-        "wall_s": wall_s,
-        "effective_tokens_per_s": collator.label_tokens * WORLD_SIZE / wall_s,
         "tracking_s": telemetry.tracking_s,
-        "trainable_parameters": trainable,
-        "device": device,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        **extra,
         "history": telemetry.history,
         "model_dir": str(model_dir),
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
+    cfg = TrainingConfig.model_validate(spec["training"])
+    set_seed(cfg.seed)
+    precision = resolve_precision(cfg)
+    source = Path(spec["init_model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model.config.use_cache = False  # with a KV cache, packed examples would attend to each other
+    if cfg.method == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(cfg.lora))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log(f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}): {trainable:,} trainable parameters")
+
+    dataset = Dataset.from_parquet(spec["train_path"])
+    collator = PackedCollator(tokenizer.pad_token_id)
+    args = TrainingArguments(
+        **shared_arguments(spec, cfg, precision),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        ddp_find_unused_parameters=False if WORLD_SIZE > 1 else None,
+        remove_unused_columns=False,
+    )
+    telemetry = telemetry_for(spec, collator, log)
+    trainer = CheckpointedTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
+    )
+    result, wall_s = fit(trainer, spec, telemetry, log)
+    if RANK != 0:
+        return {}
+    if cfg.method == "lora":
+        model = model.merge_and_unload()
+    return save_and_summarise(
+        model,
+        tokenizer,
+        spec,
+        result,
+        telemetry,
+        label_tokens=collator.label_tokens,
+        wall_s=wall_s,
+        effective_tokens_per_s=collator.label_tokens * WORLD_SIZE / wall_s,
+        trainable_parameters=trainable,
+    )
 
 
 def main(train_fn: Callable[..., dict[str, Any]] | None = None) -> None:

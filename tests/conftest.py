@@ -110,3 +110,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def mlflow_statuses(home: Path, experiment: str = "tunegraph-tiny") -> list[str]:
+    """Statuses of the experiment's MLflow runs, oldest first."""
+    from resources.tracking import MlflowTracking
+
+    client = MlflowTracking(home=str(home)).client()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              order_by=["attributes.start_time ASC"])  # fmt: skip
+    return [r.info.status for r in runs]

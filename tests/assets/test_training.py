@@ -13,13 +13,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import DATA_ASSETS, write_config
+from conftest import DATA_ASSETS, mlflow_statuses, write_config
 
 from assets.model import fine_tuned_model
 from pipelines import definitions
 from pipelines.runner import Runner
 from resources.settings import TunegraphSettings
-from resources.tracking import MlflowTracking
 from stages.tables import read_json
 
 # Long enough that a process killed at the first checkpoint has steps left to resume.
@@ -71,13 +70,6 @@ def kill_at_checkpoints(home: Path, steps: list[int], sig: int = signal.SIGKILL)
     thread.killed = killed  # type: ignore[attr-defined]
     thread.start()
     return thread
-
-
-def mlflow_statuses(home: Path) -> list[str]:
-    client = MlflowTracking(home=str(home)).client()
-    experiment = client.get_experiment_by_name("tunegraph-tiny")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r.info.status for r in runs]
 
 
 def latest_summary(settings: TunegraphSettings) -> dict:

@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_config, write_example_shards
-
-from resources.tracking import MlflowTracking
+from conftest import mlflow_statuses, write_config, write_example_shards
 
 TUNEGRAPH = Path(sys.executable).parent / "tunegraph"
 
@@ -35,13 +33,6 @@ def signal_at_checkpoint(proc: subprocess.Popen, checkpoint: Path, sig: int) -> 
     return proc.wait(timeout=120)
 
 
-def statuses(home: Path) -> list[str]:
-    client = MlflowTracking(home=str(home)).client()
-    experiment = client.get_experiment_by_name("tunegraph-tiny")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r.info.status for r in runs]
-
-
 @pytest.mark.slow
 def test_ctrl_c_then_sigkill_then_rerun_resumes_and_leaves_nothing_running(home, tmp_path):
     write_example_shards(home, shards=2)
@@ -51,13 +42,13 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_and_leaves_nothing_running(home,
 
     # Ctrl-C: the training stops, its MLflow run says KILLED, the checkpoint stays, no retry.
     assert signal_at_checkpoint(start_run(home, config), checkpoints / "checkpoint-3", signal.SIGINT) == 1
-    assert statuses(home) == ["KILLED"]
+    assert mlflow_statuses(home) == ["KILLED"]
     last = json.loads((home / "runs" / "last.json").read_text())
     assert last["status"] == "failed" and "interrupted" in last["errors"][0]
 
     # SIGKILL to every process: nothing can end the MLflow run now but the next run.
     assert signal_at_checkpoint(start_run(home, config), checkpoints / "checkpoint-6", signal.SIGKILL) == -9
-    assert statuses(home) == ["KILLED", "RUNNING"]
+    assert mlflow_statuses(home) == ["KILLED", "RUNNING"]
 
     final = start_run(home, config)
     assert final.wait(timeout=900) == 0
@@ -72,4 +63,4 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_and_leaves_nothing_running(home,
     )
     assert report["status"] == "success"
     assert report["training"]["resumed_from_step"] == 6 and report["training"]["steps"] == 30
-    assert statuses(home) == ["KILLED", "KILLED", "FINISHED"]
+    assert mlflow_statuses(home) == ["KILLED", "KILLED", "FINISHED"]
