@@ -1,12 +1,13 @@
 """`model_evaluation`: base-model prompting baselines vs fine-tuned vs champion; gated promotion."""
 
 import gc
+import json
 import time
 from typing import Any
 
 import dagster as dg
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 
 from assets.augment import augmented_corpus
 from assets.dedup import deduplicated_corpus
@@ -105,10 +106,12 @@ def model_evaluation(
             strict=True,
         )
     ][:8]
-    _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples)
+    decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
+    _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
     summary = {
         "evaluation": results,
         "evaluation_sets": by_set,
+        "decoding": decoding,
         "primary_metric": ev.primary_metric,
         "registry": {
             "model_name": name,
@@ -154,6 +157,7 @@ def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
             "stop_rate": rate,
             "minimum": MIN_STOP_RATE,
             "max_new_tokens": settings.config().evaluation.max_new_tokens,
+            "repetition_penalty": settings.config().evaluation.repetition_penalty,
         },
     )
 
@@ -180,7 +184,10 @@ def _score(
 ) -> tuple[dict[str, Any], list[str]]:
     refs = references(records)
     nll, tokens = response_nll(model, tokenizer, convs, refs, ev.batch_size, desc=f"{variant} perplexity")
-    outputs = generate(model, tokenizer, convs, ev.max_new_tokens, ev.batch_size, desc=f"{variant} generate")
+    outputs = generate(
+        model, tokenizer, convs, ev.max_new_tokens, ev.batch_size, desc=f"{variant} generate",
+        repetition_penalty=ev.repetition_penalty,
+    )  # fmt: skip
     texts = [o["text"] for o in outputs]
     loss = nll / tokens
     scores = {
@@ -221,7 +228,12 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | 
 
 
 def _log_to_mlflow(
-    tracking: MlflowTracking, run_id: str, results: dict, table: list[dict], samples: list[dict]
+    tracking: MlflowTracking,
+    run_id: str,
+    results: dict,
+    table: list[dict],
+    samples: list[dict],
+    decoding: dict[str, Any],
 ) -> None:
     client = tracking.client()
     now = int(time.time() * 1000)
@@ -231,7 +243,9 @@ def _log_to_mlflow(
         if scores
         for key, value in scores.items()
     ]
-    client.log_batch(run_id, metrics=batch)
+    # A tag, not a param: a re-evaluation with other decoding settings may overwrite it.
+    tags = [RunTag("tunegraph.eval_decoding", json.dumps(decoding, sort_keys=True))]
+    client.log_batch(run_id, metrics=batch, tags=tags)
     client.log_table(run_id, data=_columns(table), artifact_file="evaluation/comparison.json")
     client.log_table(run_id, data=_columns(samples), artifact_file="evaluation/samples.json")
 

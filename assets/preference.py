@@ -230,7 +230,8 @@ def _synthetic(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     model, tokenizer = load_saved(paths.latest("fine_tuned_model") / "model")
     context.log.info(f"synthetic pairs: the fine-tuned model answers {len(train)} train prompts")
     outputs = generate(model.eval(), tokenizer, [r["messages"][:-1] for r in train], cfg.evaluation.max_new_tokens,
-                       cfg.evaluation.batch_size, desc="synthetic rejected answers")  # fmt: skip
+                       cfg.evaluation.batch_size, desc="synthetic rejected answers",
+                       repetition_penalty=cfg.evaluation.repetition_penalty)  # fmt: skip
     del model
     gc.collect()
     return preferences.synthetic_pairs(train, [o["text"] for o in outputs], pref.synthetic_max_rouge_l)

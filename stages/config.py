@@ -213,7 +213,15 @@ class PreferenceConfig(_Section):
 
 class EvaluationConfig(_Section):
     max_examples: int = Field(32, ge=1, description="Held-out examples scored (generation is the slow part).")
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(
+        128, ge=1, description="Generation limit; a generation that reaches it did not stop at EOS."
+    )
+    repetition_penalty: float = Field(
+        1.1,
+        ge=1.0,
+        description="Greedy decoding's penalty on tokens already in the text (1.0 = off). 1.1 breaks a "
+        "small model's repetition loops; serve with the same value to get the evaluated behaviour.",
+    )
     batch_size: int = Field(8, ge=1, description="Generation batch; bounded to keep memory flat.")
     system_prompt: str = Field(
         "You are an expert Python developer. Answer with the concise reference documentation of the "

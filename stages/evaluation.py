@@ -99,6 +99,7 @@ def generate(
     batch_size: int = 8,
     token_budget: int = 8192,
     desc: str = "generate",
+    repetition_penalty: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Greedy completions: [{text, stopped}] in input order; `stopped` = EOS before the limit."""
     prompts = render_prompts(tokenizer, conversations)
@@ -118,6 +119,7 @@ def generate(
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            repetition_penalty=repetition_penalty,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )[:, width:].cpu()
