@@ -7,7 +7,7 @@ from resources.settings import Paths
 from stages.evaluation import VARIANTS
 from stages.tables import read_json
 
-METRICS = ("loss", "perplexity", "rouge_l", "exact_match")
+METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate")
 
 
 def build_report(paths: Paths) -> dict[str, Any]:
@@ -96,13 +96,13 @@ def format_summary(report: dict[str, Any]) -> str:
         f"training: {t['steps']} steps, final loss {_f(t['train_loss'])}, "
         f"{_f(t['effective_tokens_per_s'], 1)} label tokens/s, MLflow run {t['mlflow_run_id']}",
         "evaluation (held-out):",
-        f"  {'variant':<20} {'loss':>8} {'perplexity':>11} {'rouge_l':>8} {'exact':>6}",
+        f"  {'variant':<20} {'loss':>8} {'perplexity':>11} {'rouge_l':>8} {'exact':>6} {'stop@eos':>9}",
     ]
     for variant, m in e.items():
         if m:
             lines.append(
                 f"  {variant:<20} {_f(m['loss']):>8} {_f(m['perplexity'], 2):>11} {_f(m['rouge_l']):>8} "
-                f"{_f(m['exact_match'], 2):>6}"
+                f"{_f(m['exact_match'], 2):>6} {_f(m['stop_rate'], 2):>9}"
             )
         else:
             lines.append(f"  {variant:<20} {'-':>8}")
