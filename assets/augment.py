@@ -1,7 +1,7 @@
 """`augmented_corpus`: the final training records, plus the blocking data gates before training."""
 
-import functools
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +13,7 @@ from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
-from stages.decontamination import decontaminate, record_text
+from stages.decontamination import decontaminate_cached, record_text
 from stages.dedup import normalised_hash
 from stages.evaluation import generate
 from stages.model_source import load_saved
@@ -79,36 +79,42 @@ def _with_model_paraphrases(
     return apply_model_paraphrases(new, train, paraphrases)
 
 
-def _train_and_eval(settings: TunegraphSettings) -> tuple[list[dict], list[dict]]:
+GATES = {
+    "no_eval_contamination": "No train record shares an n-gram or id with eval.",
+    "enough_examples": "Train and eval sets are big enough to learn from.",
+    "no_residual_pii": "No PII pattern survives into training data.",
+    "duplicate_rate": "Responses duplicated among original train records stay under data.max_duplicate_rate.",
+    "schema_valid": "Every record is a valid conversation ending with an answer.",
+}
+
+
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(n, asset=augmented_corpus, blocking=True, description=d) for n, d in GATES.items()],
+    description="The blocking gates before training, answered in one pass over the final records.",
+)  # fmt: skip
+def training_data_gates(settings: TunegraphSettings) -> Iterator[dg.AssetCheckResult]:
+    # One step, not five: each Dagster step costs ~50 ms of events, which a one-record fix notices.
     paths = settings.paths()
-    return _read_train_and_eval(paths.latest("augmented_corpus"), paths.latest("deduplicated_corpus"))
+    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
+    eval_dir = paths.latest("deduplicated_corpus") / "eval"
+    eval_rows = [r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)]
+    cfg = settings.config()
+    yield _no_eval_contamination(settings.paths().home, train, eval_rows, cfg.data.decontamination.ngram)
+    yield _enough_examples(train, eval_rows)
+    yield _no_residual_pii(settings.paths().home, train, eval_rows)
+    yield _duplicate_rate(train, cfg.data.max_duplicate_rate)
+    yield _schema_valid(train, eval_rows)
 
 
-@functools.lru_cache(maxsize=2)
-def _read_train_and_eval(augmented: Path, deduplicated: Path) -> tuple[list[dict], list[dict]]:
-    """Read once per published version for all the checks of a run (the folders never change)."""
-    train = read_rows(augmented / "train.parquet")
-    eval_rows = [r for p in sorted((deduplicated / "eval").glob("*.parquet")) for r in read_rows(p)]
-    return train, eval_rows
-
-
-@dg.asset_check(
-    asset=augmented_corpus, blocking=True, description="No train record shares an n-gram or id with eval."
-)
-def no_eval_contamination(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    train, eval_rows = _train_and_eval(settings)
-    n = settings.config().data.decontamination.ngram
+def _no_eval_contamination(
+    home: Path, train: list[dict], eval_rows: list[dict], n: int
+) -> dg.AssetCheckResult:
     # Only records not already found clean against this very eval set are scanned again.
-    eval_digest = digest("\n".join(sorted(record_text(r) for r in eval_rows)))
-    cache = CleanSet(settings.paths().home / "cache" / "contamination-clean.json", f"{n}:{eval_digest}")
-    digests = [digest(record_text(r)) for r in train]
-    unknown = [r for r, d in zip(train, digests, strict=True) if d not in cache]
-    _, leaked = decontaminate(unknown, eval_rows, n)
-    leaked_ids = {r["id"] for r in leaked}
-    cache.save({d for r, d in zip(train, digests, strict=True) if r["id"] not in leaked_ids})
+    _, leaked = decontaminate_cached(train, eval_rows, n, home / "cache" / "contamination-clean.json")
     eval_ids = {r["id"] for r in eval_rows}
     same_id = [r for r in train if r["source_id"] in eval_ids]
     return dg.AssetCheckResult(
+        check_name="no_eval_contamination",
         passed=not leaked and not same_id,
         metadata={
             "contaminated_train_records": len(leaked),
@@ -120,12 +126,9 @@ def no_eval_contamination(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=augmented_corpus, blocking=True, description="Train and eval sets are big enough to learn from."
-)
-def enough_examples(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    train, eval_rows = _train_and_eval(settings)
+def _enough_examples(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        check_name="enough_examples",
         passed=len(train) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES,
         metadata={
             "train": len(train),
@@ -136,15 +139,11 @@ def enough_examples(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=augmented_corpus, blocking=True, description="No PII pattern survives into training data."
-)
-def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    train, eval_rows = _train_and_eval(settings)
+def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
     found: Counter[str] = Counter()
     offenders = []
     # Texts already found clean by these very patterns are not scanned again.
-    cache = CleanSet(settings.paths().home / "cache" / "pii-clean.json", source_salt(pii))
+    cache = CleanSet(home / "cache" / "pii-clean.json", source_salt(pii))
     clean = set()
     for r in train + eval_rows:
         text = record_text(r)
@@ -157,6 +156,7 @@ def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
             clean.add(text_digest)
     cache.save(clean)
     return dg.AssetCheckResult(
+        check_name="no_residual_pii",
         passed=not found,
         metadata={
             "matches": counts_table(dict(found), key="type"),
@@ -165,35 +165,26 @@ def no_residual_pii(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=augmented_corpus,
-    blocking=True,
-    description="Responses duplicated among original train records stay under data.max_duplicate_rate.",
-)
-def duplicate_rate(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    train, _ = _train_and_eval(settings)
+def _duplicate_rate(train: list[dict], limit: float) -> dg.AssetCheckResult:
     originals = [r for r in train if r["augmentation"] == "none"]
     by_hash = Counter(normalised_hash(r["messages"][-1]["content"]) for r in originals)
     duplicated = sum(n - 1 for n in by_hash.values() if n > 1)
     rate = duplicated / max(len(originals), 1)
-    limit = settings.config().data.max_duplicate_rate
     return dg.AssetCheckResult(
-        passed=rate <= limit, metadata={"duplicate_rate": rate, "limit": limit, "duplicates": duplicated}
+        check_name="duplicate_rate",
+        passed=rate <= limit,
+        metadata={"duplicate_rate": rate, "limit": limit, "duplicates": duplicated},
     )
 
 
-@dg.asset_check(
-    asset=augmented_corpus,
-    blocking=True,
-    description="Every record is a valid conversation ending with an answer.",
-)
-def schema_valid(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    train, eval_rows = _train_and_eval(settings)
+def _schema_valid(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
     bad = [
         {"id": r.get("id"), "problem": problem}
         for r in train + eval_rows
         if (problem := schema_problem(r)) is not None
     ]
     return dg.AssetCheckResult(
-        passed=not bad, metadata={"invalid": len(bad), "examples": md_table(bad, ["id", "problem"])}
+        check_name="schema_valid",
+        passed=not bad,
+        metadata={"invalid": len(bad), "examples": md_table(bad, ["id", "problem"])},
     )

@@ -12,7 +12,7 @@ from assets.metadata import counts_table, folder_version, md_table
 from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
 from stages.cleaning import Rules, clean_records
-from stages.decontamination import decontaminate
+from stages.decontamination import decontaminate_cached
 from stages.dedup import exact_dedup, near_dedup
 from stages.readers import read_file
 from stages.split import split_records
@@ -46,7 +46,8 @@ def deduplicated_corpus(
     all_eval = [r for rows in eval_sets.values() for r in rows]
     contaminated = []
     if cfg.data.decontamination.enabled:
-        train, contaminated = decontaminate(train, all_eval, cfg.data.decontamination.ngram)
+        cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
+        train, contaminated = decontaminate_cached(train, all_eval, cfg.data.decontamination.ngram, cache)
     capped = 0
     if cfg.data.max_train_examples is not None:
         capped = max(0, len(train) - cfg.data.max_train_examples)

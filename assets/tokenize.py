@@ -14,8 +14,8 @@ from assets.metadata import png
 from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import plots
-from stages.chat import IGNORE_INDEX, record_key, tokenize_cached, tokenize_records, tokenizer_fingerprint
-from stages.packing import pack_bfd
+from stages.chat import record_key, tokenize_cached, tokenize_records, tokenizer_fingerprint
+from stages.packing import count_blocks_without_labels, pack_bfd
 from stages.tables import read_json, read_rows, write_json, write_rows
 
 CODE_VERSION = "tokenize-2"
@@ -39,9 +39,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     content_version = hashlib.sha256(
         json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, [record_key(r) for r in train]]).encode()
     ).hexdigest()[:16]
-    examples, fresh = tokenize_cached(
-        tokenizer, train, paths.home / "cache" / f"tokens-{fingerprint}.parquet"
-    )
+    examples, fresh = tokenize_cached(tokenizer, train, paths.home / "cache" / f"tokens-{fingerprint}")
     blocks, stats = pack_bfd(examples, cfg.data.block_size)
     eval_examples = tokenize_records(tokenizer, held_out)
     lengths = [len(e["input_ids"]) for e in examples]
@@ -89,8 +87,9 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     asset=tokenized_dataset, blocking=True, description="Every packed block has response tokens to learn."
 )
 def blocks_have_labels(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    blocks = read_rows(settings.paths().latest("tokenized_dataset") / "train_blocks.parquet")
-    empty = sum(1 for b in blocks if all(x == IGNORE_INDEX for x in b["labels"]))
+    blocks, empty = count_blocks_without_labels(
+        settings.paths().latest("tokenized_dataset") / "train_blocks.parquet"
+    )
     return dg.AssetCheckResult(
-        passed=bool(blocks) and empty == 0, metadata={"blocks": len(blocks), "without_labels": empty}
+        passed=blocks > 0 and empty == 0, metadata={"blocks": blocks, "without_labels": empty}
     )

@@ -6,14 +6,7 @@ pipeline YAML, default configs/default.yaml) when the code location loads.
 
 import dagster as dg
 
-from assets.augment import (
-    augmented_corpus,
-    duplicate_rate,
-    enough_examples,
-    no_eval_contamination,
-    no_residual_pii,
-    schema_valid,
-)
+from assets.augment import augmented_corpus, training_data_gates
 from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import accounting_holds, deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
@@ -41,11 +34,7 @@ GLOBAL_ASSETS = [
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [
     accounting_holds,
-    no_eval_contamination,
-    duplicate_rate,
-    schema_valid,
-    enough_examples,
-    no_residual_pii,
+    training_data_gates,
     blocks_have_labels,
     pairs_well_formed,
     pairs_not_in_eval,

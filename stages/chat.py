@@ -8,6 +8,7 @@ saved with the model so evaluation and serving render exactly what training saw.
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,29 +156,43 @@ def record_key(record: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(record["messages"], sort_keys=True).encode()).hexdigest()
 
 
-def tokenize_cached(
-    tokenizer: Any, records: list[dict[str, Any]], cache_file: Path
-) -> tuple[list[dict], int]:
+COMPACT_AFTER = 16  # cache parts; past this, one compacted part replaces them
+
+
+def tokenize_cached(tokenizer: Any, records: list[dict[str, Any]], cache_dir: Path) -> tuple[list[dict], int]:
     """`tokenize_records`, reusing token ids of records seen before; returns (examples, newly tokenised).
 
-    The cache file is specific to one tokenizer fingerprint (put it in the file name), keyed by
-    each record's content, so a data fix re-tokenises only the records it changed.
+    The cache is a folder for one tokenizer fingerprint (put it in the folder name) of Parquet
+    parts keyed by each record's content. A data fix re-tokenises only the records it changed and
+    writes them as a small new part, rather than rewriting every record's ids.
     """
+    parts = sorted(cache_dir.glob("part-*.parquet"))
     cache: dict[str, dict] = {}
-    if cache_file.is_file():
-        table = pq.read_table(cache_file).to_pydict()
-        cache = {
-            k: {"input_ids": i, "labels": lab}
+    for part in parts:
+        table = pq.read_table(part).to_pydict()
+        cache.update(
+            (k, {"input_ids": i, "labels": lab})
             for k, i, lab in zip(table["key"], table["input_ids"], table["labels"], strict=True)
-        }
+        )
     keys = [record_key(r) for r in records]
     missing = {k: r for k, r in zip(keys, records, strict=True) if k not in cache}
     if missing:
-        cache.update(zip(missing, tokenize_records(tokenizer, list(missing.values())), strict=True))
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        rows = {"key": list(cache), "input_ids": [c["input_ids"] for c in cache.values()],
-                "labels": [c["labels"] for c in cache.values()]}  # fmt: skip
-        tmp = cache_file.with_suffix(".tmp")
-        pq.write_table(pa.table(rows), tmp)
-        tmp.replace(cache_file)
+        new = dict(zip(missing, tokenize_records(tokenizer, list(missing.values())), strict=True))
+        cache.update(new)
+        if len(parts) + 1 > COMPACT_AFTER:
+            _write_part(cache_dir, cache)
+            for part in parts:
+                part.unlink()
+        else:
+            _write_part(cache_dir, new)
     return [cache[k] for k in keys], len(missing)
+
+
+def _write_part(cache_dir: Path, entries: dict[str, dict]) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha1("".join(sorted(entries)).encode()).hexdigest()[:16]
+    rows = {"key": list(entries), "input_ids": [e["input_ids"] for e in entries.values()],
+            "labels": [e["labels"] for e in entries.values()]}  # fmt: skip
+    tmp = cache_dir / f".tmp-{name}"
+    pq.write_table(pa.table(rows), tmp)
+    tmp.replace(cache_dir / f"part-{time.time_ns()}-{name}.parquet")  # sorted = written order

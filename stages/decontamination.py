@@ -6,7 +6,10 @@ let the model see the answer it is later scored on.
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+from stages.scan_cache import CleanSet, digest
 
 _WORD = re.compile(r"\w+")
 
@@ -39,4 +42,25 @@ def decontaminate(
             contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
         else:
             clean.append(record)
+    return clean, contaminated
+
+
+def decontaminate_cached(
+    train: list[dict[str, Any]], eval_records: list[dict[str, Any]], n: int, cache_file: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`decontaminate`, scanning only the train texts not already found clean against this eval set."""
+    texts = [record_text(r) for r in eval_records]
+    cache = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(texts)))}")
+    grams = eval_ngrams(eval_records, n)
+    clean, contaminated, found_clean = [], [], set()
+    for record in train:
+        text = record_text(record)
+        text_digest = digest(text)
+        shared = set() if text_digest in cache else ngrams(text, n) & grams
+        if shared:
+            contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
+        else:
+            clean.append(record)
+            found_clean.add(text_digest)
+    cache.save(found_clean)
     return clean, contaminated

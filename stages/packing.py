@@ -7,7 +7,11 @@ and use_cache=False; see the parity test). Examples longer than a block are trun
 
 import bisect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from stages.chat import IGNORE_INDEX
 
@@ -71,3 +75,11 @@ def _concat(block: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
         labels += [IGNORE_INDEX, *lab[1:]]
         position_ids += list(range(len(ids)))
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def count_blocks_without_labels(path: Path) -> tuple[int, int]:
+    """(blocks, blocks whose labels are all IGNORE_INDEX) in a packed Parquet file, read as Arrow."""
+    labels = pq.read_table(path, columns=["labels"]).column("labels").combine_chunks()
+    learnable = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX)
+    with_labels = len(pc.unique(pc.filter(pc.list_parent_indices(labels), learnable)))
+    return len(labels), len(labels) - with_labels

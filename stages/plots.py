@@ -2,31 +2,31 @@
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _figure() -> tuple[Figure, Axes]:
+    # A bare Figure (no pyplot state) with fixed margins: tight_layout would render it twice.
+    fig = Figure(figsize=(6, 3))
+    return fig, fig.add_axes((0.11, 0.16, 0.86, 0.74))
 
 
 def histogram(values: list[int], limit: int, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _figure()
     ax.hist(values, bins=40)
     ax.axvline(limit, color="red", linestyle="--", label=f"block size {limit}")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 
 def curve(steps: list[int], values: list[float], path: Path, title: str, ylabel: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _figure()
     ax.plot(steps, values, marker="o", markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

@@ -1,8 +1,12 @@
 """Dedup, split, decontamination and augmentation on small hand-built inputs."""
 
+import json
+from pathlib import Path
+
 from stages.augmentation import augment
-from stages.decontamination import decontaminate
+from stages.decontamination import decontaminate, decontaminate_cached, record_text
 from stages.dedup import exact_dedup
+from stages.scan_cache import digest
 from stages.split import split_records
 
 
@@ -37,6 +41,20 @@ def test_decontamination_removes_train_records_sharing_a_13_gram():
     train = [_rec("t1", f"Intro words. {passage}. More."), _rec("t2", "Nothing in common with the eval set.")]
     clean, bad = decontaminate(train, [_rec("e1", passage)], 13)
     assert [r["id"] for r in clean] == ["t2"] and bad[0]["id"] == "t1"
+
+
+def test_cached_decontamination_remembers_clean_texts_only_for_the_same_eval_set(tmp_path: Path):
+    passage = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat"
+    other = "a completely different sentence about parsing command line options with the argparse module"
+    train = [_rec("t1", f"Intro. {passage}."), _rec("t2", f"Also: {other}."), _rec("t3", "Short.")]
+    cache = tmp_path / "clean.json"
+    clean, bad = decontaminate_cached(train, [_rec("e1", passage)], 13, cache)
+    assert [r["id"] for r in clean] == ["t2", "t3"] and [r["id"] for r in bad] == ["t1"]
+    assert set(json.loads(cache.read_text())["clean"]) == {digest(record_text(r)) for r in train[1:]}
+    assert decontaminate_cached(train, [_rec("e1", passage)], 13, cache) == (clean, bad)
+    # A new eval set voids the cache: t2, found clean before, now leaks and is caught.
+    clean, bad = decontaminate_cached(train, [_rec("e1", passage), _rec("e2", other)], 13, cache)
+    assert [r["id"] for r in clean] == ["t3"] and [r["id"] for r in bad] == ["t1", "t2"]
 
 
 def test_augmentation_is_seeded_capped_and_traceable():

@@ -1,10 +1,13 @@
 """Packing: best-fit-decreasing fill, position ids, and loss parity with unpacked examples."""
 
+from pathlib import Path
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages.chat import IGNORE_INDEX
-from stages.packing import pack_bfd
+from stages.packing import count_blocks_without_labels, pack_bfd
+from stages.tables import write_rows
 
 
 def _example(n_prompt: int, n_response: int, offset: int = 10) -> dict:
@@ -22,6 +25,13 @@ def test_bfd_fills_blocks_and_restarts_positions():
         assert starts[0] == 0
         for s in starts:
             assert block["labels"][s] == IGNORE_INDEX  # never scored across an example boundary
+
+
+def test_blocks_without_labels_are_counted_from_the_written_file(tmp_path: Path):
+    blocks, _ = pack_bfd([_example(3, 5), _example(2, 2), _example(10, 6)], block_size=16)
+    blocks.append({**blocks[0], "labels": [IGNORE_INDEX] * 16})  # a block with nothing to learn
+    write_rows(tmp_path / "blocks.parquet", blocks)
+    assert count_blocks_without_labels(tmp_path / "blocks.parquet") == (len(blocks), 1)
 
 
 def test_too_long_examples_are_truncated_and_counted():
