@@ -14,7 +14,7 @@ from assets.metadata import png
 from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import plots
-from stages.chat import record_key, tokenize_cached, tokenize_records, tokenizer_fingerprint
+from stages.chat import record_key, tokenize_cached, tokenizer_fingerprint
 from stages.packing import count_blocks_without_labels, pack_bfd
 from stages.tables import read_json, read_rows, write_json, write_rows
 
@@ -39,9 +39,11 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     content_version = hashlib.sha256(
         json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, [record_key(r) for r in train]]).encode()
     ).hexdigest()[:16]
-    examples, fresh = tokenize_cached(tokenizer, train, paths.home / "cache" / f"tokens-{fingerprint}")
+    tokenized, fresh = tokenize_cached(
+        tokenizer, train + held_out, paths.home / "cache" / f"tokens-{fingerprint}"
+    )
+    examples, eval_examples = tokenized[: len(train)], tokenized[len(train) :]
     blocks, stats = pack_bfd(examples, cfg.data.block_size)
-    eval_examples = tokenize_records(tokenizer, held_out)
     lengths = [len(e["input_ids"]) for e in examples]
     with paths.publish("tokenized_dataset") as out:
         write_rows(out / "train_blocks.parquet", blocks)
@@ -75,7 +77,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "non_pad_fraction": round(stats.non_pad_fraction, 4),
             "eval_examples": len(eval_examples),
             "tokenized_now": fresh,
-            "reused_from_cache": len(train) - fresh,
+            "reused_from_cache": len(tokenized) - fresh,
             "tokenizer_fingerprint": fingerprint,
             "length_histogram": hist,
             "dataset_card": dg.MetadataValue.md(card),
