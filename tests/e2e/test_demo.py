@@ -18,4 +18,8 @@ def test_demo_fine_tune_beats_the_base_model(home, instance):
     report = build_report(settings.paths())
     evaluation = report["evaluation"]
     assert evaluation["fine_tuned"]["perplexity"] < evaluation["base_zero_shot"]["perplexity"]
+    baselines = ("base_zero_shot", "base_system_prompt", "base_few_shot")
+    assert evaluation["fine_tuned"]["rouge_l"] > max(evaluation[b]["rouge_l"] for b in baselines)
+    assert evaluation["fine_tuned"]["stop_rate"] >= 0.95  # serving consistency: answers end at EOS
+    assert "model_evaluation:generations_stop_at_eos" not in record["failed_checks"]
     assert report["registry"]["promoted"] is True and report["registry"]["version"] == "1"
