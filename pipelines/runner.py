@@ -129,10 +129,7 @@ class Runner:
         """Bring the graph up to date. `select` forces those assets; `only` limits the run to those
         assets (staleness unchanged; partitions only if raw_corpus or clean_corpus is named)."""
         started = time.time()
-        # Everything imported so far (Dagster, torch, transformers: about a million objects) lives
-        # as long as the process; without this every full collection re-scans it, which took a
-        # sixth of a one-record fix's rerun.
-        gc.freeze()
+        _freeze_import_heap()
         self.release_dead_runs()
         keys, removed = self.sync_partitions()
         state = read_json(self.state_file) if self.state_file.is_file() else {}
@@ -268,6 +265,22 @@ class Runner:
     def _ensure(path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+
+_frozen = False
+
+
+def _freeze_import_heap() -> None:
+    """Move what is alive now (Dagster, torch, transformers: ~1M objects) out of the collector's view.
+
+    Those objects live as long as the process; without this every full collection re-scans them,
+    which took a sixth of a one-record fix's rerun. Once per process, so a long-lived caller (the
+    tests) never freezes the garbage of its own earlier runs.
+    """
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
