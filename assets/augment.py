@@ -13,7 +13,7 @@ from assets.model import base_model
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
-from stages.decontamination import decontaminate_cached, record_text
+from stages.decontamination import decontaminate, record_text
 from stages.dedup import normalised_hash
 from stages.evaluation import generate
 from stages.model_source import load_saved
@@ -99,9 +99,9 @@ def training_data_gates(settings: TunegraphSettings) -> Iterator[dg.AssetCheckRe
     eval_dir = paths.latest("deduplicated_corpus") / "eval"
     eval_rows = [r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)]
     cfg = settings.config()
-    yield _no_eval_contamination(settings.paths().home, train, eval_rows, cfg.data.decontamination.ngram)
+    yield _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram)
     yield _enough_examples(train, eval_rows)
-    yield _no_residual_pii(settings.paths().home, train, eval_rows)
+    yield _no_residual_pii(paths.home, train, eval_rows)
     yield _duplicate_rate(train, cfg.data.max_duplicate_rate)
     yield _schema_valid(train, eval_rows)
 
@@ -110,7 +110,7 @@ def _no_eval_contamination(
     home: Path, train: list[dict], eval_rows: list[dict], n: int
 ) -> dg.AssetCheckResult:
     # Only records not already found clean against this very eval set are scanned again.
-    _, leaked = decontaminate_cached(train, eval_rows, n, home / "cache" / "contamination-clean.json")
+    _, leaked = decontaminate(train, eval_rows, n, home / "cache" / "contamination-clean.json")
     eval_ids = {r["id"] for r in eval_rows}
     same_id = [r for r in train if r["source_id"] in eval_ids]
     return dg.AssetCheckResult(

@@ -12,7 +12,7 @@ from assets.metadata import counts_table, folder_version, md_table
 from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
 from stages.cleaning import Rules, clean_records
-from stages.decontamination import decontaminate_cached
+from stages.decontamination import decontaminate
 from stages.dedup import exact_dedup, near_dedup
 from stages.readers import read_file
 from stages.split import split_records
@@ -47,7 +47,7 @@ def deduplicated_corpus(
     contaminated = []
     if cfg.data.decontamination.enabled:
         cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
-        train, contaminated = decontaminate_cached(train, all_eval, cfg.data.decontamination.ngram, cache)
+        train, contaminated = decontaminate(train, all_eval, cfg.data.decontamination.ngram, cache)
     capped = 0
     if cfg.data.max_train_examples is not None:
         capped = max(0, len(train) - cfg.data.max_train_examples)

@@ -30,7 +30,7 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 @dg.asset(
     group_name="evaluation",
     deps=[fine_tuned_model, preference_model, base_model, deduplicated_corpus, augmented_corpus],
-    code_version="evaluate-2",
+    code_version="evaluate-3",
     kinds={"pytorch", "mlflow"},
     description="Held-out perplexity, ROUGE-L and exact match for each variant; champion alias if better.",
 )
@@ -156,8 +156,7 @@ def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
         metadata={
             "stop_rate": rate,
             "minimum": MIN_STOP_RATE,
-            "max_new_tokens": settings.config().evaluation.max_new_tokens,
-            "repetition_penalty": settings.config().evaluation.repetition_penalty,
+            **summary["decoding"],  # what the evaluation used, not what the config says now
         },
     )
 

@@ -27,6 +27,8 @@ from stages.processes import host, owner_alive
 from stages.readers import FORMATS_BY_SUFFIX
 from stages.tables import read_json, write_json
 
+PARTITIONED = [a.key.to_user_string() for a in definitions.PARTITIONED_ASSETS]
+
 # The config sections each asset reads; a change to one of them makes the asset stale.
 CONFIG_SECTIONS = {
     "raw_corpus": ("corpus",),
@@ -120,7 +122,7 @@ class Runner:
     def partition_fingerprint(self, key: str) -> str:
         return _sha(
             file_hash(self.paths.landing / key),
-            [self._code_version(a) + self._config_hash(a) for a in ("raw_corpus", "clean_corpus")],
+            [self._code_version(a) + self._config_hash(a) for a in PARTITIONED],
         )
 
     def run(
@@ -149,9 +151,9 @@ class Runner:
             for k in keys
             if everything or done_parts.get(k) != part_fp[k] or not self.paths.has_latest("clean_corpus", k)
         ]
-        if select is not None and not {"raw_corpus", "clean_corpus"} & set(select):
+        if select is not None and not set(PARTITIONED) & set(select):
             todo = []
-        if only is not None and not {"raw_corpus", "clean_corpus"} & set(only):
+        if only is not None and not set(PARTITIONED) & set(only):
             todo = []
         # Global assets in dependency order; each fingerprint chains its upstream fingerprints.
         graph = definitions.defs.resolve_asset_graph()
@@ -190,7 +192,7 @@ class Runner:
                 carried = key
                 break
             self.log(f"reading and cleaning {key}")
-            result = self._materialize(list(definitions.PARTITIONED_ASSETS), partition_key=key)
+            result = self._materialize(PARTITIONED, partition_key=key)
             run_ids.append(result.run_id)
             if result.success:
                 done_parts[key] = part_fp[key]
@@ -207,9 +209,7 @@ class Runner:
         if carried:
             self.log(f"reading and cleaning {carried}")
         self.log(f"materialising {', '.join(stale)}")
-        result = self._materialize(
-            [*(definitions.PARTITIONED_ASSETS if carried else []), *stale], partition_key=carried
-        )
+        result = self._materialize([*(PARTITIONED if carried else []), *stale], partition_key=carried)
         run_ids.append(result.run_id)
         record["failed_checks"] = sorted(
             f"{c.asset_key.to_user_string()}:{c.check_name}"
@@ -230,9 +230,8 @@ class Runner:
             )
         return self._finish(record, "success", run_ids)
 
-    def _materialize(self, assets: list, partition_key: str | None) -> dg.ExecuteInProcessResult:
-        """One Dagster run of `assets` (names or definitions) and their checks, in this process."""
-        names = [a if isinstance(a, str) else a.key.to_user_string() for a in assets]
+    def _materialize(self, names: list[str], partition_key: str | None) -> dg.ExecuteInProcessResult:
+        """One Dagster run of the named assets and their checks, in this process."""
         return dg.materialize(
             [*definitions.ASSETS, *definitions.ASSET_CHECKS],
             selection=dg.AssetSelection.assets(*names),

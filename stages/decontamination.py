@@ -31,36 +31,28 @@ def eval_ngrams(eval_records: Iterable[dict[str, Any]], n: int) -> set[tuple[str
 
 
 def decontaminate(
-    train: list[dict[str, Any]], eval_records: list[dict[str, Any]], n: int
+    train: list[dict[str, Any]], eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(clean train, contaminated train records, each with the first shared n-gram)."""
-    grams = eval_ngrams(eval_records, n)
-    clean, contaminated = [], []
-    for record in train:
-        shared = ngrams(record_text(record), n) & grams
-        if shared:
-            contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
-        else:
-            clean.append(record)
-    return clean, contaminated
+    """(clean train, contaminated train records, each with the first shared n-gram).
 
-
-def decontaminate_cached(
-    train: list[dict[str, Any]], eval_records: list[dict[str, Any]], n: int, cache_file: Path
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """`decontaminate`, scanning only the train texts not already found clean against this eval set."""
-    texts = [record_text(r) for r in eval_records]
-    cache = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(texts)))}")
+    With `cache_file`, train texts already found clean against this very eval set are not scanned
+    again, and the ones found clean now are remembered for the next run.
+    """
     grams = eval_ngrams(eval_records, n)
+    cache = None
+    if cache_file is not None:
+        eval_digest = digest(chr(0).join(sorted(record_text(r) for r in eval_records)))
+        cache = CleanSet(cache_file, f"{n}:{eval_digest}")
     clean, contaminated, found_clean = [], [], set()
     for record in train:
         text = record_text(record)
-        text_digest = digest(text)
-        shared = set() if text_digest in cache else ngrams(text, n) & grams
+        text_digest = digest(text) if cache is not None else ""
+        shared = set() if cache is not None and text_digest in cache else ngrams(text, n) & grams
         if shared:
             contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
         else:
             clean.append(record)
             found_clean.add(text_digest)
-    cache.save(found_clean)
+    if cache is not None:
+        cache.save(found_clean)
     return clean, contaminated

@@ -17,7 +17,6 @@ from trl import DPOConfig, DPOTrainer
 from stages.checkpoints import AtomicCheckpoints
 from stages.config import PreferenceConfig, TrainingConfig
 from stages.train import (
-    RANK,
     WORLD_SIZE,
     ParentWatch,
     fit,
@@ -67,16 +66,14 @@ def train_dpo(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result, wall_s = fit(trainer, spec, telemetry, log)
-    if RANK != 0:
-        return {}
-    model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     last = telemetry.history[-1] if telemetry.history else {}
     return save_and_summarise(
-        model,
+        trainer.model,
         tokenizer,
         spec,
         result,
         telemetry,
+        lora=peft_config is not None,
         reward_margin=last.get("rewards/margins"),
         reward_accuracy=last.get("rewards/accuracies"),
         pairs=len(pairs),

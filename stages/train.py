@@ -188,9 +188,22 @@ def fit(trainer: Trainer, spec: dict[str, Any], telemetry: Telemetry, log: Any) 
 
 
 def save_and_summarise(
-    model: Any, tokenizer: Any, spec: dict[str, Any], result: Any, telemetry: Telemetry, **extra: Any
+    model: Any,
+    tokenizer: Any,
+    spec: dict[str, Any],
+    result: Any,
+    telemetry: Telemetry,
+    lora: bool,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Save the (merged) model with its tokenizer and write train_summary.json; return the summary."""
+    """On rank 0: merge LoRA adapters, save the model with its tokenizer, write train_summary.json.
+
+    Returns the summary ({} on the other ranks, which have nothing to save).
+    """
+    if RANK != 0:
+        return {}
+    if lora:
+        model = model.merge_and_unload()
     out_dir = Path(spec["output_dir"])
     model.config.use_cache = True
     model_dir = out_dir / "model"
@@ -253,16 +266,13 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
     )
     result, wall_s = fit(trainer, spec, telemetry, log)
-    if RANK != 0:
-        return {}
-    if cfg.method == "lora":
-        model = model.merge_and_unload()
     return save_and_summarise(
         model,
         tokenizer,
         spec,
         result,
         telemetry,
+        lora=cfg.method == "lora",
         label_tokens=collator.label_tokens,
         wall_s=wall_s,
         effective_tokens_per_s=collator.label_tokens * WORLD_SIZE / wall_s,

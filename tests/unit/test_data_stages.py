@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from stages.augmentation import augment
-from stages.decontamination import decontaminate, decontaminate_cached, record_text
+from stages.decontamination import decontaminate, record_text
 from stages.dedup import exact_dedup
 from stages.scan_cache import digest
 from stages.split import split_records
@@ -48,12 +48,12 @@ def test_cached_decontamination_remembers_clean_texts_only_for_the_same_eval_set
     other = "a completely different sentence about parsing command line options with the argparse module"
     train = [_rec("t1", f"Intro. {passage}."), _rec("t2", f"Also: {other}."), _rec("t3", "Short.")]
     cache = tmp_path / "clean.json"
-    clean, bad = decontaminate_cached(train, [_rec("e1", passage)], 13, cache)
+    clean, bad = decontaminate(train, [_rec("e1", passage)], 13, cache)
     assert [r["id"] for r in clean] == ["t2", "t3"] and [r["id"] for r in bad] == ["t1"]
     assert set(json.loads(cache.read_text())["clean"]) == {digest(record_text(r)) for r in train[1:]}
-    assert decontaminate_cached(train, [_rec("e1", passage)], 13, cache) == (clean, bad)
+    assert decontaminate(train, [_rec("e1", passage)], 13, cache) == (clean, bad)
     # A new eval set voids the cache: t2, found clean before, now leaks and is caught.
-    clean, bad = decontaminate_cached(train, [_rec("e1", passage), _rec("e2", other)], 13, cache)
+    clean, bad = decontaminate(train, [_rec("e1", passage), _rec("e2", other)], 13, cache)
     assert [r["id"] for r in clean] == ["t3"] and [r["id"] for r in bad] == ["t1", "t2"]
 
 
