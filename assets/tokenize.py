@@ -4,6 +4,8 @@ import hashlib
 import json
 
 import dagster as dg
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
 from assets.augment import augmented_corpus
@@ -16,7 +18,7 @@ from resources.settings import TunegraphSettings
 from stages import plots
 from stages.chat import record_key, tokenize_cached, tokenizer_fingerprint
 from stages.packing import count_blocks_without_labels, pack_bfd
-from stages.tables import read_json, read_rows, write_json, write_rows
+from stages.tables import read_json, read_rows, write_json
 
 CODE_VERSION = "tokenize-2"
 
@@ -35,24 +37,25 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
     held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
     fingerprint = tokenizer_fingerprint(tokenizer)
+    keys = [record_key(r) for r in train + held_out]
     # Content version: same records, tokenizer and block size -> same version, however often rebuilt.
     content_version = hashlib.sha256(
-        json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, [record_key(r) for r in train]]).encode()
+        json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, keys[: len(train)]]).encode()
     ).hexdigest()[:16]
     tokenized, fresh = tokenize_cached(
-        tokenizer, train + held_out, paths.home / "cache" / f"tokens-{fingerprint}"
+        tokenizer, train + held_out, keys, paths.home / "cache" / f"tokens-{fingerprint}"
     )
-    examples, eval_examples = tokenized[: len(train)], tokenized[len(train) :]
+    examples, eval_examples = tokenized.slice(0, len(train)), tokenized.slice(len(train))
     blocks, stats = pack_bfd(examples, cfg.data.block_size)
-    lengths = [len(e["input_ids"]) for e in examples]
+    lengths = pc.list_value_length(examples.column("input_ids")).to_numpy()
     with paths.publish("tokenized_dataset") as out:
-        write_rows(out / "train_blocks.parquet", blocks)
-        write_rows(out / "eval.parquet", eval_examples)
+        pq.write_table(blocks, out / "train_blocks.parquet")
+        pq.write_table(eval_examples, out / "eval.parquet")
         plots.histogram(lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example")
         summary = {
             **stats.__dict__,
             "block_size": cfg.data.block_size,
-            "eval_examples": len(eval_examples),
+            "eval_examples": eval_examples.num_rows,
             "tokenizer_fingerprint": fingerprint,
             "tokenized_now": fresh,
             "content_version": content_version,
@@ -75,9 +78,9 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "truncated": stats.truncated,
             "blocks": stats.blocks,
             "non_pad_fraction": round(stats.non_pad_fraction, 4),
-            "eval_examples": len(eval_examples),
+            "eval_examples": eval_examples.num_rows,
             "tokenized_now": fresh,
-            "reused_from_cache": len(tokenized) - fresh,
+            "reused_from_cache": tokenized.num_rows - fresh,
             "tokenizer_fingerprint": fingerprint,
             "length_histogram": hist,
             "dataset_card": dg.MetadataValue.md(card),

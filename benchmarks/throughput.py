@@ -30,6 +30,7 @@ import random  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
@@ -115,7 +116,8 @@ def train_on(model: Any, batches: list[dict], device: str) -> tuple[float, int, 
 
 
 def packed_batches(examples: list[dict], block_size: int, batch_blocks: int, pad_id: int) -> list[dict]:
-    blocks, _ = pack_bfd(examples, block_size)
+    packed, _ = pack_bfd(pa.Table.from_pylist(examples), block_size)
+    blocks = packed.to_pylist()
     collator = PackedCollator(pad_id)
     batches = []
     for start in range(0, len(blocks), batch_blocks):

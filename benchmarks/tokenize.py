@@ -23,6 +23,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
+import pyarrow as pa  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
@@ -52,7 +53,7 @@ def main() -> None:
 
     def stage() -> list[dict]:
         examples = tokenize_records(tokenizer, records)
-        pack_bfd(examples, args.block_size)
+        pack_bfd(pa.Table.from_pylist(examples), args.block_size)
         return examples
 
     stage_s, examples = best_of(args.repeat, stage)

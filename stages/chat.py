@@ -157,42 +157,57 @@ def record_key(record: dict[str, Any]) -> str:
 
 
 COMPACT_AFTER = 16  # cache parts; past this, one compacted part replaces them
+_CACHE_SCHEMA = pa.schema(
+    [("key", pa.string()), ("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64()))]
+)
 
 
-def tokenize_cached(tokenizer: Any, records: list[dict[str, Any]], cache_dir: Path) -> tuple[list[dict], int]:
-    """`tokenize_records`, reusing token ids of records seen before; returns (examples, newly tokenised).
+def tokenize_cached(
+    tokenizer: Any, records: list[dict[str, Any]], keys: list[str], cache_dir: Path
+) -> tuple[pa.Table, int]:
+    """`tokenize_records` as an Arrow table (input_ids, labels) in the order of `records`, reusing
+    the token ids of records seen before; returns (table, newly tokenised). `keys` are the
+    records' `record_key`s.
 
     The cache is a folder for one tokenizer fingerprint (put it in the folder name) of Parquet
     parts keyed by each record's content. A data fix re-tokenises only the records it changed and
     writes them as a small new part, rather than rewriting every record's ids.
     """
     parts = sorted(cache_dir.glob("part-*.parquet"))
-    cache: dict[str, dict] = {}
-    for part in parts:
-        table = pq.read_table(part).to_pydict()
-        cache.update(
-            (k, {"input_ids": i, "labels": lab})
-            for k, i, lab in zip(table["key"], table["input_ids"], table["labels"], strict=True)
-        )
-    keys = [record_key(r) for r in records]
-    missing = {k: r for k, r in zip(keys, records, strict=True) if k not in cache}
+    cache = (
+        pa.concat_tables([pq.read_table(p, schema=_CACHE_SCHEMA) for p in parts])
+        if parts
+        else _CACHE_SCHEMA.empty_table()
+    )
+    row_of = dict(zip(cache.column("key").to_pylist(), range(cache.num_rows), strict=True))
+    missing = {k: r for k, r in zip(keys, records, strict=True) if k not in row_of}
     if missing:
-        new = dict(zip(missing, tokenize_records(tokenizer, list(missing.values())), strict=True))
-        cache.update(new)
+        new = _cache_table(list(missing), tokenize_records(tokenizer, list(missing.values())))
+        row_of.update(zip(missing, range(cache.num_rows, cache.num_rows + new.num_rows), strict=True))
+        cache = pa.concat_tables([cache, new])
         if len(parts) + 1 > COMPACT_AFTER:
+            cache = cache.take(sorted(row_of.values()))  # one row per key
+            row_of = dict(zip(cache.column("key").to_pylist(), range(cache.num_rows), strict=True))
             _write_part(cache_dir, cache)
             for part in parts:
                 part.unlink()
         else:
             _write_part(cache_dir, new)
-    return [cache[k] for k in keys], len(missing)
+    return cache.take([row_of[k] for k in keys]).select(["input_ids", "labels"]), len(missing)
 
 
-def _write_part(cache_dir: Path, entries: dict[str, dict]) -> None:
+def _cache_table(keys: list[str], examples: list[dict]) -> pa.Table:
+    columns = {
+        "key": keys,
+        "input_ids": [e["input_ids"] for e in examples],
+        "labels": [e["labels"] for e in examples],
+    }
+    return pa.table(columns, schema=_CACHE_SCHEMA)
+
+
+def _write_part(cache_dir: Path, part: pa.Table) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha1("".join(sorted(entries)).encode()).hexdigest()[:16]
-    rows = {"key": list(entries), "input_ids": [e["input_ids"] for e in entries.values()],
-            "labels": [e["labels"] for e in entries.values()]}  # fmt: skip
+    name = hashlib.sha1("".join(sorted(part.column("key").to_pylist())).encode()).hexdigest()[:16]
     tmp = cache_dir / f".tmp-{name}"
-    pq.write_table(pa.table(rows), tmp)
+    pq.write_table(part, tmp)
     tmp.replace(cache_dir / f"part-{time.time_ns()}-{name}.parquet")  # sorted = written order

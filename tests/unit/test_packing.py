@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages.chat import IGNORE_INDEX
-from stages.packing import count_blocks_without_labels, pack_bfd
-from stages.tables import write_rows
+from stages.packing import PackStats, count_blocks_without_labels, pack_bfd
 
 
 def _example(n_prompt: int, n_response: int, offset: int = 10) -> dict:
@@ -15,9 +16,14 @@ def _example(n_prompt: int, n_response: int, offset: int = 10) -> dict:
     return {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]}
 
 
+def _pack(examples: list[dict], block_size: int) -> tuple[list[dict], PackStats]:
+    packed, stats = pack_bfd(pa.Table.from_pylist(examples), block_size)
+    return packed.to_pylist(), stats
+
+
 def test_bfd_fills_blocks_and_restarts_positions():
     examples = [_example(3, 5), _example(2, 2), _example(10, 6), _example(1, 3), _example(4, 12)]
-    blocks, stats = pack_bfd(examples, block_size=16)
+    blocks, stats = _pack(examples, block_size=16)
     assert sorted(len(b["input_ids"]) for b in blocks) == [16, 16, 16]  # 8+4+16+4+16 = 48 tokens, no padding
     assert stats.non_pad_fraction == 1.0 and stats.blocks == 3
     for block in blocks:
@@ -28,14 +34,14 @@ def test_bfd_fills_blocks_and_restarts_positions():
 
 
 def test_blocks_without_labels_are_counted_from_the_written_file(tmp_path: Path):
-    blocks, _ = pack_bfd([_example(3, 5), _example(2, 2), _example(10, 6)], block_size=16)
+    blocks, _ = _pack([_example(3, 5), _example(2, 2), _example(10, 6)], block_size=16)
     blocks.append({**blocks[0], "labels": [IGNORE_INDEX] * 16})  # a block with nothing to learn
-    write_rows(tmp_path / "blocks.parquet", blocks)
+    pq.write_table(pa.Table.from_pylist(blocks), tmp_path / "blocks.parquet")
     assert count_blocks_without_labels(tmp_path / "blocks.parquet") == (len(blocks), 1)
 
 
 def test_too_long_examples_are_truncated_and_counted():
-    blocks, stats = pack_bfd([_example(2, 30), _example(20, 2)], block_size=16)
+    blocks, stats = _pack([_example(2, 30), _example(20, 2)], block_size=16)
     assert stats.truncated == 2
     assert stats.dropped_no_labels == 1  # its prompt alone fills the block
     assert len(blocks) == 1 and len(blocks[0]["input_ids"]) == 16
@@ -58,7 +64,7 @@ def test_packed_loss_equals_token_weighted_loss_of_examples():
     for n_prompt, n_resp in [(5, 9), (3, 4), (8, 11), (2, 6)]:
         ids = torch.randint(0, 128, (n_prompt + n_resp,), generator=g).tolist()
         examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]})
-    blocks, _ = pack_bfd(examples, block_size=64)
+    blocks, _ = _pack(examples, block_size=64)
     assert len(blocks) == 1
     block = blocks[0]
     with torch.no_grad():
