@@ -14,7 +14,6 @@ from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
 from stages.decontamination import decontaminate, record_text
-from stages.dedup import normalised_hash
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
@@ -167,7 +166,7 @@ def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg
 
 def _duplicate_rate(train: list[dict], limit: float) -> dg.AssetCheckResult:
     originals = [r for r in train if r["augmentation"] == "none"]
-    by_hash = Counter(normalised_hash(r["messages"][-1]["content"]) for r in originals)
+    by_hash = Counter(r["response_hash"] for r in originals)  # set by clean_corpus, per landing file
     duplicated = sum(n - 1 for n in by_hash.values() if n > 1)
     rate = duplicated / max(len(originals), 1)
     return dg.AssetCheckResult(

@@ -9,6 +9,7 @@ from assets.partitions import landing_files
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.cleaning import Rules, clean_records
+from stages.dedup import with_response_hash
 from stages.readers import read_file
 from stages.tables import read_rows, write_json, write_rows
 
@@ -70,7 +71,7 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     group_name="data",
     partitions_def=landing_files,
     deps=[raw_corpus],
-    code_version="clean-1",
+    code_version="clean-2",
     kinds={"parquet"},
     description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
 )
@@ -81,7 +82,7 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
     result = clean_records(records, Rules(**cfg.data.cleaning.model_dump()))
     dropped = Counter(d["reason"] for d in result.dropped)
     with paths.publish("clean_corpus", key) as out:
-        write_rows(out / "records.parquet", result.kept)
+        write_rows(out / "records.parquet", with_response_hash(result.kept))
         write_rows(out / "quarantine.parquet", result.dropped)
         write_json(
             out / "summary.json",

@@ -8,11 +8,11 @@ import dagster as dg
 
 from assets.augment import augmented_corpus, training_data_gates
 from assets.corpus import clean_corpus, raw_corpus
-from assets.dedup import accounting_holds, deduplicated_corpus
+from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.model import base_model, fine_tuned_model
 from assets.preference import pairs_not_in_eval, pairs_well_formed, preference_model, preference_pairs
-from assets.tokenize import blocks_have_labels, tokenized_dataset
+from assets.tokenize import tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
 from resources.settings import TunegraphSettings, default_config_path, default_home
 from resources.tracking import MlflowTracking
@@ -33,9 +33,7 @@ GLOBAL_ASSETS = [
 ]
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [
-    accounting_holds,
     training_data_gates,
-    blocks_have_labels,
     pairs_well_formed,
     pairs_not_in_eval,
     candidate_promoted,

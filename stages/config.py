@@ -4,6 +4,7 @@
 The schema is Dagster-free so that the training process can read it too.
 """
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -291,10 +292,17 @@ def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass --config PATH or set TUNEGRAPH_CONFIG")
+    return _parse_text(path.read_text(), str(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_text(text: str, source: str) -> PipelineConfig:
+    """Keyed by the file's text: every step of a run asks for the config, and the (frozen) result
+    of parsing and validating the same text is the same, while any edit parses afresh."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{source}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (corpus, data, model, ...)")
-    return parse_config(raw, str(path))
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (corpus, data, model, ...)")
+    return parse_config(raw, source)

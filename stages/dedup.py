@@ -26,15 +26,22 @@ def normalised_hash(text: str) -> str:
     return hashlib.sha1(folded.encode()).hexdigest()
 
 
+def with_response_hash(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with `response_hash`, the exact-dedup key. Set per landing file (clean_corpus), so
+    a data fix re-hashes only the records of its own file."""
+    return [{**r, "response_hash": normalised_hash(r["messages"][-1]["content"])} for r in records]
+
+
 def exact_dedup(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(kept, duplicates); each duplicate names the id it duplicates. Input order is the keep order.
 
-    The response alone is hashed: two prompts with the same answer teach the same thing twice.
+    The response alone is hashed (`with_response_hash`): two prompts with the same answer teach the
+    same thing twice.
     """
     first_by_hash: dict[str, str] = {}
     kept, duplicates = [], []
     for record in records:
-        digest = normalised_hash(record["messages"][-1]["content"])
+        digest = record["response_hash"]
         if digest in first_by_hash:
             duplicates.append({**record, "duplicate_of": first_by_hash[digest]})
         else:

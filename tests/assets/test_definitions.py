@@ -37,7 +37,13 @@ def test_definitions_hold_the_graph_in_groups():
 def test_blocking_checks_guard_training():
     checks = {(c.asset_key.to_user_string(), c.name): c for c in defs.resolve_asset_graph().asset_check_keys}
     names = {name for _, name in checks}
-    assert {"no_eval_contamination", "enough_examples", "no_residual_pii", "blocks_have_labels"} <= names
+    assert {
+        "accounting_holds",
+        "no_eval_contamination",
+        "enough_examples",
+        "no_residual_pii",
+        "blocks_have_labels",
+    } <= names
     graph = defs.resolve_asset_graph()
     for key in graph.asset_check_keys:
         assert graph.get_check_spec(key).blocking, key
