@@ -1,6 +1,6 @@
 """Incremental reruns: after a cold run, edit one record in one shard and bring the data up to date.
 
-    python benchmarks/incremental.py [--json] [--shards 8] [--repeat 3]
+    python benchmarks/incremental.py [--json] [--shards 8] [--repeat 5]
 
 In a temporary $TUNEGRAPH_HOME with its own Dagster instance, on the example corpus in --shards
 JSONL shards: the base model is materialised first (not timed; tokenisation needs its tokenizer),
@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3, help="fresh cold+warm pairs; the median is reported")
+    parser.add_argument("--repeat", type=int, default=5, help="fresh cold+warm pairs; the median is reported")
     args = parser.parse_args()
 
     trials = [measure(args.shards) for _ in range(args.repeat)]
