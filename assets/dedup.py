@@ -43,7 +43,7 @@ def deduplicated_corpus(
     keys = sorted(context.instance.get_dynamic_partitions(landing_files.name))
     if not keys:
         raise dg.Failure(f"no landing files registered: put files in {paths.landing} and run `tunegraph run`")
-    records = [r for key in keys for r in read_rows(paths.latest("clean_corpus", key) / "records.parquet")]
+    records = [r for key in keys for r in _clean_partition(paths, key)]
     kept, duplicates = exact_dedup(records)
     near = []
     if cfg.data.near_dedup.enabled:
@@ -104,6 +104,16 @@ def deduplicated_corpus(
         },
         check_results=[_accounting_holds(paths)],
     )
+
+
+def _clean_partition(paths: Paths, key: str) -> list[dict]:
+    rows = read_rows(paths.latest("clean_corpus", key) / "records.parquet")
+    if rows and "response_hash" not in rows[0]:
+        raise dg.Failure(
+            f"clean_corpus[{key}] was written by an older tunegraph (no response_hash column): "
+            "rematerialise clean_corpus for it (`tunegraph run` does, or 'Materialize unsynced' in the UI)"
+        )
+    return rows
 
 
 def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list[dict]]:

@@ -14,7 +14,7 @@ from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
-from stages.tables import read_rows
+from stages.tables import read_rows, write_rows
 
 
 def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, settings, tmp_path):
@@ -144,6 +144,19 @@ def test_unknown_format_fails_its_partition_only(home, instance, settings):
     (home / "landing" / "notes.docx").unlink()
     fixed = Runner(settings, instance).run()
     assert fixed["status"] == "success" and fixed["partitions_processed"] == []
+
+
+def test_a_clean_partition_from_an_older_version_is_a_clear_error(home, instance, settings):
+    write_example_shards(home, shards=2)
+    assert Runner(settings, instance).run(only=["raw_corpus", "clean_corpus"])["status"] == "success"
+    # As clean_corpus wrote it before response hashes were stored per landing file.
+    old = settings.paths().latest("clean_corpus", "stdlib-00.jsonl") / "records.parquet"
+    write_rows(old, [{k: v for k, v in r.items() if k != "response_hash"} for r in read_rows(old)])
+    record = Runner(settings, instance).run(only=["deduplicated_corpus"])
+    assert record["status"] == "failed"
+    assert record["errors"][0].startswith(
+        "deduplicated_corpus: clean_corpus[stdlib-00.jsonl] was written by an older tunegraph"
+    )
 
 
 def test_unknown_model_base_is_a_clear_error(home, instance, tmp_path):
