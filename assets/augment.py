@@ -17,7 +17,7 @@ from stages.decontamination import decontaminate, record_text
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
-from stages.scan_cache import CleanSet, digest, source_salt
+from stages.scan_cache import CleanSet, source_salt
 from stages.tables import read_rows, write_json, write_rows
 
 MIN_TRAIN_EXAMPLES = 8
@@ -139,21 +139,15 @@ def _enough_examples(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckR
 
 
 def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
-    found: Counter[str] = Counter()
-    offenders = []
+    records = train + eval_rows
     # Texts already found clean by these very patterns are not scanned again.
     cache = CleanSet(home / "cache" / "pii-clean.json", source_salt(pii))
-    clean = set()
-    for r in train + eval_rows:
-        text = record_text(r)
-        text_digest = digest(text)
-        hits = Counter() if text_digest in cache else pii.find(text)
+    found: Counter[str] = Counter()
+    offenders = []
+    for r, hits in zip(records, cache.scan([record_text(r) for r in records], pii.find), strict=True):
         if hits:
             found += hits
             offenders.append({"id": r["id"], "types": ", ".join(sorted(hits))})
-        else:
-            clean.add(text_digest)
-    cache.save(clean)
     return dg.AssetCheckResult(
         check_name="no_residual_pii",
         passed=not found,

@@ -46,13 +46,14 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
     held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
     fingerprint = tokenizer_fingerprint(tokenizer)
-    keys = [record_key(r) for r in train + held_out]
+    records = train + held_out  # one token cache for both; eval rows are never packed
+    keys = [record_key(r) for r in records]
     # Content version: same records, tokenizer and block size -> same version, however often rebuilt.
     content_version = hashlib.sha256(
         json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, keys[: len(train)]]).encode()
     ).hexdigest()[:16]
     tokenized, fresh = tokenize_cached(
-        tokenizer, train + held_out, keys, paths.home / "cache" / f"tokens-{fingerprint}"
+        tokenizer, records, keys, paths.home / "cache" / f"tokens-{fingerprint}"
     )
     examples, eval_examples = tokenized.slice(0, len(train)), tokenized.slice(len(train))
     blocks, stats = pack_bfd(examples, cfg.data.block_size)

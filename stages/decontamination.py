@@ -39,20 +39,20 @@ def decontaminate(
     again, and the ones found clean now are remembered for the next run.
     """
     grams = eval_ngrams(eval_records, n)
-    cache = None
-    if cache_file is not None:
+    texts = [record_text(r) for r in train]
+
+    def shared_ngrams(text: str) -> set[tuple[str, ...]]:
+        return ngrams(text, n) & grams
+
+    if cache_file is None:
+        hits: list[set[tuple[str, ...]] | None] = [shared_ngrams(t) for t in texts]
+    else:
         eval_digest = digest(chr(0).join(sorted(record_text(r) for r in eval_records)))
-        cache = CleanSet(cache_file, f"{n}:{eval_digest}")
-    clean, contaminated, found_clean = [], [], set()
-    for record in train:
-        text = record_text(record)
-        text_digest = digest(text) if cache is not None else ""
-        shared = set() if cache is not None and text_digest in cache else ngrams(text, n) & grams
+        hits = CleanSet(cache_file, f"{n}:{eval_digest}").scan(texts, shared_ngrams)
+    clean, contaminated = [], []
+    for record, shared in zip(train, hits, strict=True):
         if shared:
             contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
         else:
             clean.append(record)
-            found_clean.add(text_digest)
-    if cache is not None:
-        cache.save(found_clean)
     return clean, contaminated

@@ -8,7 +8,11 @@ verdict depends on (the scanner's source, the eval set), so any change of rules 
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def digest(text: str) -> str:
@@ -16,22 +20,24 @@ def digest(text: str) -> str:
 
 
 class CleanSet:
-    """Content hashes found clean under `salt`; load, test, add, save."""
+    """Content hashes of texts a scan found clean under `salt`, kept in a small JSON file."""
 
     def __init__(self, path: Path, salt: str):
         self.path, self.salt = path, salt
         saved = json.loads(path.read_text()) if path.is_file() else {}
         self.clean: set[str] = set(saved.get("clean", [])) if saved.get("salt") == salt else set()
 
-    def __contains__(self, text_digest: str) -> bool:
-        return text_digest in self.clean
-
-    def save(self, clean: set[str]) -> None:
-        """Keep exactly the hashes found clean in this scan (old records drop out)."""
+    def scan(self, texts: list[str], find: Callable[[str], T]) -> list[T | None]:
+        """`find(text)` for each text not known clean (None for those known clean); then keep
+        exactly the hashes of this scan's clean texts (a falsy result), so old records drop out."""
+        digests = [digest(t) for t in texts]
+        hits = [None if d in self.clean else find(t) for t, d in zip(texts, digests, strict=True)]
+        self.clean = {d for d, hit in zip(digests, hits, strict=True) if not hit}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(clean)}))
+        tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean)}))
         tmp.replace(self.path)
+        return hits
 
 
 def source_salt(*modules: object) -> str:
