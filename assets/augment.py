@@ -8,11 +8,15 @@ import dagster as dg
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import deduplicated_corpus
-from assets.metadata import counts_table, folder_version, md_table
+from assets.gates import require_upstream_gates
+from assets.metadata import counts_table, md_table
 from assets.model import base_model
+from assets.sources import reads_config
+from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
+from stages.content import content_hash
 from stages.decontamination import decontaminate, record_text
 from stages.evaluation import generate
 from stages.model_source import load_saved
@@ -26,13 +30,26 @@ MIN_EVAL_EXAMPLES = 2
 
 @dg.asset(
     group_name="data",
-    deps=[deduplicated_corpus, base_model],
-    code_version="augment-2",
+    # data.decontamination and data.max_duplicate_rate are read by its gates, which rerun with it;
+    # evaluation.max_new_tokens by the optional model paraphrases.
+    deps=[
+        deduplicated_corpus,
+        base_model,
+        reads_config(
+            "data.augmentation",
+            "data.seed",
+            "data.decontamination",
+            "data.max_duplicate_rate",
+            "evaluation.max_new_tokens",
+        ),
+    ],  # fmt: skip
+    code_version="augment-3",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Train records plus seeded instruction paraphrases (train only; capped share).",
 )
 def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     train = read_rows(paths.latest("deduplicated_corpus") / "train.parquet")
     aug = cfg.data.augmentation
@@ -44,9 +61,10 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
     with paths.publish("augmented_corpus") as out:
         write_rows(out / "train.parquet", rows)
         write_json(out / "summary.json", {"train_examples": len(rows), "methods": dict(methods)})
+        version = content_hash(out / "train.parquet")
     context.log.info(f"{len(train)} train records + {len(new)} augmented")
     return dg.MaterializeResult(
-        data_version=folder_version(out),
+        data_version=dg.DataVersion(version),
         metadata={
             "train_examples": len(rows),
             "augmented": len(new),
@@ -73,7 +91,8 @@ def _with_model_paraphrases(
         convs = [[{"role": "user", "content": p}] for p in prompts]
         return [o["text"] for o in generate(model, tokenizer, convs, ev.max_new_tokens, ev.batch_size)]
 
-    cache = paths.home / "cache" / f"paraphrases-{folder.name}.json"
+    # Keyed by the base model's content version: another model writes other paraphrases.
+    cache = paths.home / "cache" / f"paraphrases-{latest_data_version(context.instance, base_model.key)}.json"
     paraphrases = model_paraphrases(paraphrase_sources(new, train), rewrite, cache)
     return apply_model_paraphrases(new, train, paraphrases)
 

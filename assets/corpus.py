@@ -4,20 +4,23 @@ from collections import Counter
 
 import dagster as dg
 
-from assets.metadata import counts_table, file_hash, folder_version, md_table
+from assets.metadata import counts_table, md_table
 from assets.partitions import landing_files
+from assets.sources import landing_file, reads_config
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.cleaning import Rules, clean_records
+from stages.content import content_hash, file_hash
 from stages.dedup import with_response_hash
-from stages.readers import read_file
+from stages.readers import ReadResult, read_file
 from stages.tables import read_rows, write_json, write_rows
 
 
 @dg.asset(
     group_name="data",
     partitions_def=landing_files,
-    code_version="raw-1",
+    deps=[landing_file, reads_config("corpus")],
+    code_version="raw-2",
     kinds={"parquet"},
     description="Records read from one landing file, with source file and line; unreadable rows quarantined.",
 )
@@ -25,10 +28,9 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     cfg, paths = settings.config(), settings.paths()
     key = context.partition_key
     source = paths.landing / key
-    if not source.is_file():
-        raise dg.Failure(f"landing file {key} is gone: run `tunegraph run` to drop its partition")
-    content_hash = file_hash(source)
-    result = read_file(source, key, cfg.corpus.format, cfg.corpus.fields)
+    removed = not source.is_file()
+    # A deleted file is read as empty: its records leave the training set the way an edit's do.
+    result = ReadResult([], []) if removed else read_file(source, key, cfg.corpus.format, cfg.corpus.fields)
     quarantined = Counter(q["reason"] for q in result.quarantine)
     with paths.publish("raw_corpus", key) as out:
         write_rows(out / "records.parquet", result.records)
@@ -36,17 +38,22 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
         write_json(
             out / "summary.json",
             {
-                "content_hash": content_hash,
+                "content_hash": None if removed else file_hash(source),
+                "removed": removed,
                 "documents_in": len(result.records) + len(result.quarantine),
                 "records": len(result.records),
                 "quarantined": dict(quarantined),
             },
         )
-    context.log.info(f"{key}: {len(result.records)} records, {len(result.quarantine)} quarantined")
+        version = content_hash(out / "records.parquet", out / "quarantine.parquet")
+    context.log.info(
+        f"{key}: removed from landing/, no records" if removed
+        else f"{key}: {len(result.records)} records, {len(result.quarantine)} quarantined"
+    )  # fmt: skip
     return dg.MaterializeResult(
-        # The file's content hash: the UI shows downstream as unsynced exactly when the file changed.
-        data_version=dg.DataVersion(content_hash),
+        data_version=dg.DataVersion(version),
         metadata={
+            "removed": removed,
             "records": len(result.records),
             "quarantined": len(result.quarantine),
             "quarantine_reasons": counts_table(dict(quarantined)),
@@ -70,8 +77,8 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
 @dg.asset(
     group_name="data",
     partitions_def=landing_files,
-    deps=[raw_corpus],
-    code_version="clean-2",
+    deps=[raw_corpus, reads_config("data.cleaning")],
+    code_version="clean-3",
     kinds={"parquet"},
     description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
 )
@@ -93,13 +100,14 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
                 "pii": dict(result.pii),
             },
         )
+        version = content_hash(out / "records.parquet", out / "quarantine.parquet")
     # Accounting: nothing disappears without a reason.
     assert len(records) == len(result.kept) + len(result.dropped)
     context.log.info(
         f"{key}: kept {len(result.kept)}/{len(records)}, dropped {dict(dropped)}, pii {dict(result.pii)}"
     )
     return dg.MaterializeResult(
-        data_version=folder_version(out),
+        data_version=dg.DataVersion(version),
         metadata={
             "records_in": len(records),
             "kept": len(result.kept),

@@ -1,17 +1,18 @@
 """`deduplicated_corpus`: all clean partitions joined, deduplicated, split, decontaminated."""
 
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.corpus import clean_corpus
 from assets.dataset_card import corpus_accounting
-from assets.metadata import counts_table, folder_version, md_table
+from assets.metadata import counts_table, md_table
 from assets.partitions import landing_files
+from assets.sources import reads_config
 from resources.settings import Paths, TunegraphSettings
 from stages.cleaning import Rules, clean_records
+from stages.content import content_hash
 from stages.decontamination import decontaminate
 from stages.dedup import exact_dedup, near_dedup
 from stages.readers import read_file
@@ -21,8 +22,21 @@ from stages.tables import read_rows, write_json, write_rows
 
 @dg.asset(
     group_name="data",
-    deps=[clean_corpus],
-    code_version="dedup-2",
+    # corpus and data.cleaning: data.eval_files are read and cleaned like the landing files.
+    deps=[
+        clean_corpus,
+        reads_config(
+            "corpus",
+            "data.cleaning",
+            "data.eval_fraction",
+            "data.eval_files",
+            "data.seed",
+            "data.max_train_examples",
+            "data.near_dedup",
+            "data.decontamination",
+        ),
+    ],  # fmt: skip
+    code_version="dedup-3",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",
@@ -82,12 +96,13 @@ def deduplicated_corpus(
                 "eval_examples": {name: len(rows) for name, rows in eval_sets.items()},
             },
         )
+        version = content_hash(*(out / f for f in DATA_FILES), out / "eval")
     context.log.info(
         f"{len(records)} records from {len(keys)} files: {len(duplicates)} duplicates, "
         f"{len(contaminated)} contaminated, {len(train)} train, {len(held_out)} held out"
     )
     return dg.MaterializeResult(
-        data_version=folder_version(out),
+        data_version=dg.DataVersion(version),
         metadata={
             "partitions": len(keys),
             "records_in": len(records),
@@ -106,6 +121,9 @@ def deduplicated_corpus(
     )
 
 
+DATA_FILES = ("train.parquet", "duplicates.parquet", "near_duplicates.parquet", "contaminated.parquet")
+
+
 def _clean_partition(paths: Paths, key: str) -> list[dict]:
     rows = read_rows(paths.latest("clean_corpus", key) / "records.parquet")
     if rows and "response_hash" not in rows[0]:
@@ -119,10 +137,9 @@ def _clean_partition(paths: Paths, key: str) -> list[dict]:
 def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list[dict]]:
     """User eval sets (data.eval_files), read and cleaned like the corpus; paths relative to the config."""
     cfg = settings.config()
-    base = Path(settings.config_path).parent
     sets = {}
     for name in files:
-        path = (base / name).resolve()
+        path = settings.eval_file(name)
         if not path.is_file():
             raise dg.Failure(f"data.eval_files: {path} not found; fix the path in {settings.config_path}")
         read = read_file(path, path.name, "auto", cfg.corpus.fields)

@@ -11,13 +11,16 @@ from mlflow.entities import Metric, RunTag
 
 from assets.augment import augmented_corpus
 from assets.dedup import deduplicated_corpus
+from assets.gates import require_upstream_gates
 from assets.metadata import md_table
 from assets.model import base_model, fine_tuned_model
 from assets.preference import preference_model
+from assets.sources import reads_config
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages import metrics
 from stages.config import EvaluationConfig
+from stages.content import content_hash
 from stages.evaluation import generate, references, response_nll, variant_conversations
 from stages.model_source import load_saved
 from stages.promotion import LOWER_IS_BETTER, decide
@@ -29,14 +32,22 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 @dg.asset(
     group_name="evaluation",
-    deps=[fine_tuned_model, preference_model, base_model, deduplicated_corpus, augmented_corpus],
-    code_version="evaluate-3",
+    deps=[
+        fine_tuned_model,
+        preference_model,
+        base_model,
+        deduplicated_corpus,
+        augmented_corpus,
+        reads_config("evaluation", "tracking", "data.seed"),
+    ],  # fmt: skip
+    code_version="evaluate-4",
     kinds={"pytorch", "mlflow"},
     description="Held-out perplexity, ROUGE-L and exact match for each variant; champion alias if better.",
 )
 def model_evaluation(
     context: dg.AssetExecutionContext, settings: TunegraphSettings, mlflow_tracking: MlflowTracking
 ) -> dg.MaterializeResult:
+    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     ev = cfg.evaluation
     eval_dir = paths.latest("deduplicated_corpus") / "eval"
@@ -126,8 +137,10 @@ def model_evaluation(
     }
     with paths.publish("model_evaluation") as out:
         write_json(out / "summary.json", summary)
+        version = content_hash(out / "summary.json")
     columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={
             "comparison": md_table([_rounded(row) for row in table], columns, limit=10),
             "samples": md_table(samples, ["prompt", "reference", "base", "fine_tuned"], limit=8, width=120),
@@ -144,7 +157,6 @@ MIN_STOP_RATE = 0.95
 
 @dg.asset_check(
     asset=model_evaluation,
-    blocking=True,
     description="Serving consistency: with the saved chat template, fine-tuned generations end at EOS.",
 )
 def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
@@ -161,9 +173,7 @@ def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=model_evaluation, blocking=True, description="The candidate beat the champion and baselines."
-)
+@dg.asset_check(asset=model_evaluation, description="The candidate beat the champion and baselines.")
 def candidate_promoted(settings: TunegraphSettings) -> dg.AssetCheckResult:
     summary = read_json(settings.paths().latest("model_evaluation") / "summary.json")
     registry = summary["registry"]

@@ -6,18 +6,22 @@ from pathlib import Path
 import dagster as dg
 
 from assets.automation import EAGER_BEHIND_GATES
-from assets.metadata import folder_version
+from assets.gates import require_upstream_gates
+from assets.sources import reads_config
 from assets.training_run import TrainingJob, code_hash, run_training, training_metadata
+from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
+from stages.content import content_hash
 from stages.model_source import save_base_model
 from stages.tables import read_json, read_rows, write_json
 
 
 @dg.asset(
     group_name="model",
-    code_version="base-1",
+    deps=[reads_config("model")],
+    code_version="base-2",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"pytorch"},
     description="The pretrained model + tokenizer + chat template, stored as safetensors (model.base).",
@@ -28,8 +32,9 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     with paths.publish("base_model", keep=2) as out:
         facts = save_base_model(cfg.model.base, out / "model")
         write_json(out / "summary.json", facts)
+        version = content_hash(out / "model")
     return dg.MaterializeResult(
-        data_version=folder_version(out),
+        data_version=dg.DataVersion(version),
         metadata={
             "source": facts["source"],
             "architecture": facts["architecture"],
@@ -44,8 +49,10 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
 
 @dg.asset(
     group_name="model",
-    deps=["tokenized_dataset", base_model],
-    code_version="finetune-2",
+    deps=["tokenized_dataset", base_model, reads_config("training", "tracking")],
+    # With the training code's own hash: new training code makes the model stale, and a
+    # checkpoint written by other code is never resumed (the code version is in the resume key).
+    code_version=f"finetune-3/{code_hash()}",
     pool="gpu",
     # A crash or a killed training process is retried, and the retry resumes from the last checkpoint.
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
@@ -58,11 +65,12 @@ def fine_tuned_model(
     mlflow_tracking: MlflowTracking,
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
+    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     init_dir, warm_start = _initial_model(mlflow_tracking, paths, cfg)
     tokens_dir = paths.latest("tokenized_dataset")
-    upstream = {a: paths.latest(a).name for a in ("base_model", "augmented_corpus")}
-    upstream["tokenized_dataset"] = read_json(tokens_dir / "summary.json")["content_version"]
+    # The content versions Dagster recorded: the same data gives the same key after any crash.
+    upstream = {a: latest_data_version(context.instance, a) or "" for a in UPSTREAM_VERSIONS}
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
     job = TrainingJob(
         module="stages.train",
@@ -71,8 +79,8 @@ def fine_tuned_model(
         resume_key={
             "data_version": upstream["tokenized_dataset"],
             "initial_model": warm_start["model_uri"] if warm_start else upstream["base_model"],
-            "config": cfg.section_hash("model", "training"),
-            "code_version": f"{code_version}/{code_hash()}",
+            "config": cfg.section_hash("training"),
+            "code_version": code_version,
         },
         tags={
             "tunegraph.config_hash": cfg.section_hash("corpus", "data", "model", "training"),
@@ -85,13 +93,16 @@ def fine_tuned_model(
     )
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
     return dg.MaterializeResult(
-        data_version=folder_version(trained.out),
+        data_version=dg.DataVersion(content_hash(trained.out / "model")),
         metadata={
             **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
             "warm_start_from": warm_start["model_uri"] if warm_start else "",
             "effective_tokens_per_s": round(trained.summary["effective_tokens_per_s"], 1),
         },
     )
+
+
+UPSTREAM_VERSIONS = ("base_model", "augmented_corpus", "tokenized_dataset")  # tagged on the model version
 
 
 def _initial_model(tracking: MlflowTracking, paths, cfg) -> tuple[Path, dict | None]:  # noqa: ANN001

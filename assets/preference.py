@@ -12,15 +12,19 @@ import dagster as dg
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import deduplicated_corpus
-from assets.metadata import counts_table, folder_version, md_table
+from assets.gates import require_upstream_gates
+from assets.metadata import counts_table, md_table
 from assets.model import fine_tuned_model
+from assets.sources import preference_files, reads_config
 from assets.training_run import TrainingJob, code_hash, run_training, training_metadata
+from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import preferences
 from stages.cleaning import Rules
-from stages.decontamination import decontaminate, eval_ngrams, ngrams, record_text
+from stages.content import content_hash
+from stages.decontamination import decontaminate, eval_ngrams, ngrams
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.split import eval_score
@@ -31,20 +35,34 @@ DISABLED = {"enabled": False, "pairs": 0}
 
 @dg.asset(
     group_name="preference",
-    deps=[deduplicated_corpus, "augmented_corpus", fine_tuned_model],
-    code_version="preference-pairs-1",
+    deps=[
+        deduplicated_corpus,
+        "augmented_corpus",
+        fine_tuned_model,
+        preference_files,
+        reads_config(
+            "preference",
+            "data.cleaning",
+            "data.decontamination",
+            "data.seed",
+            "evaluation.max_new_tokens",
+            "evaluation.repetition_penalty",
+        ),
+    ],  # fmt: skip
+    code_version="preference-pairs-2",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"json"},
     description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
 )
 def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     pref = cfg.preference
     if not pref.enabled:
         with paths.publish("preference_pairs") as out:
             write_json(out / "summary.json", DISABLED)
             write_rows(out / "pairs.parquet", [])
-        return dg.MaterializeResult(data_version=folder_version(out), metadata={"enabled": False})
+        return dg.MaterializeResult(data_version=dg.DataVersion("disabled"), metadata={"enabled": False})
 
     files = paths.preference_files()
     pairs, quarantine = [], []
@@ -67,8 +85,11 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
     else:  # built from records that were cleaned as corpus; the model's answers were redacted
         kept, dropped, pii_counts = pairs, [], {}
     if cfg.data.decontamination.enabled:
-        eval_records = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
-        kept, contaminated = decontaminate(kept, eval_records, cfg.data.decontamination.ngram)
+        eval_dir = paths.latest("deduplicated_corpus") / "eval"
+        eval_records = [r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)]
+        kept, contaminated = decontaminate(
+            kept, eval_records, cfg.data.decontamination.ngram, text=preferences.pair_text
+        )
         dropped += [{"source_file": c["source_file"], "source_line": c["source_line"], "detail": c["id"],
                      "reason": "contaminated", "raw": c["shared_ngram"]} for c in contaminated]  # fmt: skip
     reasons = Counter(r["reason"] for r in quarantine + dropped)
@@ -86,9 +107,10 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
         (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
         write_rows(out / "quarantine.parquet", quarantine + dropped)
         write_json(out / "summary.json", summary)
+        version = content_hash(out / "pairs.parquet", out / "quarantine.parquet")
     context.log.info(f"{len(kept)} preference pairs kept of {summary['pairs_in']} ({dict(reasons)})")
     return dg.MaterializeResult(
-        data_version=folder_version(out),
+        data_version=dg.DataVersion(version),
         metadata={
             "enabled": True,
             "synthetic": summary["synthetic"],
@@ -141,25 +163,39 @@ def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=preference_pairs,
     blocking=True,
-    description="No pair shares an n-gram with the held-out evaluation set.",
+    description="No pair (prompt, chosen or rejected answer) shares an n-gram with any evaluation set.",
 )
 def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
+    # Whether or not decontamination ran: this is the check that it did its job, or that it was needed.
     cfg, paths = settings.config(), settings.paths()
     out = paths.latest("preference_pairs")
-    if not read_json(out / "summary.json")["enabled"] or not cfg.data.decontamination.enabled:
-        return dg.AssetCheckResult(passed=True, metadata={"checked": False})
+    if not read_json(out / "summary.json")["enabled"]:
+        return dg.AssetCheckResult(passed=True, metadata={"enabled": False})
     n = cfg.data.decontamination.ngram
-    grams = eval_ngrams(read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"), n)
-    hits = [p["id"] for p in read_rows(out / "pairs.parquet") if ngrams(record_text(p), n) & grams]
+    eval_dir = paths.latest("deduplicated_corpus") / "eval"
+    grams = eval_ngrams([r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)], n)
+    hits = [p for p in read_rows(out / "pairs.parquet") if ngrams(preferences.pair_text(p), n) & grams]
     return dg.AssetCheckResult(
-        passed=not hits, metadata={"contaminated": len(hits), "ids": ", ".join(hits[:10])}
+        passed=not hits,
+        metadata={
+            "pairs": len(read_rows(out / "pairs.parquet")),
+            "contaminated": len(hits),
+            "ids": ", ".join(p["id"] for p in hits[:10]),
+            **(
+                {
+                    "fix": "remove these pairs from landing/preferences/ or set data.decontamination.enabled: true"
+                }
+                if hits
+                else {}
+            ),  # fmt: skip
+        },
     )
 
 
 @dg.asset(
     group_name="preference",
-    deps=[preference_pairs, fine_tuned_model],
-    code_version="dpo-1",
+    deps=[preference_pairs, fine_tuned_model, reads_config("preference", "training", "tracking")],
+    code_version=f"dpo-2/{code_hash('dpo.py')}",
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),  # a crash retries into resume, as for the fine-tune
     kinds={"pytorch", "mlflow"},
@@ -171,11 +207,12 @@ def preference_model(
     mlflow_tracking: MlflowTracking,
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
+    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     if not cfg.preference.enabled:
         with paths.publish("preference_model") as out:
             write_json(out / "summary.json", DISABLED)
-        return dg.MaterializeResult(data_version=folder_version(out), metadata={"enabled": False})
+        return dg.MaterializeResult(data_version=dg.DataVersion("disabled"), metadata={"enabled": False})
     pairs_dir, sft_dir = paths.latest("preference_pairs"), paths.latest("fine_tuned_model")
     pairs = read_json(pairs_dir / "summary.json")
     sft = read_json(sft_dir / "mlflow.json")
@@ -189,10 +226,10 @@ def preference_model(
             "preference": cfg.preference.model_dump(mode="json"),
         },
         resume_key={
-            "data_version": pairs_dir.name,
+            "data_version": latest_data_version(context.instance, "preference_pairs") or "",
             "initial_model": f"{sft['model_name']}/{sft['version']}",
             "config": cfg.section_hash("preference", "training"),
-            "code_version": f"{code_version}/{code_hash('dpo.py')}",
+            "code_version": code_version,
         },
         tags={
             "tunegraph.starts_from": f"models:/{sft['model_name']}/{sft['version']}",
@@ -206,7 +243,7 @@ def preference_model(
     write_json(trained.out / "summary.json", {"enabled": True, "starts_from": sft})
     summary = trained.summary
     return dg.MaterializeResult(
-        data_version=folder_version(trained.out),
+        data_version=dg.DataVersion(content_hash(trained.out / "model")),
         metadata={
             **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
             "pairs": summary["pairs"],

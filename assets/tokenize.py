@@ -1,7 +1,5 @@
 """`tokenized_dataset`: chat-template rendered, response-only labels, packed train blocks; eval unpacked."""
 
-import hashlib
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -13,21 +11,22 @@ from assets.augment import augmented_corpus
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dataset_card import card_markdown, corpus_accounting
 from assets.dedup import deduplicated_corpus
+from assets.gates import require_upstream_gates
 from assets.metadata import png
 from assets.model import base_model
+from assets.sources import reads_config
 from resources.settings import TunegraphSettings
 from stages import plots
 from stages.chat import record_key, tokenize_cached, tokenizer_fingerprint
+from stages.content import content_hash
 from stages.packing import count_blocks_without_labels, pack_bfd
 from stages.tables import read_json, read_rows, write_json
-
-CODE_VERSION = "tokenize-2"
 
 
 @dg.asset(
     group_name="data",
-    deps=[augmented_corpus, deduplicated_corpus, base_model],
-    code_version=CODE_VERSION,
+    deps=[augmented_corpus, deduplicated_corpus, base_model, reads_config("data.block_size")],
+    code_version="tokenize-3",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Examples rendered with the base model's chat template, labels on responses only, BFD-packed.",
@@ -41,6 +40,7 @@ CODE_VERSION = "tokenize-2"
     ],
 )
 def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
+    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     tokenizer = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
     train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
@@ -48,10 +48,6 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     fingerprint = tokenizer_fingerprint(tokenizer)
     records = train + held_out  # one token cache for both; eval rows are never packed
     keys = [record_key(r) for r in records]
-    # Content version: same records, tokenizer and block size -> same version, however often rebuilt.
-    content_version = hashlib.sha256(
-        json.dumps([fingerprint, cfg.data.block_size, CODE_VERSION, keys[: len(train)]]).encode()
-    ).hexdigest()[:16]
     tokenized, fresh = tokenize_cached(
         tokenizer, records, keys, paths.home / "cache" / f"tokens-{fingerprint}"
     )
@@ -69,19 +65,19 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "eval_examples": eval_examples.num_rows,
             "tokenizer_fingerprint": fingerprint,
             "tokenized_now": fresh,
-            "content_version": content_version,
         }
         write_json(out / "summary.json", summary)
         hist = png(out / "lengths.png", "example lengths")
         methods = read_json(paths.latest("augmented_corpus") / "summary.json")["methods"]
         card = card_markdown(corpus_accounting(paths), summary, len(train), methods)
         (out / "dataset_card.md").write_text(card)
+        version = content_hash(out / "train_blocks.parquet", out / "eval.parquet")
     context.log.info(
         f"{stats.examples} examples -> {stats.blocks} blocks of {cfg.data.block_size}, "
         f"non-pad {stats.non_pad_fraction:.3f}, {stats.truncated} truncated"
     )
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(content_version),
+        data_version=dg.DataVersion(version),
         metadata={
             "examples": stats.examples,
             "tokens": stats.tokens,

@@ -43,10 +43,10 @@ def measure(shards_wanted: int) -> dict:
         settings = TunegraphSettings(home=str(home), config_path=str(DEFAULT_CONFIG))
         with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
             runner = Runner(settings, instance, log=lambda _: None)
-            runner.run(only=["base_model"])  # not timed: the tokenizer source, not a data stage
+            runner.run(select=["base_model"])  # not timed: the tokenizer source, not a data stage
 
             start = time.perf_counter()
-            cold = runner.run(only=DATA_STAGES)
+            cold = runner.run(select=DATA_STAGES)
             cold_s = time.perf_counter() - start
 
             edited = shards[len(shards) // 2]
@@ -57,7 +57,7 @@ def measure(shards_wanted: int) -> dict:
             edited.write_text("\n".join(lines) + "\n")
 
             start = time.perf_counter()
-            warm = runner.run(only=DATA_STAGES)
+            warm = runner.run(select=DATA_STAGES)
             warm_s = time.perf_counter() - start
 
     assert cold["status"] == warm["status"] == "success", (cold["errors"], warm["errors"])

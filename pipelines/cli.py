@@ -1,7 +1,7 @@
 """The `tunegraph` command line.
 
     tunegraph example-data [--if-empty]   write the stdlib-docs example corpus into landing/
-    tunegraph run [--select A,B] [--full] bring the graph up to date (new/changed files, then stale assets)
+    tunegraph run [--select A,B] [--full] bring the graph up to date: what Dagster reports stale, behind passed gates
     tunegraph report [--json]             the latest state
     tunegraph lineage PATH                model versions trained on each content version of a landing file
     tunegraph compare A B [--json]        what changed between two model versions (or aliases)
@@ -173,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--if-empty", action="store_true", help="do nothing if the landing folder has files")
     p.add_argument("--shards", type=int, default=8)
     p = sub.add_parser("run", help="materialise what is new or stale")
-    p.add_argument("--select", help="comma-separated asset names to (re)materialise")
-    p.add_argument("--full", action="store_true", help="redo everything")
+    p.add_argument("--select", help="comma-separated asset names: only those are materialised (if stale)")
+    p.add_argument(
+        "--full", action="store_true", help="redo the selected assets (all by default) even if up to date"
+    )
     p = sub.add_parser("report", help="print the latest state")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser(

@@ -11,16 +11,19 @@ from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.model import base_model, fine_tuned_model
+from assets.partitions import landing_files
 from assets.preference import pairs_not_in_eval, pairs_well_formed, preference_model, preference_pairs
+from assets.sources import SOURCES
 from assets.tokenize import tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
 from resources.settings import TunegraphSettings, default_config_path, default_home
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
-from stages.config import ConfigError, TrainingConfig, load_config
+from stages.config import ConfigError, ScheduleConfig, load_config
+
+__all__ = ["ASSETS", "ASSET_CHECKS", "SOURCES", "defs", "landing_files", "resources"]
 
 PARTITIONED_ASSETS = [raw_corpus, clean_corpus]
-# In dependency order: the runner chains fingerprints along this list.
 GLOBAL_ASSETS = [
     base_model,
     deduplicated_corpus,
@@ -50,13 +53,6 @@ train_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*GLOBAL_ASSETS),
     description="Dedup, augment, tokenise, fine-tune and evaluate from the cleaned landing files.",
 )
-retrain_job = dg.define_asset_job(
-    "retrain",
-    selection=dg.AssetSelection.assets(
-        fine_tuned_model, preference_pairs, preference_model, model_evaluation
-    ),
-    description="Fine-tune (then DPO, if enabled) on the current data and evaluate against the champion.",
-)
 
 
 def resources(home: str | None = None, config_path: str | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -70,18 +66,24 @@ def resources(home: str | None = None, config_path: str | None = None) -> dict[s
 
 def _retrain_cron() -> str:
     try:
-        return load_config(default_config_path()).training.retrain_cron
-    except ConfigError:
-        return (
-            TrainingConfig().retrain_cron
-        )  # the code location still loads; `tunegraph run` reports the error
+        return load_config(default_config_path()).schedule.retrain_cron
+    except ConfigError:  # the code location still loads; `tunegraph run` reports the error
+        return ScheduleConfig().retrain_cron
 
+
+# Declarative automation (EAGER_BEHIND_GATES on the data assets) is evaluated by this sensor; on
+# by default, so the data assets follow a new landing file without a click.
+automation = dg.AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=[*SOURCES, *ASSETS],
     asset_checks=ASSET_CHECKS,
-    jobs=[ingest_job, train_job, retrain_job],
-    sensors=[build_landing_sensor(ingest_job)],
-    schedules=[build_retrain_schedule(retrain_job, _retrain_cron())],
+    jobs=[ingest_job, train_job],
+    sensors=[build_landing_sensor(ingest_job), automation],
+    schedules=[build_retrain_schedule(train_job, _retrain_cron())],
     resources=resources(),
 )

@@ -145,3 +145,7 @@ class TunegraphSettings(dg.ConfigurableResource):
 
     def paths(self) -> Paths:
         return Paths(Path(self.home))
+
+    def eval_file(self, name: str) -> Path:
+        """A `data.eval_files` entry: paths are relative to the pipeline YAML."""
+        return (Path(self.config_path).parent / name).resolve()

@@ -166,9 +166,6 @@ class TrainingConfig(_Section):
     accelerate_config: str | None = Field(
         None, description="An `accelerate config` YAML (FSDP, DeepSpeed) for multi-GPU runs; GPUs only."
     )
-    retrain_cron: str = Field(
-        "0 3 * * 1", description="When the retrain schedule looks for changed data (weekly, Monday 03:00)."
-    )
     warm_start_from: str | None = Field(
         None,
         description="Start from an earlier registered model instead of model.base, at step 0: a version "
@@ -241,6 +238,14 @@ class TrackingConfig(_Section):
     registered_model: str = Field("tunegraph-model", description="MLflow registered model name.")
 
 
+class ScheduleConfig(_Section):
+    """When things run: not part of any asset's inputs, so a change here makes nothing stale."""
+
+    retrain_cron: str = Field(
+        "0 3 * * 1", description="When the retrain schedule looks for a stale model (weekly, Monday 03:00)."
+    )
+
+
 class PipelineConfig(_Section):
     name: str = "tunegraph"
     corpus: CorpusConfig = CorpusConfig()
@@ -250,6 +255,7 @@ class PipelineConfig(_Section):
     preference: PreferenceConfig = PreferenceConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, as logged to MLflow params."""

@@ -5,7 +5,7 @@ let the model see the answer it is later scored on.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,20 @@ def eval_ngrams(eval_records: Iterable[dict[str, Any]], n: int) -> set[tuple[str
 
 
 def decontaminate(
-    train: list[dict[str, Any]], eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
+    train: list[dict[str, Any]],
+    eval_records: list[dict[str, Any]],
+    n: int,
+    cache_file: Path | None = None,
+    text: Callable[[dict[str, Any]], str] = record_text,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(clean train, contaminated train records, each with the first shared n-gram).
 
-    With `cache_file`, train texts already found clean against this very eval set are not scanned
+    `text` is what is scanned of each train record (all its messages by default). With
+    `cache_file`, train texts already found clean against this very eval set are not scanned
     again, and the ones found clean now are remembered for the next run.
     """
     grams = eval_ngrams(eval_records, n)
-    texts = [record_text(r) for r in train]
+    texts = [text(r) for r in train]
 
     def shared_ngrams(text: str) -> set[tuple[str, ...]]:
         return ngrams(text, n) & grams

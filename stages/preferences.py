@@ -128,6 +128,11 @@ def synthetic_pairs(
     return pairs
 
 
+def pair_text(pair: dict[str, Any]) -> str:
+    """Everything a pair teaches from: the prompt, the chosen and the rejected answer."""
+    return "\n".join([*(m["content"] for m in pair["messages"]), pair["rejected"]])
+
+
 def dpo_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """TRL's conversational preference format."""
     return [

@@ -81,7 +81,7 @@ def data_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_example_shards(home, shards=2)
     settings = TunegraphSettings(home=str(home), config_path=str(TINY_CONFIG))
     with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
-        record = Runner(settings, instance).run(only=DATA_ASSETS)
+        record = Runner(settings, instance).run(select=DATA_ASSETS)
     assert record["status"] == "success", record["errors"]
     return home
 

@@ -33,7 +33,7 @@ def _setup(home, tmp_path, enabled: bool) -> TunegraphSettings:  # noqa: ANN001
 def test_a_planted_eval_passage_is_removed_from_training(home, instance, tmp_path):
     settings = _setup(home, tmp_path, enabled=True)
     record = Runner(settings, instance).run(
-        only=["raw_corpus", "clean_corpus", "base_model", "deduplicated_corpus", "augmented_corpus"]
+        select=["raw_corpus", "clean_corpus", "base_model", "deduplicated_corpus", "augmented_corpus"]
     )
     assert record["status"] == "success", record["errors"]
     dedup = settings.paths().latest("deduplicated_corpus")
@@ -59,7 +59,7 @@ def test_model_paraphrase_runs_through_the_asset_and_is_cached(home, instance, t
     )
     settings = TunegraphSettings(home=str(home), config_path=str(config))
     record = Runner(settings, instance).run(
-        only=["raw_corpus", "clean_corpus", "base_model", "deduplicated_corpus", "augmented_corpus"]
+        select=["raw_corpus", "clean_corpus", "base_model", "deduplicated_corpus", "augmented_corpus"]
     )
     assert record["status"] == "success", record["errors"]
     summary = json.loads((settings.paths().latest("augmented_corpus") / "summary.json").read_text())

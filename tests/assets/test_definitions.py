@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import dagster as dg
+
 from pipelines.definitions import defs
 from resources.settings import REPO_ROOT
 
@@ -12,6 +14,9 @@ def test_definitions_hold_the_graph_in_groups():
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {
+        "landing_file": "sources",
+        "preference_files": "sources",
+        "pipeline_config": "sources",
         "raw_corpus": "data",
         "clean_corpus": "data",
         "deduplicated_corpus": "data",
@@ -28,25 +33,44 @@ def test_definitions_hold_the_graph_in_groups():
         for k in graph.get_all_asset_keys()
     }
     by_name = {k.to_user_string(): v for k, v in parents.items()}
-    assert by_name["fine_tuned_model"] == {"tokenized_dataset", "base_model"}
-    assert by_name["clean_corpus"] == {"raw_corpus"}
-    for key in graph.get_all_asset_keys():
+    assert by_name["fine_tuned_model"] == {"tokenized_dataset", "base_model", "pipeline_config"}
+    assert by_name["clean_corpus"] == {"raw_corpus", "pipeline_config"}
+    assert by_name["raw_corpus"] == {"landing_file", "pipeline_config"}
+    for key in graph.materializable_asset_keys:
         assert graph.get(key).code_version, f"{key} has no code_version"
 
 
-def test_blocking_checks_guard_training():
-    checks = {(c.asset_key.to_user_string(), c.name): c for c in defs.resolve_asset_graph().asset_check_keys}
-    names = {name for _, name in checks}
-    assert {
-        "accounting_holds",
-        "no_eval_contamination",
-        "enough_examples",
-        "no_residual_pii",
-        "blocks_have_labels",
-    } <= names
+def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
     graph = defs.resolve_asset_graph()
-    for key in graph.asset_check_keys:
-        assert graph.get_check_spec(key).blocking, key
+    config = dg.AssetKey("pipeline_config")
+
+    def reads(asset: str) -> list[str]:
+        mapping = graph.get_partition_mapping(dg.AssetKey(asset), config)
+        return sorted(mapping.partition_keys)
+
+    assert reads("clean_corpus") == ["data.cleaning"]
+    assert reads("tokenized_dataset") == ["data.block_size"]
+    assert reads("fine_tuned_model") == ["tracking", "training"]
+    assert reads("model_evaluation") == ["data.seed", "evaluation", "tracking"]
+
+
+def test_data_checks_block_and_evaluation_checks_only_warn():
+    graph = defs.resolve_asset_graph()
+    blocking = {k.to_user_string() for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert blocking == {
+        "deduplicated_corpus:accounting_holds",
+        "augmented_corpus:no_eval_contamination",
+        "augmented_corpus:enough_examples",
+        "augmented_corpus:no_residual_pii",
+        "augmented_corpus:duplicate_rate",
+        "augmented_corpus:schema_valid",
+        "tokenized_dataset:blocks_have_labels",
+        "preference_pairs:pairs_well_formed",
+        "preference_pairs:pairs_not_in_eval",
+    }
+    # A quality signal on the last asset: it warns and holds nothing back.
+    warn_only = {k.to_user_string() for k in graph.asset_check_keys} - blocking
+    assert warn_only == {"model_evaluation:candidate_promoted", "model_evaluation:generations_stop_at_eos"}
 
 
 def test_dagster_definitions_validate_cli(home, instance):

@@ -9,6 +9,7 @@ import pytest
 from conftest import write_config, write_example_shards, write_jsonl
 from transformers import AutoTokenizer
 
+from assets.versions import latest_data_version
 from pipelines.lineage import compare, lineage_of_file
 from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
@@ -76,9 +77,9 @@ def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, 
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
     assert "eval_fine_tuned_perplexity" in run.data.metrics
     version = client.get_model_version("tunegraph-tiny", "1")
-    tokens_summary = json.loads((settings.paths().latest("tokenized_dataset") / "summary.json").read_text())
-    assert version.tags["tunegraph.data_version.tokenized_dataset"] == tokens_summary["content_version"]
-    assert version.tags["tunegraph.data_version.augmented_corpus"].startswith("v-")
+    # Tagged with the content versions Dagster recorded for its inputs.
+    for asset in ("tokenized_dataset", "augmented_corpus", "base_model"):
+        assert version.tags[f"tunegraph.data_version.{asset}"] == latest_data_version(instance, asset)
 
     # Every packed example has labels; the fine-tuned model carries the template training used.
     paths = settings.paths()
@@ -140,19 +141,21 @@ def test_unknown_format_fails_its_partition_only(home, instance, settings):
         "raw_corpus: notes.docx: unknown format '.docx'; rename it to one of "
         ".csv, .json, .jsonl, .md, .ndjson, .parquet, .txt or set corpus.format"
     ]
-    # The good files were still read and cleaned, and are not redone after the fix.
+    # The good files were still read and cleaned, and are not redone after the fix; the removed
+    # file is read as empty once, so nothing of it can reach the training set.
     (home / "landing" / "notes.docx").unlink()
     fixed = Runner(settings, instance).run()
-    assert fixed["status"] == "success" and fixed["partitions_processed"] == []
+    assert fixed["status"] == "success", fixed["errors"]
+    assert fixed["partitions_processed"] == ["notes.docx"] and fixed["partitions_removed"] == ["notes.docx"]
 
 
 def test_a_clean_partition_from_an_older_version_is_a_clear_error(home, instance, settings):
     write_example_shards(home, shards=2)
-    assert Runner(settings, instance).run(only=["raw_corpus", "clean_corpus"])["status"] == "success"
+    assert Runner(settings, instance).run(select=["raw_corpus", "clean_corpus"])["status"] == "success"
     # As clean_corpus wrote it before response hashes were stored per landing file.
     old = settings.paths().latest("clean_corpus", "stdlib-00.jsonl") / "records.parquet"
     write_rows(old, [{k: v for k, v in r.items() if k != "response_hash"} for r in read_rows(old)])
-    record = Runner(settings, instance).run(only=["deduplicated_corpus"])
+    record = Runner(settings, instance).run(select=["deduplicated_corpus"])
     assert record["status"] == "failed"
     assert record["errors"][0].startswith(
         "deduplicated_corpus: clean_corpus[stdlib-00.jsonl] was written by an older tunegraph"

@@ -117,7 +117,7 @@ def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_w
     extra = [{"instruction": f"What does helper_{i}() return?", "output": f"It returns the number {i} as an int."}
              for i in range(40)]  # fmt: skip
     (prepared_home / "landing" / "added.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
-    assert Runner(settings, instance).run(only=DATA_ASSETS)["status"] == "success"
+    assert Runner(settings, instance).run(select=DATA_ASSETS)["status"] == "success"
     refused = materialize_fine_tune(settings, instance)
     assert refused.success
     metadata = refused.get_asset_materialization_events()[0].materialization.metadata

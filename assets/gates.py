@@ -1,0 +1,129 @@
+"""May it run? The blocking asset checks answer, on every path: `tunegraph run`, a UI launch,
+automation and the schedule.
+
+Dagster enforces a blocking check only inside the run that evaluated it, so a later run (or a
+UI "Materialize" of one downstream asset) would read data its gate rejected. Every asset with a
+blocking check upstream therefore calls `require_upstream_gates` before it reads anything: each
+blocking check on each ancestor must have passed on that ancestor's latest materialisation. A
+check that failed, or never ran on the latest materialisation, stops the asset, and the check's
+metadata (its `fix` entry first) says what to do.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+SHOWN_METADATA = 4  # numbers and short texts from a failed check's metadata, after its `fix`
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The state of one blocking check on its asset's latest materialisation."""
+
+    check: dg.AssetCheckKey
+    passed: bool
+    detail: str  # why it does not pass, in words a user can act on
+
+    @property
+    def name(self) -> str:
+        return f"{self.check.asset_key.to_user_string()}:{self.check.name}"
+
+    @property
+    def not_run(self) -> bool:
+        """It did not fail: it has not been evaluated on the latest materialisation."""
+        return not self.passed and self.detail.startswith("has not run")
+
+
+def blocking_checks(asset_graph: BaseAssetGraph, assets: Iterable[dg.AssetKey]) -> list[dg.AssetCheckKey]:
+    keys = set(assets)
+    return sorted(
+        (node.key for node in asset_graph.asset_check_nodes if node.blocking and node.key.asset_key in keys),
+        key=lambda k: k.to_user_string(),
+    )
+
+
+def upstream_checks(asset_graph: BaseAssetGraph, asset: dg.AssetKey) -> list[dg.AssetCheckKey]:
+    """The blocking checks on every ancestor of `asset`: what must hold before it may run."""
+    return blocking_checks(asset_graph, asset_graph.get_ancestor_asset_keys(asset))
+
+
+def gate_states(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) -> dict[dg.AssetCheckKey, Gate]:
+    """Each check's state on the latest materialisation of its asset (two queries in all)."""
+    if not checks:
+        return {}
+    executions = instance.event_log_storage.get_latest_asset_check_execution_by_key(checks)
+    latest = {
+        r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+        for r in instance.get_asset_records(list({c.asset_key for c in checks}))
+        if r.asset_entry.last_materialization_record
+    }
+    return {check: _state(check, executions.get(check), latest.get(check.asset_key)) for check in checks}
+
+
+def _state(check: dg.AssetCheckKey, execution, materialization) -> Gate:  # noqa: ANN001
+    asset = check.asset_key.to_user_string()
+    if materialization is None:
+        return Gate(check, False, f"has not run: {asset} has not been materialised")
+    finished = execution is not None and execution.status in (
+        AssetCheckExecutionRecordStatus.SUCCEEDED,
+        AssetCheckExecutionRecordStatus.FAILED,
+    )
+    if not finished or not _targets(execution, materialization):
+        return Gate(
+            check,
+            False,
+            f"has not run on the latest materialisation of {asset}: materialise it with its checks",
+        )
+    evaluation = execution.evaluation
+    if evaluation.passed or evaluation.severity == dg.AssetCheckSeverity.WARN:  # WARN never blocks
+        return Gate(check, True, "passed")
+    return Gate(check, False, f"failed: {summary(evaluation.metadata)}")
+
+
+def _targets(execution, materialization) -> bool:  # noqa: ANN001
+    """Did this finished evaluation judge this materialisation? The rule of Dagster's own UI
+    (AssetCheckExecutionRecord.targets_latest_materialization): the same run; else the
+    materialisation it names; else (a check evaluated in a step that recorded none) one before it."""
+    if materialization.event_log_entry.run_id == execution.run_id:
+        return True
+    target = execution.evaluation.target_materialization_data
+    if target is None:
+        return materialization.timestamp < execution.create_timestamp
+    return target.storage_id == materialization.storage_id
+
+
+def summary(metadata: dict[str, dg.MetadataValue]) -> str:
+    """What a failed check says to do (its `fix` entry), then its first few numbers."""
+    fix = metadata.get("fix")
+    shown = [
+        f"{key}={value.value}"
+        for key, value in metadata.items()
+        if key != "fix" and isinstance(value.value, int | float | bool | str) and len(str(value.value)) <= 80
+    ][:SHOWN_METADATA]
+    return "; ".join([*([str(fix.value)] if fix else []), ", ".join(shown)]) or "see its metadata"
+
+
+def failed_upstream(
+    instance: dg.DagsterInstance, asset_graph: BaseAssetGraph, asset: dg.AssetKey
+) -> list[Gate]:
+    states = gate_states(instance, upstream_checks(asset_graph, asset))
+    return [gate for gate in states.values() if not gate.passed]
+
+
+def blocked_message(asset: str, gates: list[Gate]) -> str:
+    reasons = "; ".join(f"{g.name} {g.detail}" for g in gates)
+    return f"{asset} may not run: {reasons}"
+
+
+def require_upstream_gates(context: dg.AssetExecutionContext) -> None:
+    """Stop this asset (no retry) unless every blocking check upstream passed on the current data."""
+    failed = failed_upstream(context.instance, context.job_def.asset_layer.asset_graph, context.asset_key)
+    if failed:
+        raise dg.Failure(
+            description=blocked_message(context.asset_key.to_user_string(), failed),
+            metadata={g.name: g.detail for g in failed},
+            allow_retries=False,  # the data must change first; a retry would fail the same way
+        )
