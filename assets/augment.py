@@ -16,8 +16,10 @@ from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
+from stages.config import DataConfig
 from stages.content import content_hash
 from stages.decontamination import decontaminate, record_text
+from stages.dedup import residual_duplicates
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
@@ -101,7 +103,7 @@ GATES = {
     "no_eval_contamination": "No train record shares an n-gram or id with eval.",
     "enough_examples": "Train and eval sets are big enough to learn from.",
     "no_residual_pii": "No PII pattern survives into training data.",
-    "duplicate_rate": "Responses duplicated among original train records stay under data.max_duplicate_rate.",
+    "duplicate_rate": "Original train responses that (near-)duplicate an earlier one stay under data.max_duplicate_rate.",
     "schema_valid": "Every record is a valid conversation ending with an answer.",
 }
 
@@ -120,7 +122,7 @@ def training_data_gates(settings: TunegraphSettings) -> Iterator[dg.AssetCheckRe
     yield _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram)
     yield _enough_examples(train, eval_rows)
     yield _no_residual_pii(paths.home, train, eval_rows)
-    yield _duplicate_rate(train, cfg.data.max_duplicate_rate)
+    yield _duplicate_rate(paths.home, train, cfg.data)
     yield _schema_valid(train, eval_rows)
 
 
@@ -131,28 +133,53 @@ def _no_eval_contamination(
     _, leaked = decontaminate(train, eval_rows, n, home / "cache" / "contamination-clean.json")
     eval_ids = {r["id"] for r in eval_rows}
     same_id = [r for r in train if r["source_id"] in eval_ids]
+    passed = not leaked and not same_id
     return dg.AssetCheckResult(
         check_name="no_eval_contamination",
-        passed=not leaked and not same_id,
+        passed=passed,
         metadata={
             "contaminated_train_records": len(leaked),
             "train_ids_in_eval": len(same_id),
             "examples": md_table(
                 [{"id": r["id"], "shared_ngram": r["shared_ngram"]} for r in leaked], ["id", "shared_ngram"]
             ),
+            **(
+                {}
+                if passed
+                else {
+                    "fix": f"remove or rewrite {where(leaked + same_id)}, which share {n}-word "
+                    "passages or ids with the eval sets, or set data.decontamination.enabled: true"
+                }
+            ),
         },
     )
 
 
+def where(records: list[dict], shown: int = 3) -> str:
+    """'id (file:line), ...' for the first few records: where a user goes to fix them."""
+    named = [f"{r['id']} ({r.get('source_file')}:{r.get('source_line')})" for r in records[:shown]]
+    more = f" and {len(records) - shown} more" if len(records) > shown else ""
+    return ", ".join(named) + more
+
+
 def _enough_examples(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
+    passed = len(train) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES
     return dg.AssetCheckResult(
         check_name="enough_examples",
-        passed=len(train) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES,
+        passed=passed,
         metadata={
             "train": len(train),
             "eval": len(eval_rows),
             "minimum_train": MIN_TRAIN_EXAMPLES,
             "minimum_eval": MIN_EVAL_EXAMPLES,
+            **(
+                {}
+                if passed
+                else {
+                    "fix": "add landing files, or see the data assets' `dropped` counts for what "
+                    "the cleaning rules removed; raise data.eval_fraction for a bigger eval set"
+                }
+            ),
         },
     )
 
@@ -173,19 +200,46 @@ def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg
         metadata={
             "matches": counts_table(dict(found), key="type"),
             "records": md_table(offenders, ["id", "types"]),
+            **(
+                {"fix": f"remove the personal data from {where(offenders)}; redaction missed it"}
+                if found
+                else {}
+            ),
         },
     )
 
 
-def _duplicate_rate(train: list[dict], limit: float) -> dg.AssetCheckResult:
-    originals = [r for r in train if r["augmentation"] == "none"]
-    by_hash = Counter(r["response_hash"] for r in originals)  # set by clean_corpus, per landing file
-    duplicated = sum(n - 1 for n in by_hash.values() if n > 1)
-    rate = duplicated / max(len(originals), 1)
+DUPLICATE_CHECK_MIN_WORDS = 8  # below near dedup's 16: the check sees the short copies dedup leaves
+
+
+def _duplicate_rate(home: Path, train: list[dict], data: DataConfig) -> dg.AssetCheckResult:
+    originals = [r for r in train if r["augmentation"] == "none"]  # augmented copies repeat by design
+    nd = data.near_dedup
+    duplicates = residual_duplicates(originals, home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz",
+                                     nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
+    rate = len(duplicates) / max(len(originals), 1)
+    passed = rate <= data.max_duplicate_rate
     return dg.AssetCheckResult(
         check_name="duplicate_rate",
-        passed=rate <= limit,
-        metadata={"duplicate_rate": rate, "limit": limit, "duplicates": duplicated},
+        passed=passed,
+        metadata={
+            "duplicate_rate": round(rate, 4),
+            "limit": data.max_duplicate_rate,
+            "duplicates": len(duplicates),
+            "originals": len(originals),
+            "examples": md_table(
+                [{"id": d["id"], "duplicate_of": d["duplicate_of"]} for d in duplicates],
+                ["id", "duplicate_of"],
+            ),  # fmt: skip
+            **(
+                {}
+                if passed
+                else {
+                    "fix": "drop the duplicates listed in `examples` (or enable data.near_dedup, "
+                    "lower its min_words), or raise data.max_duplicate_rate"
+                }
+            ),
+        },
     )
 
 
@@ -198,5 +252,9 @@ def _schema_valid(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResu
     return dg.AssetCheckResult(
         check_name="schema_valid",
         passed=not bad,
-        metadata={"invalid": len(bad), "examples": md_table(bad, ["id", "problem"])},
+        metadata={
+            "invalid": len(bad),
+            "examples": md_table(bad, ["id", "problem"]),
+            **({"fix": f"fix or remove {where(bad)} ({bad[0]['problem']})"} if bad else {}),
+        },
     )

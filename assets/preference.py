@@ -154,9 +154,14 @@ def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
         elif chosen == rejected:
             problems["chosen_equals_rejected"] += 1
     minimum = settings.config().preference.min_pairs
+    passed = not problems and len(pairs) >= minimum
+    fix = (
+        f"fix the pairs counted in {', '.join(problems)} in landing/preferences/" if problems
+        else f"add preference pairs (at least {minimum}) or lower preference.min_pairs"
+    )  # fmt: skip
     return dg.AssetCheckResult(
-        passed=not problems and len(pairs) >= minimum,
-        metadata={"pairs": len(pairs), "minimum": minimum, **problems},
+        passed=passed,
+        metadata={"pairs": len(pairs), "minimum": minimum, **problems, **({} if passed else {"fix": fix})},
     )
 
 

@@ -99,8 +99,20 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
 def _blocks_have_labels(path: Path) -> dg.AssetCheckResult:
     """Read back from the written file, not from the packer's own counts."""
     blocks, empty = count_blocks_without_labels(path)
+    passed = blocks > 0 and empty == 0
     return dg.AssetCheckResult(
         check_name="blocks_have_labels",
-        passed=blocks > 0 and empty == 0,
-        metadata={"blocks": blocks, "without_labels": empty},
+        passed=passed,
+        metadata={
+            "blocks": blocks,
+            "without_labels": empty,
+            **(
+                {}
+                if passed
+                else {
+                    "fix": "prompts longer than data.block_size leave no answer tokens to "
+                    "learn: raise data.block_size or shorten those prompts"
+                }
+            ),
+        },
     )

@@ -103,10 +103,12 @@ class DataConfig(_Section):
     )
     block_size: int = Field(512, ge=16, description="Tokens per packed training block.")
     max_duplicate_rate: float = Field(
-        0.0,
+        0.05,
         ge=0.0,
         le=1.0,
-        description="Blocking check: share of train responses still duplicated after dedup.",
+        description="Blocking check: most share of original train responses that still exactly or nearly "
+        "duplicate an earlier one (near: data.near_dedup's threshold, down to 8-word responses). The "
+        "demo corpus measures 0.025 with near dedup on, 0.073 with it off.",
     )
     cleaning: CleaningConfig = CleaningConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()

@@ -100,3 +100,21 @@ def near_dedup(
     kept = [r for i, r in enumerate(records) if i not in dropped]
     near = [{**records[i], "duplicate_of": first} for i, first in sorted(dropped.items())]
     return kept, near
+
+
+def residual_duplicates(
+    records: list[dict[str, Any]],
+    cache_file: Path,
+    threshold: float,
+    ngram: int,
+    num_perm: int,
+    min_words: int,
+) -> list[dict[str, Any]]:
+    """Records whose response exactly or nearly duplicates an earlier one's, each naming it.
+
+    What the `duplicate_rate` gate measures after dedup: with `min_words` below dedup's own, it
+    also sees the short near-copies dedup leaves alone, so it is not zero by construction.
+    """
+    kept, exact = exact_dedup(records)
+    _, near = near_dedup(kept, cache_file, threshold, ngram, num_perm, min_words)
+    return exact + near
