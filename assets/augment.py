@@ -193,7 +193,8 @@ def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg
     for r, hits in zip(records, cache.scan([record_text(r) for r in records], pii.find), strict=True):
         if hits:
             found += hits
-            offenders.append({"id": r["id"], "types": ", ".join(sorted(hits))})
+            offenders.append({**{k: r.get(k) for k in ("id", "source_file", "source_line")},
+                              "types": ", ".join(sorted(hits))})  # fmt: skip
     return dg.AssetCheckResult(
         check_name="no_residual_pii",
         passed=not found,
@@ -245,7 +246,7 @@ def _duplicate_rate(home: Path, train: list[dict], data: DataConfig) -> dg.Asset
 
 def _schema_valid(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
     bad = [
-        {"id": r.get("id"), "problem": problem}
+        {**{k: r.get(k) for k in ("id", "source_file", "source_line")}, "problem": problem}
         for r in train + eval_rows
         if (problem := schema_problem(r)) is not None
     ]

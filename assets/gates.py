@@ -118,9 +118,21 @@ def blocked_message(asset: str, gates: list[Gate]) -> str:
     return f"{asset} may not run: {reasons}"
 
 
+def code_location_graph() -> BaseAssetGraph:
+    """The whole graph of the code location, checks included.
+
+    Not the run's own graph: a run of one asset holds only the checks of the assets it selected,
+    so the gates upstream would be invisible to it. Imported when called, as the code location
+    imports the assets.
+    """
+    from pipelines.definitions import defs
+
+    return defs.resolve_asset_graph()
+
+
 def require_upstream_gates(context: dg.AssetExecutionContext) -> None:
     """Stop this asset (no retry) unless every blocking check upstream passed on the current data."""
-    failed = failed_upstream(context.instance, context.job_def.asset_layer.asset_graph, context.asset_key)
+    failed = failed_upstream(context.instance, code_location_graph(), context.asset_key)
     if failed:
         raise dg.Failure(
             description=blocked_message(context.asset_key.to_user_string(), failed),

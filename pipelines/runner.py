@@ -81,8 +81,8 @@ class Runner:
                 asset: [f"{g.name} {g.detail}" for g in gates] for asset, gates in plan.blocked.items()
             },
         }
-        for asset, gates in plan.blocked.items():
-            self.log(f"not materialising {asset}: " + "; ".join(f"{g.name} {g.detail}" for g in gates))
+        if plan.blocked:
+            self.log(f"held back by failed gates: {', '.join(plan.blocked)}")
         return self._execute(plan, record)
 
     def _execute(self, plan: Plan, record: dict[str, Any]) -> dict[str, Any]:

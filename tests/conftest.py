@@ -120,3 +120,19 @@ def mlflow_statuses(home: Path, experiment: str = "tunegraph-tiny") -> list[str]
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                               order_by=["attributes.start_time ASC"])  # fmt: skip
     return [r.info.status for r in runs]
+
+
+def launch(
+    instance, settings, names: list[str], partition_key: str | None = None
+) -> dg.ExecuteInProcessResult:  # noqa: ANN001
+    """A run of exactly these assets and their checks: what the UI's "Materialize" launches."""
+    from pipelines import definitions
+
+    return dg.materialize(
+        [*definitions.SOURCES, *definitions.ASSETS, *definitions.ASSET_CHECKS],
+        selection=names,
+        partition_key=partition_key,
+        instance=instance,
+        resources={**definitions.resources(settings.home, settings.config_path), "settings": settings},
+        raise_on_error=False,
+    )
