@@ -1,5 +1,6 @@
-"""`tunegraph run` stopped with Ctrl-C, then killed outright, then run again: it resumes, and
-MLflow is left with no run RUNNING. The real CLI in its own process group, as a terminal runs it."""
+"""`tunegraph run` killed outright on a fresh state folder, then stopped with Ctrl-C, then run
+again: nothing finished before a crash is redone, training resumes, and MLflow is left with no run
+RUNNING. The real CLI in its own process group, as a terminal runs it."""
 
 import json
 import os
@@ -9,10 +10,22 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
-from conftest import mlflow_statuses, write_config, write_example_shards
+from conftest import TINY_CONFIG, mlflow_statuses, write_config, write_example_shards
+
+from pipelines.cli import configure_environment
+from resources.settings import REPO_ROOT
 
 TUNEGRAPH = Path(sys.executable).parent / "tunegraph"
+UPSTREAM = [
+    "raw_corpus",
+    "clean_corpus",
+    "deduplicated_corpus",
+    "augmented_corpus",
+    "tokenized_dataset",
+    "base_model",
+]
 
 
 def start_run(home: Path, config: Path) -> subprocess.Popen:
@@ -33,22 +46,49 @@ def signal_at_checkpoint(proc: subprocess.Popen, checkpoint: Path, sig: int) -> 
     return proc.wait(timeout=120)
 
 
+def materialisations(home: Path) -> dict[str, int]:
+    configure_environment(home, TINY_CONFIG)
+    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
+        return {a: len(instance.fetch_materializations(dg.AssetKey(a), limit=100).records) for a in UPSTREAM}
+
+
+def resumed_from_steps(home: Path) -> list[str]:
+    from resources.tracking import MlflowTracking
+
+    client = MlflowTracking(home=str(home)).client()
+    runs = client.search_runs([client.get_experiment_by_name("tunegraph-tiny").experiment_id],
+                              order_by=["attributes.start_time ASC"])  # fmt: skip
+    return [r.data.tags.get("tunegraph.resumed_from_step") for r in runs]
+
+
 @pytest.mark.slow
-def test_ctrl_c_then_sigkill_then_rerun_resumes_and_leaves_nothing_running(home, tmp_path):
+def test_sigkill_then_ctrl_c_then_rerun_redoes_nothing_upstream_and_resumes(home, tmp_path):
     write_example_shards(home, shards=2)
     config = write_config(tmp_path / "long.yaml",
                           training={"max_steps": 30, "save_steps": 3, "logging_steps": 3})  # fmt: skip
     checkpoints = home / "checkpoints" / "fine_tuned_model"
 
-    # Ctrl-C: the training stops, its MLflow run says KILLED, the checkpoint stays, no retry.
-    assert signal_at_checkpoint(start_run(home, config), checkpoints / "checkpoint-3", signal.SIGINT) == 1
-    assert mlflow_statuses(home) == ["KILLED"]
+    # The first run of a fresh state folder, SIGKILLed with all its processes after the first checkpoint:
+    # nothing can end its MLflow run now but the next run.
+    assert signal_at_checkpoint(start_run(home, config), checkpoints / "checkpoint-3", signal.SIGKILL) == -9
+    assert mlflow_statuses(home) == ["RUNNING"]
+    done = materialisations(home)
+    assert all(done[a] >= 1 for a in UPSTREAM), done  # recorded by Dagster as each step finished
+
+    # The next run redoes no upstream asset and resumes; Ctrl-C at the next checkpoint stops it
+    # without a retry, its MLflow run KILLED, the checkpoint kept.
+    assert signal_at_checkpoint(start_run(home, config), checkpoints / "checkpoint-6", signal.SIGINT) == 1
+    assert mlflow_statuses(home) == ["KILLED", "KILLED"]  # the orphan of the SIGKILL too
+    assert resumed_from_steps(home) == ["0", "3"]  # the killed run's checkpoint, under the same key
     last = json.loads((home / "runs" / "last.json").read_text())
     assert last["status"] == "failed" and "interrupted" in last["errors"][0]
-
-    # SIGKILL to every process: nothing can end the MLflow run now but the next run.
-    assert signal_at_checkpoint(start_run(home, config), checkpoints / "checkpoint-6", signal.SIGKILL) == -9
-    assert mlflow_statuses(home) == ["KILLED", "RUNNING"]
+    assert sorted(last["stale"]) == [
+        "fine_tuned_model",
+        "model_evaluation",
+        "preference_model",
+        "preference_pairs",
+    ]
+    assert materialisations(home) == done
 
     final = start_run(home, config)
     assert final.wait(timeout=900) == 0
@@ -64,3 +104,5 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_and_leaves_nothing_running(home,
     assert report["status"] == "success"
     assert report["training"]["resumed_from_step"] == 6 and report["training"]["steps"] == 30
     assert mlflow_statuses(home) == ["KILLED", "KILLED", "FINISHED"]
+    assert resumed_from_steps(home) == ["0", "3", "6"]
+    assert materialisations(home) == done
