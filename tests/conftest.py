@@ -136,3 +136,26 @@ def launch(
         resources={**definitions.resources(settings.home, settings.config_path), "settings": settings},
         raise_on_error=False,
     )
+
+
+# Eval passages planted in a training file: what the contamination gate exists to catch.
+PASSAGE = (
+    "the reference implementation walks the tree twice so that every node is visited in order before any "
+    "callback sees a partially built result"
+)
+WHAT_TO_FIX = "remove or rewrite planted (planted.jsonl:1)"
+
+
+def contaminated(home, tmp_path, decontamination: bool = False) -> TunegraphSettings:  # noqa: ANN001
+    write_example_shards(home, shards=2)
+    write_jsonl(home / "landing" / "planted.jsonl", [
+        {"id": "planted", "instruction": "How does the walker work?", "output": f"In short: {PASSAGE}. That is all."},
+    ])  # fmt: skip
+    write_jsonl(
+        tmp_path / "eval.jsonl", [{"instruction": "Describe the walker.", "output": PASSAGE.capitalize()}]
+    )
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        data={"eval_files": ["eval.jsonl"], "decontamination": {"enabled": decontamination, "ngram": 13}},
+    )
+    return TunegraphSettings(home=str(home), config_path=str(config))

@@ -8,21 +8,16 @@ import sys
 
 import dagster as dg
 import pytest
-from conftest import launch, write_config, write_example_shards, write_jsonl
+from conftest import WHAT_TO_FIX, contaminated, launch
 
 from pipelines import definitions
 from pipelines.definitions import defs
 from pipelines.runner import Runner
 from pipelines.staleness import read_state
-from resources.settings import REPO_ROOT, TunegraphSettings
+from resources.settings import REPO_ROOT
 from resources.tracking import MlflowTracking
 from stages.tables import read_rows
 
-PASSAGE = (
-    "the reference implementation walks the tree twice so that every node is visited in order before any "
-    "callback sees a partially built result"
-)
-WHAT_TO_FIX = "remove or rewrite planted (planted.jsonl:1)"
 DOWNSTREAM = [
     "tokenized_dataset",
     "fine_tuned_model",
@@ -30,21 +25,6 @@ DOWNSTREAM = [
     "preference_model",
     "model_evaluation",
 ]
-
-
-def contaminated(home, tmp_path, decontamination: bool = False) -> TunegraphSettings:  # noqa: ANN001
-    write_example_shards(home, shards=2)
-    write_jsonl(home / "landing" / "planted.jsonl", [
-        {"id": "planted", "instruction": "How does the walker work?", "output": f"In short: {PASSAGE}. That is all."},
-    ])  # fmt: skip
-    write_jsonl(
-        tmp_path / "eval.jsonl", [{"instruction": "Describe the walker.", "output": PASSAGE.capitalize()}]
-    )
-    config = write_config(
-        tmp_path / "cfg.yaml",
-        data={"eval_files": ["eval.jsonl"], "decontamination": {"enabled": decontamination, "ngram": 13}},
-    )
-    return TunegraphSettings(home=str(home), config_path=str(config))
 
 
 def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
