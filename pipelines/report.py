@@ -24,6 +24,9 @@ def build_report(paths: Paths) -> dict[str, Any]:
         "status": last.get("status"),
         "run_id": last.get("run_id"),
         "errors": last.get("errors", []),
+        # What Dagster reported stale when the run began (asset -> causes), and what gates held back.
+        "stale": last.get("stale", {}),
+        "blocked": last.get("blocked", {}),
         "data": {
             "documents_in": accounting.get("documents_in"),
             "documents_kept": accounting.get("documents_kept"),

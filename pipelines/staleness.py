@@ -51,6 +51,8 @@ def read_state(
         asset_graph=asset_graph,
     )
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
+    # One query for every asset's latest records instead of one each (SQLite opens a connection per query).
+    resolver.instance_queryer.prefetch_asset_records(asset_graph.get_all_asset_keys())
     stale: dict[str, set[str | None]] = {}
     causes: dict[str, list[str]] = {}
     for name in graph.order:
