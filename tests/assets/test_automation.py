@@ -90,7 +90,7 @@ def test_retrain_schedule_runs_when_the_model_is_stale(home, instance, settings)
     assert assets == ["fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation"], reason
 
     schedule = defs.get_schedule_def("retrain_when_data_changed")
-    context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
-    [request] = schedule.evaluate_tick(context).run_requests
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
+        [request] = schedule.evaluate_tick(context).run_requests
     assert request.tags["tunegraph/trigger"] == "schedule"
     assert [k.to_user_string() for k in request.asset_selection] == assets

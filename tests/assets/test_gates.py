@@ -88,9 +88,9 @@ def test_a_failed_gate_holds_on_every_path_until_the_data_changes(home, instance
 
     # 6. The retrain schedule skips, saying why.
     schedule = defs.get_schedule_def("retrain_when_data_changed")
-    skip = schedule.evaluate_tick(
-        dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
-    )
+    # (As a context manager: an open schedule context keeps the instance's state storage current.)
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
+        skip = schedule.evaluate_tick(context)
     assert skip.run_requests == [] and "augmented_corpus:no_eval_contamination failed" in skip.skip_message
 
     # On no path did anything downstream materialise, and no model version was registered.
