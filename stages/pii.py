@@ -122,6 +122,22 @@ def _card(text: str, start: int, end: int) -> bool:
     )
 
 
+def _email(text: str, start: int, end: int) -> bool:
+    """An email address, not a mail Message-ID or References entry (<local@host> in one of those
+    headers, or a local part of dotted numbers) nor an scp-style remote (git@github.com:org/repo)."""
+    local = text[start : text.index("@", start)]
+    if re.fullmatch(r"\d+(?:\.\d+)+", local) or re.match(r":[\w~/]", text[end : end + 2]):
+        return False
+    if text[start - 1 : start] == "<":
+        headers = _HEADER.findall(text, max(0, start - 500), start)
+        return not (headers and headers[-1].lower() in _MESSAGE_ID_HEADERS)
+    return True
+
+
+_HEADER = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9-]*):(?=\s)", re.MULTILINE)
+_MESSAGE_ID_HEADERS = {"message-id", "references", "in-reply-to", "content-id", "resent-message-id"}
+
+
 def _global_ipv4(text: str, start: int, end: int) -> bool:
     try:
         address = ipaddress.IPv4Address(text[start:end])
@@ -196,7 +212,7 @@ _RULES: list[Callable[[str], Iterator[Match]]] = [
     _regex("aws_access_key", "secret", _AWS_KEY),
     _regex("aws_secret_key", "secret", _AWS_SECRET),
     _regex("bearer_token", "secret", _BEARER),
-    _regex("email", "email", _EMAIL),
+    _regex("email", "email", _EMAIL, _email),
     _regex("card_number", "card_number", _CARD, _card),
     _regex("ipv6", "ip_address", _IPV6, _global_ipv6),
     _regex("ipv4", "ip_address", _IPV4, _global_ipv4),
