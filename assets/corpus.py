@@ -17,7 +17,7 @@ from stages.tables import read_rows, write_json, write_rows
 @dg.asset(
     group_name="data",
     partitions_def=landing_files,
-    code_version="raw-1",
+    code_version="raw-2",
     kinds={"parquet"},
     description="Records read from one landing file, with source file and line; unreadable rows quarantined.",
 )
@@ -71,7 +71,7 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     group_name="data",
     partitions_def=landing_files,
     deps=[raw_corpus],
-    code_version="clean-2",
+    code_version="clean-3",
     kinds={"parquet"},
     description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
 )
