@@ -113,7 +113,7 @@ def synthetic_pairs(
     """
     pairs = []
     for record, answer in zip(records, generated, strict=True):
-        if record["schema"] == "text":
+        if record.get("schema") == "text":
             continue  # a document answers no prompt: there is no preference to learn
         reference = record["messages"][-1]["content"]
         if metrics.rouge_l(answer, reference) >= max_rouge_l:
