@@ -28,6 +28,9 @@ def version_lineage(client: MlflowClient, version: ModelVersion) -> dict[str, An
         parent = version_lineage(client, client.get_model_version(sft["model_name"], sft["version"]))
         record = {"method": "dpo", "trained_from": f"models:/{sft['model_name']}/{sft['version']}",
                   "landing_files": parent["landing_files"], "code_versions": {}, **record}  # fmt: skip
+    elif "method" not in record:  # an SFT version registered before lineage said how it was trained
+        warm = (record.get("warm_start_from") or {}).get("model_uri")
+        record = {"method": "sft", "trained_from": warm or record["config"].get("model.base"), **record}
     metrics = client.get_run(version.run_id).data.metrics
     record["metrics"] = {
         **record.get("metrics", {}),

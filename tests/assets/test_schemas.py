@@ -20,6 +20,7 @@ from conftest import write_config
 from transformers import AutoTokenizer
 
 from pipelines.cli import configure_environment
+from pipelines.lineage import lineage_of_file
 from pipelines.report import build_report, format_summary
 from pipelines.runner import Runner
 from resources.settings import REPO_ROOT, TunegraphSettings
@@ -99,8 +100,6 @@ def test_each_format_is_read_trained_on_and_registered(formats_home, landing_fil
     assert {r["schema"] for r in records} == {LANDING[landing_file]}
     # Trained on by the registered SFT version (v1) and by the DPO version built on it (v2).
     client = MlflowTracking(home=str(home)).client()
-    from pipelines.lineage import lineage_of_file
-
     versions = {row["version"]: row for row in lineage_of_file(client, "tunegraph-tiny", landing_file)}
     assert {"1", "2", "3"} <= set(versions) and versions["1"]["train_records"] > 0
     assert report["registry"]["version"] in ("1", "2")
