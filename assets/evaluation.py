@@ -3,6 +3,7 @@
 import gc
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import dagster as dg
@@ -18,13 +19,16 @@ from assets.preference import preference_model
 from assets.sources import reads_config
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
-from stages import metrics
-from stages.config import EvaluationConfig
 from stages.content import content_hash
-from stages.evaluation import generate, references, response_nll, variant_conversations
+from stages.evaluation import (
+    METRICS_BY_SCHEMA,
+    applies,
+    eval_items,
+    few_shot_examples,
+    score,
+)
 from stages.model_source import load_saved
 from stages.promotion import LOWER_IS_BETTER, decide
-from stages.split import eval_score
 from stages.tables import read_json, read_rows, write_json
 
 BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
@@ -55,7 +59,7 @@ def model_evaluation(
     records = eval_sets["held_out"]
     if not records:
         raise dg.Failure("the held-out split is empty: raise data.eval_fraction or add landing files")
-    shots = _few_shot_examples(
+    shots = few_shot_examples(
         read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k, cfg.data.seed
     )
     # The candidates: the fine-tuned model, and the DPO model trained from it when that is on.
@@ -72,6 +76,7 @@ def model_evaluation(
     # by_set[eval set][variant] -> scores; the held-out set is the one promotion and the report use.
     by_set: dict[str, dict[str, dict[str, Any] | None]] = {s: {} for s in eval_sets}
     generations: dict[str, list[str]] = {}
+    items: dict[str, list] = {}  # held-out items per variant, for the samples
     sources = {"base": BASE_VARIANTS, **{c: (c,) for c in candidates}}
     if champion_version is not None:
         sources["champion"] = ("champion",)
@@ -79,15 +84,16 @@ def model_evaluation(
         model, tokenizer = _load(source, paths, mlflow_tracking, name, champion_version)
         for variant in variants:
             for set_name, rows in eval_sets.items():
-                if not rows:
+                if not rows or not applies(variant, rows):
+                    by_set[set_name][variant] = None  # a prompt baseline on documents only: not applicable
                     continue
                 context.log.info(f"evaluating {variant} on {len(rows)} examples of {set_name}")
-                convs = variant_conversations(variant, rows, shots, ev.system_prompt)
-                by_set[set_name][variant], texts = _score(
-                    model, tokenizer, convs, rows, ev, f"{variant}/{set_name}"
-                )
+                scored = eval_items(variant, rows, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
+                by_set[set_name][variant], texts = score(model, tokenizer, scored, ev.batch_size,
+                                                         ev.max_new_tokens, ev.repetition_penalty,
+                                                         f"{variant}/{set_name}")  # fmt: skip
                 if set_name == "held_out":
-                    generations[variant] = texts
+                    generations[variant], items[variant] = texts, scored
         del model
         gc.collect()
     for scores in by_set.values():
@@ -108,13 +114,9 @@ def model_evaluation(
 
     table = [{"variant": v, **(m or {})} for v, m in results.items()]
     samples = [
-        {"prompt": r["messages"][-2]["content"], "reference": ref, "base": b, "fine_tuned": f}
-        for r, ref, b, f in zip(
-            records,
-            references(records),
-            generations["base_zero_shot"],
-            generations["fine_tuned"],
-            strict=True,
+        {"prompt": item.shown, "reference": item.reference, "base": b, "fine_tuned": f}
+        for item, b, f in zip(
+            items["base_zero_shot"], generations["base_zero_shot"], generations["fine_tuned"], strict=True
         )
     ][:8]
     decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
@@ -122,6 +124,9 @@ def model_evaluation(
     summary = {
         "evaluation": results,
         "evaluation_sets": by_set,
+        # Which metric means what for the schemas held out (None: does not apply to that schema).
+        "schemas": dict(Counter(r["schema"] for r in records)),
+        "metrics_by_schema": {s: METRICS_BY_SCHEMA[s] for s in sorted({r["schema"] for r in records})},
         "decoding": decoding,
         "primary_metric": ev.primary_metric,
         "registry": {
@@ -163,7 +168,7 @@ def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
     summary = read_json(settings.paths().latest("model_evaluation") / "summary.json")
     rate = summary["evaluation"]["fine_tuned"]["stop_rate"]
     return dg.AssetCheckResult(
-        passed=rate >= MIN_STOP_RATE,
+        passed=rate is None or rate >= MIN_STOP_RATE,  # None: only documents held out, nothing to stop
         severity=dg.AssetCheckSeverity.WARN,  # a quality signal to act on, not a broken pipeline
         metadata={
             "stop_rate": rate,
@@ -188,28 +193,6 @@ def candidate_promoted(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-def _score(
-    model: Any, tokenizer: Any, convs: list, records: list[dict], ev: EvaluationConfig, variant: str
-) -> tuple[dict[str, Any], list[str]]:
-    refs = references(records)
-    nll, tokens = response_nll(model, tokenizer, convs, refs, ev.batch_size, desc=f"{variant} perplexity")
-    outputs = generate(
-        model, tokenizer, convs, ev.max_new_tokens, ev.batch_size, desc=f"{variant} generate",
-        repetition_penalty=ev.repetition_penalty,
-    )  # fmt: skip
-    texts = [o["text"] for o in outputs]
-    loss = nll / tokens
-    scores = {
-        "loss": loss,
-        "perplexity": metrics.perplexity(loss),
-        "rouge_l": metrics.mean([metrics.rouge_l(t, r) for t, r in zip(texts, refs, strict=True)]),
-        "exact_match": metrics.mean([metrics.exact_match(t, r) for t, r in zip(texts, refs, strict=True)]),
-        "stop_rate": metrics.mean([float(o["stopped"]) for o in outputs]),
-        "examples": len(records),
-    }
-    return scores, texts
-
-
 def _load(
     source: str, paths: Any, tracking: MlflowTracking, name: str, champion_version: str | None
 ) -> tuple[Any, Any]:
@@ -221,14 +204,6 @@ def _load(
         folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
     model, tokenizer = load_saved(folder)
     return model.eval(), tokenizer
-
-
-def _few_shot_examples(train: list[dict], k: int, seed: int) -> list[dict]:
-    """k short original train records, chosen by a stable hash (same shots every run)."""
-    originals = [
-        r for r in train if r.get("augmentation") == "none" and len(r["messages"][-1]["content"]) < 400
-    ]
-    return sorted(originals, key=lambda r: eval_score(r["id"], seed + 7))[:k]
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
@@ -251,6 +226,7 @@ def _log_to_mlflow(
         for variant, scores in results.items()
         if scores
         for key, value in scores.items()
+        if value is not None  # a metric that does not apply to the schemas held out
     ]
     # A tag, not a param: a re-evaluation with other decoding settings may overwrite it.
     tags = [RunTag("tunegraph.eval_decoding", json.dumps(decoding, sort_keys=True))]

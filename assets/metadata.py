@@ -1,7 +1,6 @@
 """Small helpers that turn stage results into Dagster metadata a user wants to read."""
 
 import base64
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,3 @@ def png(path: Path, title: str) -> dg.MetadataValue:
     """An image inline in the asset's metadata (the Dagster UI renders markdown images)."""
     data = base64.b64encode(path.read_bytes()).decode()
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{data})")
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def folder_version(folder: Path) -> dg.DataVersion:
-    """Each published output folder is a new version: its unique name (temporary prefix dropped)."""
-    return dg.DataVersion(folder.name.removeprefix(".tmp-"))

@@ -89,7 +89,12 @@ def fine_tuned_model(
             **{f"tunegraph.data_version.{a}": v for a, v in upstream.items()},
         },
         artifacts=[(tokens_dir / "dataset_card.md", "dataset"), (tokens_dir / "lengths.png", "dataset")],
-        lineage={**_lineage(context, paths, cfg), "warm_start_from": warm_start},
+        lineage={
+            "method": "sft",
+            "trained_from": warm_start["model_uri"] if warm_start else cfg.model.base,
+            **_lineage(context, paths, cfg),
+            "warm_start_from": warm_start,
+        },
     )
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
     return dg.MaterializeResult(

@@ -23,9 +23,10 @@ from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import preferences
 from stages.cleaning import Rules
-from stages.content import content_hash
+from stages.content import content_hash, file_hash
 from stages.decontamination import decontaminate, eval_ngrams, ngrams
 from stages.evaluation import generate
+from stages.lineage import dpo_lineage
 from stages.model_source import load_saved
 from stages.split import eval_score
 from stages.tables import read_json, read_rows, write_json, write_rows
@@ -65,10 +66,10 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
         return dg.MaterializeResult(data_version=dg.DataVersion("disabled"), metadata={"enabled": False})
 
     files = paths.preference_files()
+    keys = {path: path.relative_to(paths.landing).as_posix() for path in files}
     pairs, quarantine = [], []
     if files:
-        for path in files:
-            key = path.relative_to(paths.landing).as_posix()
+        for path, key in keys.items():
             read = preferences.read_pairs(path, key, cfg.corpus.format, cfg.corpus.fields)
             pairs += read.records
             quarantine += read.quarantine
@@ -101,6 +102,14 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
         "pairs": len(kept),
         "dropped": dict(reasons),
         "pii": pii_counts,
+        # What the DPO model's lineage records: each preference file's content and pairs kept from it.
+        "landing_files": {
+            key: {
+                "content_hash": file_hash(path),
+                "train_records": sum(p["source_file"] == key for p in kept),
+            }
+            for path, key in keys.items()
+        },
     }
     with paths.publish("preference_pairs") as out:
         write_rows(out / "pairs.parquet", kept)
@@ -242,7 +251,14 @@ def preference_model(
             "tunegraph.synthetic_pairs": str(pairs["synthetic"]),
         },
         artifacts=[(pairs_dir / "summary.json", "preference")],
-        lineage={"starts_from": sft, "preference_pairs": pairs, "config": cfg.flat()},
+        lineage=dpo_lineage(
+            read_json(sft_dir / "lineage.json"),
+            sft,
+            pairs.get("landing_files", {}),
+            pairs,
+            cfg.flat(),
+            {"preference_model": code_version},
+        ),
     )
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
     write_json(trained.out / "summary.json", {"enabled": True, "starts_from": sft})

@@ -22,6 +22,15 @@ def version_lineage(client: MlflowClient, version: ModelVersion) -> dict[str, An
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(version.run_id, "lineage/lineage.json", tmp)
         record = json.loads(Path(path).read_text())
+    if "landing_files" not in record:
+        # A DPO version registered before DPO lineage held files: those of the SFT model it started from.
+        sft = record["starts_from"]
+        parent = version_lineage(client, client.get_model_version(sft["model_name"], sft["version"]))
+        record = {"method": "dpo", "trained_from": f"models:/{sft['model_name']}/{sft['version']}",
+                  "landing_files": parent["landing_files"], "code_versions": {}, **record}  # fmt: skip
+    elif "method" not in record:  # an SFT version registered before lineage said how it was trained
+        warm = (record.get("warm_start_from") or {}).get("model_uri")
+        record = {"method": "sft", "trained_from": warm or record["config"].get("model.base"), **record}
     metrics = client.get_run(version.run_id).data.metrics
     record["metrics"] = {
         **record.get("metrics", {}),

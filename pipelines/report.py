@@ -54,6 +54,11 @@ def build_report(paths: Paths) -> dict[str, Any]:
             v: ({m: scores[v].get(m) for m in METRICS} if scores.get(v) else None)
             for v in [*VARIANTS, *(["preference"] if "preference" in scores else [])]
         },
+        # What each metric measures for each schema held out; None where a metric does not apply.
+        "metrics_by_schema": {
+            schema: {"held_out": n, **evaluation["metrics_by_schema"][schema]}
+            for schema, n in evaluation.get("schemas", {}).items()
+        },
         "registry": {
             "model_name": registry.get("model_name"),
             "version": evaluation.get("registry", {}).get("version", registry.get("version")),
@@ -109,6 +114,11 @@ def format_summary(report: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"  {variant:<20} {'-':>8}")
+    for schema, meaning in report.get("metrics_by_schema", {}).items():
+        applies = [m for m, v in meaning.items() if m != "held_out" and v]
+        missing = [m for m, v in meaning.items() if v is None]
+        lines.append(f"  {schema} ({meaning['held_out']} held out): {', '.join(applies)}"
+                     + (f"; not applicable: {', '.join(missing)}" if missing else ""))  # fmt: skip
     if report.get("preference"):
         pr = report["preference"]
         kind = "synthetic " if pr["synthetic"] else ""

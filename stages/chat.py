@@ -1,8 +1,9 @@
 """Chat-template rendering and response-only tokenisation.
 
-Every example is rendered with the base model's chat template; the prompt (everything up to and
-including the assistant header) is masked out of the labels, and the response ends with the EOS
-token the model stops on at generation time. A tokenizer without a template gets ChatML, which is
+Every example is rendered with the base model's chat template; prompts (everything up to and
+including each assistant header) are masked out of the labels, every assistant turn is learnt,
+and each ends with the EOS token the model stops on at generation time. A `text` record has no
+prompt: all of its tokens are learnt (continued pre-training). A tokenizer without a template gets ChatML, which is
 saved with the model so evaluation and serving render exactly what training saw.
 """
 
@@ -54,14 +55,17 @@ def render_prompts(tokenizer: Any, conversations: list[list[dict[str, str]]]) ->
 
 
 def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], batch_size: int = 4096) -> list[dict]:
-    """Records -> [{input_ids, labels}] with labels only on the response and its EOS.
+    """Records -> [{input_ids, labels}] with labels on every assistant turn and its end (EOS).
 
-    Same ids as rendering each prompt and tokenising prompt and response separately (the
-    reference path, `_tokenize_rendered`), but faster: the template is rendered once per role
-    sequence with placeholder contents, its constant pieces are tokenised once, every message's
-    content in one batched call, and the ids are spliced. A sample is checked against the
-    reference path; records whose contents could merge with a neighbouring piece (leading or
-    trailing whitespace) take the reference path.
+    A multi-turn dialogue is learnt on all of its assistant turns, not only the last; a `text`
+    record (a single assistant message, no prompt) is learnt on all of its tokens.
+
+    Same ids as rendering each prompt and tokenising the segments separately (the reference path,
+    `_tokenize_rendered`), but faster: the template is rendered once per role sequence with
+    placeholder contents, its constant pieces are tokenised once, every message's content in one
+    batched call, and the ids are spliced. A sample is checked against the reference path;
+    records whose contents could merge with a neighbouring piece (leading or trailing whitespace)
+    take the reference path.
     """
     out: list[dict] = []
     for start in range(0, len(records), batch_size):
@@ -74,19 +78,54 @@ def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], batch_size: 
     return out
 
 
-def _tokenize_rendered(tokenizer: Any, records: list[dict[str, Any]]) -> list[dict]:
-    """The reference path: render each prompt, tokenise prompts and responses in batches.
+def _segments(tokenizer: Any, record: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(text, learnt?) pieces of a record in order: each assistant turn is learnt, with the EOS
+    the model stops on; everything before it is the prompt that turn answers, rendered as at
+    generation time (ending with the assistant header)."""
+    messages = record["messages"]
+    segments: list[tuple[str, bool]] = []
+    consumed = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = render_prompts(tokenizer, [messages[:i]])[0]
+        if (
+            not prefix.startswith(consumed)
+            and segments
+            and prefix.startswith(consumed[: -len(tokenizer.eos_token)])
+        ):
+            # The template ends an assistant turn with something else than EOS: learn the text only.
+            consumed = consumed[: -len(tokenizer.eos_token)]
+            segments[-1] = (segments[-1][0][: -len(tokenizer.eos_token)], True)
+        if not prefix.startswith(consumed):
+            raise ValueError(
+                f"record {record.get('id')}: the chat template renders earlier assistant turns differently "
+                "from how it prompts for them, so the turns of a dialogue cannot all be learnt; split "
+                "multi-turn records into one record per turn, or use a template that keeps turns verbatim"
+            )
+        answer = message["content"] + tokenizer.eos_token
+        segments += [(prefix[len(consumed) :], False), (answer, True)]
+        consumed = prefix + answer
+    return segments
 
-    The prompt ends with the assistant header, so the boundary tokenises as at generation time.
+
+def _tokenize_rendered(tokenizer: Any, records: list[dict[str, Any]]) -> list[dict]:
+    """The reference path: render each record's segments, tokenise all of them in one batch.
+
+    Each prompt segment ends with the assistant header, so the boundary tokenises as at generation time.
     """
-    prompts = render_prompts(tokenizer, [prompt_messages(r) for r in records])
-    responses = [response_text(r) + tokenizer.eos_token for r in records]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    return [
-        {"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r}
-        for p, r in zip(prompt_ids, response_ids, strict=True)
-    ]
+    segmented = [_segments(tokenizer, r) for r in records]
+    texts = [text for segments in segmented for text, _ in segments]
+    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
+    out = []
+    for segments in segmented:
+        example: dict[str, list[int]] = {"input_ids": [], "labels": []}
+        for _, learnt in segments:
+            piece = next(ids)
+            example["input_ids"] += piece
+            example["labels"] += piece if learnt else [IGNORE_INDEX] * len(piece)
+        out.append(example)
+    return out
 
 
 _SENTINEL = "\x00tunegraph-content-{}\x00"
@@ -131,23 +170,34 @@ def _tokenize_spliced(tokenizer: Any, records: list[dict[str, Any]]) -> list[dic
         if not ok:
             out.append(next(slow_ids))
             continue
-        pieces = skeletons[tuple(m["role"] for m in prompt_messages(r))]
-        prompt: list[int] = list(pieces[0])
-        for piece in pieces[1:]:
-            prompt += next(content_ids) + piece
+        roles = tuple(m["role"] for m in prompt_messages(r))
+        pieces = skeletons[roles]
+        ids, labels = list(pieces[0]), [IGNORE_INDEX] * len(pieces[0])
+        for role, piece in zip(roles, pieces[1:], strict=True):
+            content = next(content_ids)
+            ids += content + piece
+            if role == "assistant":  # an earlier turn is learnt too, with the EOS the template closes it with
+                learnt = content + piece[:1] if piece[:1] == [tokenizer.eos_token_id] else content
+                labels += learnt + [IGNORE_INDEX] * (len(content) + len(piece) - len(learnt))
+            else:
+                labels += [IGNORE_INDEX] * (len(content) + len(piece))
         response = next(content_ids)
-        out.append({"input_ids": prompt + response, "labels": [IGNORE_INDEX] * len(prompt) + response})
+        out.append({"input_ids": ids + response, "labels": labels + response})
     sample = records[:_SAMPLE]
     if out[: len(sample)] != _tokenize_rendered(tokenizer, sample):
         return None  # this template does not splice cleanly; the caller takes the reference path
     return out
 
 
+# Which tokens are learnt; part of the fingerprint, so cached token ids follow a change of it.
+LABELLING = "every-assistant-turn"
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Changes whenever tokenisation could: vocabulary/merges, chat template, EOS."""
+    """Changes whenever tokenisation could: vocabulary/merges, chat template, EOS, labelling rule."""
     backend = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab())
     payload = "\x00".join(
-        [type(tokenizer).__name__, backend, tokenizer.chat_template or "", tokenizer.eos_token]
+        [type(tokenizer).__name__, backend, tokenizer.chat_template or "", tokenizer.eos_token, LABELLING]
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -89,8 +89,8 @@ def clean_records(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
 
 def _filter_reason(messages: list[dict[str, str]], response: str, rules: Rules) -> str | None:
     """The name of the first rule the record fails, or None. Rules in the style of Gopher/datatrove."""
-    if not response or any(not m["content"] for m in messages if m["role"] == "user"):
-        return "empty"
+    if not response or any(not m["content"] for m in messages if m["role"] != "system"):
+        return "empty"  # any turn of a dialogue, not only the last answer
     if len(response) < rules.min_chars:
         return "too_short"
     if len(response) > rules.max_chars:

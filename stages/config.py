@@ -31,8 +31,21 @@ class CorpusConfig(_Section):
     )
     fields: dict[str, str] = Field(
         default_factory=dict,
-        description="Canonical field -> field name in your files, e.g. {instruction: question, output: answer}.",
+        description="Canonical name -> the name in your files: record fields ({instruction: question, "
+        "output: answer}), chat turn keys ({role: speaker, content: text}) and role names "
+        "({role.user: customer, role.assistant: agent}).",
     )
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        from stages.readers import RECORD_FIELDS, ROLE_FIELDS, TURN_KEYS
+
+        known = (*RECORD_FIELDS, *TURN_KEYS, *ROLE_FIELDS)
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown canonical name(s) {', '.join(unknown)}; use {', '.join(known)}")
+        return value
 
 
 class CleaningConfig(_Section):

@@ -27,9 +27,14 @@ def normalised_hash(text: str) -> str:
 
 
 def with_response_hash(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records with `response_hash`, the exact-dedup key. Set per landing file (clean_corpus), so
-    a data fix re-hashes only the records of its own file."""
-    return [{**r, "response_hash": normalised_hash(r["messages"][-1]["content"])} for r in records]
+    """Records with `response_hash`, the exact-dedup key: the answers (every assistant turn of a
+    dialogue, the one answer otherwise). Set per landing file (clean_corpus), so a data fix
+    re-hashes only the records of its own file."""
+    return [{**r, "response_hash": normalised_hash(_answers(r))} for r in records]
+
+
+def _answers(record: dict[str, Any]) -> str:
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] == "assistant")
 
 
 def exact_dedup(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -1,19 +1,58 @@
-"""Score a model on held-out examples: response perplexity and greedy generations.
+"""Score a model on held-out examples: perplexity and greedy generations, by schema.
+
+A record with a prompt (instruction, prompt/completion, chat) is an answer to score: perplexity of
+the answer (+EOS) given the prompt, and the greedy answer against the reference (ROUGE-L, exact
+match, whether it stops at EOS). A `text` record is a document (continued pre-training):
+perplexity of all its tokens, and the greedy continuation of its first half against the text that
+follows (ROUGE-L); exact match and stopping do not apply to it. METRICS_BY_SCHEMA says the same for
+the report.
 
 Both work in token-budgeted batches sorted by length, so memory stays flat whatever the prompt
 lengths (few-shot prompts are several times longer than zero-shot ones).
 """
 
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stages import metrics
 from stages.chat import IGNORE_INDEX, prompt_messages, render_prompts, response_text
+from stages.split import eval_score
 
 VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned", "champion")
+# Baselines that change the prompt; a document has none, so on a text-only set they equal zero-shot.
+PROMPT_BASELINES = ("base_system_prompt", "base_few_shot")
+
+_ANSWER = {
+    "loss/perplexity": "the answer's tokens and EOS, given the prompt (the last assistant turn of a dialogue)",
+    "rouge_l": "the greedy answer against the reference answer",
+    "exact_match": "the greedy answer equals the reference (normalised)",
+    "stop_rate": "share of greedy answers that end at EOS within evaluation.max_new_tokens",
+}
+METRICS_BY_SCHEMA: dict[str, dict[str, str | None]] = {
+    "instruction": _ANSWER,
+    "prompt_completion": _ANSWER,
+    "chat": _ANSWER,
+    "text": {
+        "loss/perplexity": "every token of the document and EOS (as trained: loss on all tokens)",
+        "rouge_l": "the greedy continuation of the document's first half against the tokens that follow",
+        "exact_match": None,
+        "stop_rate": None,
+    },
+    "preference": {
+        "loss/perplexity": "DPO loss on the training pairs (report.preference.train_loss); the DPO model is "
+        "scored on the held-out corpus as the variant `preference`",
+        "rouge_l": None,
+        "exact_match": None,
+        "stop_rate": None,
+        "reward_margin": "chosen minus rejected reward on the training pairs (report.preference)",
+    },
+}
 
 
 def variant_conversations(
@@ -47,7 +86,6 @@ def _batches(lengths: list[int], max_batch: int, token_budget: int) -> Iterator[
         yield batch
 
 
-@torch.no_grad()
 def response_nll(
     model: Any,
     tokenizer: Any,
@@ -59,6 +97,20 @@ def response_nll(
 ) -> tuple[float, int]:
     """(summed negative log-likelihood, response tokens) of each response + EOS given its prompt."""
     prompts = render_prompts(tokenizer, conversations)
+    return text_nll(model, tokenizer, prompts, responses, batch_size, token_budget, desc)
+
+
+@torch.no_grad()
+def text_nll(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    responses: list[str],
+    batch_size: int = 8,
+    token_budget: int = 8192,
+    desc: str = "perplexity",
+) -> tuple[float, int]:
+    """`response_nll` on prompts already rendered ("" scores a whole document)."""
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     r_ids = tokenizer([r + tokenizer.eos_token for r in responses], add_special_tokens=False)["input_ids"]
     seqs = [p + r for p, r in zip(p_ids, r_ids, strict=True)]
@@ -90,7 +142,6 @@ def response_nll(
     return total, count
 
 
-@torch.no_grad()
 def generate(
     model: Any,
     tokenizer: Any,
@@ -103,6 +154,23 @@ def generate(
 ) -> list[dict[str, Any]]:
     """Greedy completions: [{text, stopped}] in input order; `stopped` = EOS before the limit."""
     prompts = render_prompts(tokenizer, conversations)
+    return generate_text(
+        model, tokenizer, prompts, max_new_tokens, batch_size, token_budget, desc, repetition_penalty
+    )
+
+
+@torch.no_grad()
+def generate_text(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    token_budget: int = 8192,
+    desc: str = "generate",
+    repetition_penalty: float = 1.0,
+) -> list[dict[str, Any]]:
+    """`generate` on prompts already rendered: a chat prompt, or the start of a document."""
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     device = next(model.parameters()).device
     out: list[dict[str, Any]] = [{} for _ in prompts]
@@ -134,3 +202,96 @@ def generate(
 
 def references(records: list[dict[str, Any]]) -> list[str]:
     return [response_text(r) for r in records]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing a variant is scored on: an answer to a prompt, or the continuation of a document."""
+
+    kind: str  # "answer" or "continuation"
+    nll_prompt: str  # rendered text before the scored tokens ("" for a document: all of it is scored)
+    nll_target: str  # the scored tokens (EOS is appended)
+    gen_prompt: str  # the rendered text the model continues greedily
+    reference: str  # what the greedy output is compared with
+    shown: str  # the prompt as a person reads it (samples)
+
+
+def applies(variant: str, records: list[dict[str, Any]]) -> bool:
+    """A prompt baseline needs a record with a prompt; on documents alone it would be zero-shot again."""
+    return variant not in PROMPT_BASELINES or any(r["schema"] != "text" for r in records)
+
+
+def eval_items(
+    variant: str,
+    records: list[dict[str, Any]],
+    shots: list[dict[str, Any]],
+    system_prompt: str,
+    tokenizer: Any,
+    max_new_tokens: int,
+) -> list[Item]:
+    """What `variant` is scored on for each record, in order."""
+    prompts = render_prompts(tokenizer, variant_conversations(variant, records, shots, system_prompt))
+    items = []
+    for record, prompt in zip(records, prompts, strict=True):
+        if record["schema"] == "text":
+            head, reference = continuation(tokenizer, response_text(record), max_new_tokens)
+            items.append(Item("continuation", "", response_text(record), head, reference, head))
+        else:
+            user = next((m["content"] for m in reversed(record["messages"]) if m["role"] == "user"), "")
+            items.append(Item("answer", prompt, response_text(record), prompt, response_text(record), user))
+    return items
+
+
+_WORDS = re.compile(r"\S+\s*")
+
+
+def continuation(tokenizer: Any, text: str, max_new_tokens: int) -> tuple[str, str]:
+    """(prefix, reference): a document's first half of words, and at most `max_new_tokens` tokens of
+    what follows, so that a greedy continuation of that length is compared with text of its length."""
+    words = _WORDS.findall(text)
+    cut = max(1, len(words) // 2)
+    rest = tokenizer("".join(words[cut:]), add_special_tokens=False)["input_ids"][:max_new_tokens]
+    return "".join(words[:cut]).rstrip(), tokenizer.decode(rest).strip()
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    items: list[Item],
+    batch_size: int,
+    max_new_tokens: int,
+    repetition_penalty: float,
+    desc: str,
+) -> tuple[dict[str, Any], list[str]]:
+    """(scores, greedy outputs) of a model on items; metrics that apply to no item are None."""
+    nll, tokens = text_nll(model, tokenizer, [i.nll_prompt for i in items], [i.nll_target for i in items],
+                           batch_size, desc=f"{desc} perplexity")  # fmt: skip
+    outputs = generate_text(model, tokenizer, [i.gen_prompt for i in items], max_new_tokens, batch_size,
+                            desc=f"{desc} generate", repetition_penalty=repetition_penalty)  # fmt: skip
+    texts = [o["text"] for o in outputs]
+    answers = [(i, o) for i, o in zip(items, outputs, strict=True) if i.kind == "answer"]
+    loss = nll / tokens
+    scores = {
+        "loss": loss,
+        "perplexity": metrics.perplexity(loss),
+        "rouge_l": metrics.mean([metrics.rouge_l(t, i.reference) for t, i in zip(texts, items, strict=True)]),
+        "exact_match": metrics.mean([metrics.exact_match(o["text"], i.reference) for i, o in answers])
+        if answers
+        else None,
+        "stop_rate": metrics.mean([float(o["stopped"]) for _, o in answers]) if answers else None,
+        "examples": len(items),
+        "continuations": len(items) - len(answers),
+    }
+    return scores, texts
+
+
+def few_shot_examples(train: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """k short original train records with a prompt, chosen by a stable hash (same shots every run)."""
+    originals = [
+        r
+        for r in train
+        if r.get("augmentation") == "none"
+        and r["schema"] != "text"
+        and len(r["messages"][-1]["content"]) < 400
+    ]
+    return sorted(originals, key=lambda r: eval_score(r["id"], seed + 7))[:k]

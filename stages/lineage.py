@@ -1,11 +1,38 @@
 """What a model was trained on, and what changed between two models.
 
-A lineage record (written with every fine-tune, logged to its MLflow run) holds the landing files
-with their content hashes and train record counts, the resolved config (flat keys), the code
-version of every asset, and the evaluation metrics. `diff` compares two of them.
+A lineage record (written with every trained model, SFT or DPO, logged to its MLflow run) holds
+the method and the model it started from, the landing files with their content hashes and train
+record counts, the resolved config (flat keys), the code version of every asset, and the
+evaluation metrics. A DPO model's landing files are those of the SFT model it started from plus
+its preference files (under preferences/), so `tunegraph lineage` follows either kind of file to
+it. `diff` compares two records.
 """
 
 from typing import Any
+
+
+def dpo_lineage(
+    sft: dict[str, Any],
+    sft_version: dict[str, Any],
+    preference_files: dict[str, dict[str, Any]],
+    pairs: dict[str, Any],
+    config: dict[str, Any],
+    code_versions: dict[str, Any],
+) -> dict[str, Any]:
+    """The lineage of a DPO model: its preference files on top of what its SFT model learnt from.
+
+    `sft` is the SFT model's lineage record, `sft_version` its registry entry (model_name, version,
+    mlflow_run_id), `preference_files` {landing path: {content_hash, train_records}}.
+    """
+    return {
+        "method": "dpo",
+        "trained_from": f"models:/{sft_version['model_name']}/{sft_version['version']}",
+        "starts_from": sft_version,
+        "landing_files": {**sft["landing_files"], **preference_files},
+        "preference_pairs": pairs,
+        "config": config,
+        "code_versions": {**sft.get("code_versions", {}), **code_versions},
+    }
 
 
 def diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -20,6 +47,11 @@ def diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
         if a_files[f]["content_hash"] != b_files[f]["content_hash"]
     ]
     keys = sorted(set(older["config"]) | set(newer["config"]))
+    start = [
+        {"key": k, "before": older.get(k), "after": newer.get(k)}
+        for k in ("method", "trained_from")
+        if older.get(k) != newer.get(k)
+    ]
     metrics = sorted(set(older.get("metrics", {})) & set(newer.get("metrics", {})))
     return {
         "files_added": [
@@ -29,6 +61,7 @@ def diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
             {"file": f, "records": a_files[f]["train_records"]} for f in sorted(set(a_files) - set(b_files))
         ],
         "files_changed": changed,
+        "starting_point": start,
         "config_changed": [
             {"key": k, "before": older["config"].get(k), "after": newer["config"].get(k)}
             for k in keys
@@ -56,6 +89,7 @@ def to_markdown(title: str, d: dict[str, Any]) -> str:
         ("Landing files added", d["files_added"], ["file", "records"]),
         ("Landing files removed", d["files_removed"], ["file", "records"]),
         ("Landing files changed", d["files_changed"], ["file", "records_before", "records_after"]),
+        ("How they were trained", d["starting_point"], ["key", "before", "after"]),
         ("Config keys that differ", d["config_changed"], ["key", "before", "after"]),
         ("Code versions that differ", d["code_changed"], ["asset", "before", "after"]),
         (

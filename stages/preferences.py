@@ -16,7 +16,15 @@ from typing import Any
 
 from stages import metrics, pii
 from stages.cleaning import CleanResult, Rules, clean_records, normalise
-from stages.readers import ROLES, BadRecordError, ReadResult, detect_format, iter_rows, quarantine_row
+from stages.readers import (
+    RECORD_FIELDS,
+    BadRecordError,
+    ReadResult,
+    detect_format,
+    iter_rows,
+    quarantine_row,
+    turns,
+)
 
 
 def read_pairs(path: Path, key: str, fmt: str = "auto", fields: dict[str, str] | None = None) -> ReadResult:
@@ -33,7 +41,7 @@ def read_pairs(path: Path, key: str, fmt: str = "auto", fields: dict[str, str] |
 def to_pair(raw: Any, key: str, line: int, fields: dict[str, str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise BadRecordError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
-    row = {**raw, **{canonical: raw[source] for canonical, source in fields.items() if source in raw}}
+    row = {**raw, **{c: raw[source] for c, source in fields.items() if c in RECORD_FIELDS and source in raw}}
     for name in ("prompt", "chosen", "rejected"):
         if row.get(name) is None:
             raise BadRecordError(
@@ -46,45 +54,30 @@ def to_pair(raw: Any, key: str, line: int, fields: dict[str, str]) -> dict[str, 
         "source_line": line,
         "schema": "preference",
         "messages": [
-            *_prompt(row["prompt"]),
-            {"role": "assistant", "content": _answer(row["chosen"], "chosen")},
+            *_prompt(row["prompt"], fields),
+            {"role": "assistant", "content": _answer(row["chosen"], "chosen", fields)},
         ],
-        "rejected": _answer(row["rejected"], "rejected"),
+        "rejected": _answer(row["rejected"], "rejected", fields),
         "synthetic": False,
     }
 
 
-def _prompt(value: Any) -> list[dict[str, str]]:
+def _prompt(value: Any, fields: dict[str, str]) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise BadRecordError(
-            "wrong_type", "'prompt' should be a string or a non-empty list of {role, content}"
-        )
-    messages = []
-    for m in value:
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise BadRecordError(
-                "wrong_type", f"bad prompt message {str(m)[:80]}: needs role in {sorted(ROLES)}"
-            )
-        messages.append({"role": m["role"], "content": m["content"]})
+    messages = turns(value, fields, "prompt")
     if messages[-1]["role"] != "user":
         raise BadRecordError("wrong_type", "the prompt's last message must be the user's")
     return messages
 
 
-def _answer(value: Any, name: str) -> str:
+def _answer(value: Any, name: str, fields: dict[str, str]) -> str:
     if isinstance(value, str):
         return value
-    if (
-        isinstance(value, list)
-        and value
-        and isinstance(value[-1], dict)
-        and value[-1].get("role") == "assistant"
-    ):
-        content = value[-1].get("content")
-        if isinstance(content, str):
-            return content
+    if isinstance(value, list) and value:
+        last = turns(value, fields, name)[-1]
+        if last["role"] == "assistant":
+            return last["content"]
     raise BadRecordError("wrong_type", f"'{name}' should be a string or messages ending with the assistant's")
 
 
@@ -120,6 +113,8 @@ def synthetic_pairs(
     """
     pairs = []
     for record, answer in zip(records, generated, strict=True):
+        if record.get("schema") == "text":
+            continue  # a document answers no prompt: there is no preference to learn
         reference = record["messages"][-1]["content"]
         if metrics.rouge_l(answer, reference) >= max_rouge_l:
             continue  # the model already answers like the reference: no preference to learn

@@ -1,8 +1,14 @@
 """Read one landing file into canonical records; anything unusable goes to quarantine with a reason.
 
-Formats: JSONL, JSON array, CSV, Parquet, plain text (one document per file).
-Schemas: instruction (instruction/input/output), prompt/completion, chat (messages) and raw text.
-`corpus.fields` maps canonical names onto the names your files use.
+Formats: JSONL, JSON array (Alpaca's files are one), CSV, Parquet, plain text (one document per
+file). Schemas: instruction (instruction/input/output), prompt/completion, chat and raw text. Chat
+records are OpenAI's `messages` ([{role, content}], system turns and multi-turn dialogues) or
+ShareGPT's `conversations` ([{from, value}]), with the role names `user`/`human`,
+`assistant`/`gpt` and `system` recognised as they are.
+
+`corpus.fields` maps canonical names onto the names your files use: record fields
+({instruction: question, output: answer}), the keys of a turn ({role: speaker, content: text}) and
+role names ({role.user: customer, role.assistant: agent, role.system: context}).
 
 A canonical record is a dict:
   id, source_file, source_line, schema, messages ([{role, content}], last one the assistant's)
@@ -33,6 +39,19 @@ FORMATS_BY_SUFFIX = {
 # A single JSONL line above this is refused before parsing: it is almost always a broken export.
 MAX_LINE_BYTES = 1_000_000
 ROLES = {"system", "user", "assistant"}
+# Role names recognised without configuration: OpenAI's, and ShareGPT's human/gpt.
+ROLE_NAMES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+}
+# What corpus.fields may map: record fields, the keys of a chat turn, and role names.
+RECORD_FIELDS = ("id", "system", "instruction", "input", "output", "prompt", "completion", "messages",
+                 "conversations", "text", "chosen", "rejected")  # fmt: skip
+TURN_KEYS = ("role", "content")
+ROLE_FIELDS = tuple(f"role.{role}" for role in sorted(ROLES))
 
 
 class UnreadableFileError(ValueError):
@@ -96,10 +115,7 @@ def iter_rows(path: Path, fmt: str, result: ReadResult, key: str) -> Iterator[tu
         case "json":
             yield from _json_rows(path)
         case "csv":
-            text = path.read_bytes().decode("utf-8-sig", errors="replace")
-            # Data lines start at line 2 (line 1 is the header); multi-line cells shift this, a known limit.
-            for i, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
-                yield i, {k: v for k, v in row.items() if k is not None}
+            yield from _csv_rows(path)
         case "parquet":
             try:
                 rows = pq.read_table(path).to_pylist()
@@ -137,6 +153,21 @@ def _jsonl_rows(path: Path, result: ReadResult, key: str) -> Iterator[tuple[int,
             result.quarantine.append(quarantine_row(key, number, "invalid_json", err.msg, excerpt))
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows as dicts keyed by the header, each with the file line it starts on (a quoted cell may
+    span lines); columns past the header are dropped, missing ones are None."""
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    end = reader.line_num  # the last file line read so far
+    for row in reader:
+        start, end = end + 1, reader.line_num
+        if row:  # a blank line is no record
+            yield start, {name: row[i] if i < len(row) else None for i, name in enumerate(header)}
+
+
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
@@ -156,9 +187,9 @@ def to_record(raw: Any, key: str, line: int, fields: dict[str, str]) -> dict[str
         raise BadRecordError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     row = dict(raw)
     for canonical, source in fields.items():
-        if source in raw:
+        if canonical in RECORD_FIELDS and source in raw:
             row[canonical] = raw[source]
-    schema, messages = _messages(row)
+    schema, messages = _messages(row, fields)
     rid = row.get("id")
     record_id = str(rid) if isinstance(rid, str | int) and str(rid) else f"{key}:{line}"
     return {
@@ -181,11 +212,19 @@ def _text(row: dict[str, Any], name: str, required: bool = True) -> str:
     return value
 
 
-def _messages(row: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+def _messages(row: dict[str, Any], fields: dict[str, str]) -> tuple[str, list[dict[str, str]]]:
     system = _text(row, "system", required=False)
     head = [{"role": "system", "content": system}] if system else []
-    if "messages" in row:
-        return "chat", _chat(row["messages"])
+    for name in ("messages", "conversations"):
+        if name in row:
+            messages = turns(row[name], fields, name)
+            if messages[-1]["role"] != "assistant":
+                raise BadRecordError(
+                    "missing_field", "the last message must be the assistant's (the training target)"
+                )
+            if head and messages[0]["role"] != "system":
+                messages = [*head, *messages]
+            return "chat", messages
     if "instruction" in row or "output" in row:
         instruction, extra = _text(row, "instruction"), _text(row, "input", required=False)
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -210,19 +249,31 @@ def _assistant(content: str) -> dict[str, str]:
     return {"role": "assistant", "content": content}
 
 
-def _chat(value: Any) -> list[dict[str, str]]:
+def turns(value: Any, fields: dict[str, str], name: str = "messages") -> list[dict[str, str]]:
+    """A chat in OpenAI's ({role, content}) or ShareGPT's ({from, value}) shape -> canonical turns.
+
+    Role names are OpenAI's, ShareGPT's human/gpt, or what corpus.fields maps (role.user: ...);
+    the turn keys are role/content, from/value, or what corpus.fields maps (role: ..., content: ...).
+    """
     if not isinstance(value, list) or not value:
-        raise BadRecordError("wrong_type", "'messages' should be a non-empty list of {role, content}")
-    messages = []
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise BadRecordError("wrong_type", f"bad message {str(m)[:80]}: needs role in {sorted(ROLES)}")
-        messages.append({"role": m["role"], "content": m["content"]})
-    if messages[-1]["role"] != "assistant":
-        raise BadRecordError(
-            "missing_field", "the last message must be the assistant's (the training target)"
-        )
-    return messages
+        raise BadRecordError("wrong_type", f"'{name}' should be a non-empty list of turns")
+    names = {**ROLE_NAMES, **{fields[f"role.{r}"]: r for r in ROLES if f"role.{r}" in fields}}
+    out = []
+    for turn in value:
+        if not isinstance(turn, dict):
+            raise BadRecordError("wrong_type", f"bad turn {str(turn)[:80]}: expected an object")
+        role_key = next((k for k in (fields.get("role"), "role", "from") if k in turn), "role")
+        content_key = next((k for k in (fields.get("content"), "content", "value") if k in turn), "content")
+        name_in_file, content = turn.get(role_key), turn.get(content_key)
+        role = names.get(name_in_file) if isinstance(name_in_file, str) else None
+        if role is None or not isinstance(content, str):
+            raise BadRecordError(
+                "wrong_type",
+                f"bad turn {str(turn)[:80]}: needs a role ({', '.join(sorted(names))}; map others with "
+                f"corpus.fields, e.g. role.assistant: bot) and a text content",
+            )
+        out.append({"role": role, "content": content})
+    return out
 
 
 def schema_problem(record: dict[str, Any]) -> str | None:

@@ -26,7 +26,7 @@ def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, 
         [
             {
                 "instruction": "Who maintains it?",
-                "output": "Write to Ada.Lovelace@Example.ORG or call (555) 123-4567. Key AKIAIOSFODNN7EXAMPLE.",
+                "output": "Write to Ada.Lovelace@Example.ORG or call 020 7946 0958. Key AKIAIOSFODNN7EXAMPLE.",
             },
         ],
     )
@@ -51,7 +51,7 @@ def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, 
     assert report["registry"]["version"] == "1"
 
     # No PII reached the token ids, the Dagster metadata or MLflow.
-    planted = ["Lovelace", "123-4567", "AKIAIOSFODNN7EXAMPLE"]
+    planted = ["Lovelace", "7946 0958", "AKIAIOSFODNN7EXAMPLE"]
     tok = AutoTokenizer.from_pretrained(settings.paths().latest("base_model") / "model")
     blocks = read_rows(settings.paths().latest("tokenized_dataset") / "train_blocks.parquet")
     decoded = tok.decode([t for b in blocks for t in b["input_ids"]])

@@ -3,6 +3,7 @@
 import copy
 
 import pyarrow.parquet as pq
+import pytest
 
 from stages.chat import (
     DEFAULT_CHAT_TEMPLATE,
@@ -85,3 +86,51 @@ def test_spliced_tokenisation_equals_rendering_each_prompt():
         _rec("  leading spaces", "\n starts with a newline"),
     ]  # fmt: skip
     assert tokenize_records(tok, records) == _tokenize_rendered(tok, records)
+
+
+def _learnt(tok, example: dict) -> list[str]:
+    """The decoded runs of labelled tokens, in order."""
+    runs, run = [], []
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            runs, run = [*runs, tok.decode(run)], []
+    return [*runs, tok.decode(run)] if run else runs
+
+
+def test_every_assistant_turn_of_a_dialogue_is_learnt_with_its_eos():
+    tok = _smollm2_tokenizer()
+    dialogue = {"id": "d", "schema": "chat", "messages": [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"}, {"role": "assistant", "content": "Rome."},
+        {"role": "user", "content": "Spain?"}, {"role": "assistant", "content": "Madrid."}]}  # fmt: skip
+    [spliced] = tokenize_records(tok, [dialogue])
+    assert _learnt(tok, spliced) == ["Paris.<|im_end|>", "Rome.<|im_end|>", "Madrid.<|im_end|>"]
+    # The ids are those of the whole conversation as the template renders it (one newline after
+    # each turn's EOS, the generation prompt of each answer).
+    rendered = tok.apply_chat_template(dialogue["messages"], tokenize=False)
+    assert tok.decode(spliced["input_ids"]) == rendered.removesuffix("\n")
+
+
+def test_a_text_record_is_learnt_on_every_token():
+    tok = _smollm2_tokenizer()
+    text = {"id": "t", "schema": "text", "messages": [{"role": "assistant", "content": "A whole document."}]}
+    [example] = tokenize_records(tok, [text])
+    assert example["labels"] == example["input_ids"]
+    assert tok.decode(example["input_ids"]) == "A whole document.<|im_end|>"
+
+
+def test_a_template_that_rewrites_earlier_turns_is_a_clear_error():
+    tok = copy.deepcopy(_smollm2_tokenizer())
+    # Like reasoning models' templates: earlier answers lose their <think> part in the history.
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE.replace(
+        "message['content']", "message['content'].split('</think>')[-1]"
+    )
+    dialogue = {"id": "d", "schema": "chat", "messages": [
+        {"role": "user", "content": "One?"}, {"role": "assistant", "content": "<think>hm</think>1"},
+        {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "2"}]}  # fmt: skip
+    with pytest.raises(ValueError, match="record d: the chat template renders earlier assistant turns"):
+        tokenize_records(tok, [dialogue])

@@ -30,3 +30,12 @@ def test_unknown_key_and_unknown_bundle_are_refused():
 def test_missing_file_says_how_to_fix(tmp_path):
     with pytest.raises(ConfigError, match="pass --config PATH or set TUNEGRAPH_CONFIG"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_corpus_fields_name_record_fields_turn_keys_and_roles_only():
+    fields = {"messages": "dialogue", "role": "speaker", "content": "text", "role.assistant": "agent"}
+    assert parse_config({"corpus": {"fields": fields}}).corpus.fields == fields
+    with pytest.raises(
+        ConfigError, match=r"corpus.fields: .*unknown canonical name\(s\) answer; use id, system"
+    ):
+        parse_config({"corpus": {"fields": {"answer": "output"}}})

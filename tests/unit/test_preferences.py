@@ -78,7 +78,11 @@ def test_synthetic_pairs_keep_only_answers_that_differ_from_the_reference():
         for i, ref in enumerate(["Return the sum of the numbers.", "Split the string at whitespace."])
     ]  # fmt: skip
     records.append({**records[1], "id": "2"})
-    generated = ["Return the sum of the numbers.", "It is a banana, ask bob@example.com.", "\n\n\n"]
+    # A document answers no prompt: no pair comes from it, whatever the model wrote.
+    records.append(
+        {"id": "doc", "schema": "text", "messages": [{"role": "assistant", "content": "A document."}]}
+    )
+    generated = ["Return the sum of the numbers.", "It is a banana, ask bob@example.com.", "\n\n\n", "Other."]
     pairs = synthetic_pairs(records, generated, max_rouge_l=0.5)
     assert [p["id"] for p in pairs] == ["1", "2"]  # the first answer already matches its reference
     assert pairs[0]["synthetic"] is True and pairs[0]["rejected"] == "It is a banana, ask <EMAIL>."

@@ -1,0 +1,64 @@
+"""What each schema is scored on: answers for prompts, perplexity and continuation for documents."""
+
+import math
+
+from stages.chat import tokenize_records
+from stages.evaluation import applies, continuation, eval_items, few_shot_examples, score, text_nll
+from stages.model_source import _smollm2_tokenizer, tiny_random_model
+
+DOC = ("The pathlib module represents filesystem paths as objects rather than strings, so a path can be "
+       "joined with the slash operator and asked for its parent or suffix.")  # fmt: skip
+TEXT = {"id": "t", "schema": "text", "messages": [{"role": "assistant", "content": DOC}]}
+QA = {"id": "q", "schema": "instruction", "messages": [
+    {"role": "user", "content": "What does len() return?"}, {"role": "assistant", "content": "A count."}]}  # fmt: skip
+
+
+def test_a_document_is_continued_from_its_first_half_and_scored_on_every_token():
+    tok = _smollm2_tokenizer()
+    prefix, reference = continuation(tok, DOC, max_new_tokens=8)
+    assert DOC.startswith(prefix) and len(prefix.split()) == len(DOC.split()) // 2
+    assert len(tok(reference, add_special_tokens=False)["input_ids"]) <= 8
+    assert DOC[len(prefix) :].strip().startswith(reference)
+    [doc, answer] = eval_items("base_few_shot", [TEXT, QA], [QA], "Be brief.", tok, max_new_tokens=8)
+    assert (doc.kind, doc.nll_prompt, doc.nll_target, doc.gen_prompt) == ("continuation", "", DOC, prefix)
+    # The answer's prompt is the chat template's, with the few-shot demonstration before the question.
+    assert (
+        answer.kind == "answer"
+        and answer.reference == "A count."
+        and answer.shown == "What does len() return?"
+    )
+    assert answer.gen_prompt.count("What does len() return?") == 2 and answer.gen_prompt.endswith(
+        "assistant\n"
+    )
+
+
+def test_perplexity_of_a_document_is_the_training_loss_of_its_tokens():
+    tok = _smollm2_tokenizer()
+    model = tiny_random_model(len(tok)).eval()
+    nll, tokens = text_nll(model, tok, [""], [DOC])
+    # As trained: every token of the document and EOS is learnt (the first has no context to predict it).
+    [example] = tokenize_records(tok, [TEXT])
+    assert tokens == len(example["input_ids"]) - 1
+    assert math.isfinite(nll) and nll > 0
+
+
+def test_metrics_that_do_not_apply_to_documents_are_none():
+    tok = _smollm2_tokenizer()
+    model = tiny_random_model(len(tok)).eval()
+    docs_only = eval_items("base_zero_shot", [TEXT, TEXT], [], "", tok, max_new_tokens=4)
+    scores, texts = score(
+        model, tok, docs_only, batch_size=2, max_new_tokens=4, repetition_penalty=1.0, desc="t"
+    )
+    assert scores["exact_match"] is None and scores["stop_rate"] is None
+    assert scores["continuations"] == 2 and scores["perplexity"] > 1 and 0 <= scores["rouge_l"] <= 1
+    mixed = eval_items("base_zero_shot", [TEXT, QA], [], "", tok, max_new_tokens=4)
+    scores, texts = score(model, tok, mixed, batch_size=2, max_new_tokens=4, repetition_penalty=1.0, desc="t")
+    assert scores["stop_rate"] == 0.0 and scores["exact_match"] == 0.0  # over the one answer only
+    assert scores["examples"] == 2 and scores["continuations"] == 1 and len(texts) == 2
+
+
+def test_prompt_baselines_need_a_prompt_and_shots_are_never_documents():
+    assert not applies("base_system_prompt", [TEXT]) and not applies("base_few_shot", [TEXT])
+    assert applies("base_zero_shot", [TEXT]) and applies("base_few_shot", [TEXT, QA])
+    train = [{**TEXT, "augmentation": "none"}, {**QA, "augmentation": "none"}]
+    assert [r["id"] for r in few_shot_examples(train, k=2, seed=0)] == ["q"]
