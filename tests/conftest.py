@@ -159,3 +159,36 @@ def contaminated(home, tmp_path, decontamination: bool = False) -> TunegraphSett
         data={"eval_files": ["eval.jsonl"], "decontamination": {"enabled": decontamination, "ngram": 13}},
     )
     return TunegraphSettings(home=str(home), config_path=str(config))
+
+
+def sensor_tick(instance, settings):  # noqa: ANN001, ANN201
+    """One evaluation of the landing sensor, its results applied to the instance as the daemon does."""
+    from pipelines.definitions import defs
+
+    sensor = defs.get_sensor_def("landing_sensor")
+    with dg.build_sensor_context(
+        instance=instance, resources={"settings": settings}, repository_def=defs.get_repository_def()
+    ) as context:
+        result = sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    return result
+
+
+def unsynced(instance) -> dict[str, list[str]]:  # noqa: ANN001
+    """What the UI marks stale or missing, with Dagster's own causes."""
+    from pipelines.definitions import defs
+    from pipelines.staleness import read_state
+
+    partitions = instance.get_dynamic_partitions("landing_files")
+    return read_state(instance, defs.resolve_asset_graph(), partitions).causes
+
+
+ALL_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
+              "base_model", "fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation"]  # fmt: skip
+
+
+def materialisations(instance) -> dict[str, int]:  # noqa: ANN001
+    return {a: len(instance.fetch_materializations(dg.AssetKey(a), limit=1000).records) for a in ALL_ASSETS}

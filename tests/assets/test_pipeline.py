@@ -6,19 +6,24 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import pytest
-from conftest import write_config, write_example_shards, write_jsonl
+from conftest import materialisations, sensor_tick, unsynced, write_config, write_example_shards, write_jsonl
 from transformers import AutoTokenizer
 
+from assets import sources
 from assets.versions import latest_data_version
+from pipelines.definitions import defs
 from pipelines.lineage import compare, lineage_of_file
 from pipelines.report import build_report
 from pipelines.runner import PipelineError, Runner
+from pipelines.sensors import retrain_decision
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages.tables import read_rows, write_rows
 
 
-def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, settings, tmp_path):
+def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
+    home, instance, settings, tmp_path
+):
     shards = write_example_shards(home, shards=4)
     # A record with PII and one that is broken, in a shard of their own.
     write_jsonl(
@@ -94,37 +99,77 @@ def test_tiny_pipeline_end_to_end_then_incremental_then_compare(home, instance, 
     components = mlflow.transformers.load_model("models:/tunegraph-tiny@champion", return_type="components")
     assert components["tokenizer"].chat_template == template
 
-    # Nothing changed: nothing runs.
+    # Nothing changed: nothing runs. The landing sensor's first tick after a CLI run (as when
+    # `make ui` starts) finds every file already observed and ingests nothing, Dagster reports no
+    # asset unsynced (what the UI shows), and the retrain schedule has nothing to do.
     again = Runner(settings, instance).run()
     assert again["status"] == "up_to_date" and again["partitions_processed"] == []
+    tick = sensor_tick(instance, settings)
+    assert tick.run_requests == [] and tick.asset_events == []
+    assert unsynced(instance) == {}
+    graph = defs.resolve_asset_graph()
+    assert retrain_decision(instance, graph) == (
+        [],
+        "fine_tuned_model is up to date with its data, config and code",
+    )
 
-    # One shard edited and the learning rate changed: only that shard is re-read and re-cleaned;
-    # the model follows.
+    # A config key only the training stages read: Dagster marks just them stale (DPO, off here,
+    # reads it too), and `tunegraph run` redoes exactly them and what follows them, once each.
+    before = materialisations(instance)
+    lr = TunegraphSettings(home=str(home),
+                           config_path=str(write_config(tmp_path / "lr.yaml", training={"learning_rate": 5e-4})))  # fmt: skip
+    sources.record(instance, sources.source_changes(instance, lr))  # as the sensor's next tick would
+    cause = ["pipeline_config[training] has a new data version"]
+    assert unsynced(instance) == {"fine_tuned_model": cause, "preference_model": cause}
+    second = Runner(lr, instance).run()
+    assert second["status"] == "success", second["errors"]
+    after = materialisations(instance)
+    assert {a: after[a] - before[a] for a in after if after[a] != before[a]} == {
+        "fine_tuned_model": 1, "preference_pairs": 1, "preference_model": 1, "model_evaluation": 1
+    }  # fmt: skip
+    assert unsynced(instance) == {} and build_report(settings.paths())["registry"]["version"] == "2"
+
+    # The data assets rebuilt from unchanged files: same content versions, still nothing to retrain.
+    data_assets = ["deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]
+    assert Runner(lr, instance).run(select=data_assets, full=True)["status"] == "success"
+    assert retrain_decision(instance, graph)[0] == []
+
+    # One shard edited and ingested (as the sensor and automation do): only that shard is re-read
+    # and re-cleaned, the model is stale, and the retrain schedule asks for it.
     lines = shards[1].read_text().splitlines()
     lines[0] = json.dumps({"id": "edited", "instruction": "Explain x.", "output": "A fixed answer for x."})
     shards[1].write_text("\n".join(lines) + "\n")
-    changed = write_config(tmp_path / "changed.yaml", training={"learning_rate": 5e-4})
-    third = Runner(TunegraphSettings(home=str(home), config_path=str(changed)), instance).run()
+    ingested = Runner(lr, instance).run(select=["raw_corpus", "clean_corpus", *data_assets])
+    assert ingested["status"] == "success", ingested["errors"]
+    assert ingested["partitions_processed"] == [shards[1].name]
+    retrain = ["fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation"]
+    assert retrain_decision(instance, graph)[0] == retrain
+    schedule = defs.get_schedule_def("retrain_when_data_changed")
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
+        [request] = schedule.evaluate_tick(context).run_requests
+    assert [k.to_user_string() for k in request.asset_selection] == retrain
+    third = Runner(lr, instance).run()
     assert third["status"] == "success", third["errors"]
-    assert third["partitions_processed"] == [shards[1].name]
-    assert build_report(settings.paths())["registry"]["version"] == "2"
+    assert (
+        third["partitions_processed"] == [] and build_report(settings.paths())["registry"]["version"] == "3"
+    )
 
     # `tunegraph compare` names exactly that shard and that config key; `lineage` follows the file.
-    result, markdown = compare(client, "tunegraph-tiny", "2", "1")
-    assert (result["older"], result["newer"]) == ("1", "2")
+    result, markdown = compare(client, "tunegraph-tiny", "3", "1")
+    assert (result["older"], result["newer"]) == ("1", "3")
     assert [f["file"] for f in result["files_changed"]] == [shards[1].name]
     assert result["files_added"] == [] and result["files_removed"] == []
     assert [c["key"] for c in result["config_changed"]] == ["training.learning_rate"]
     assert result["code_changed"] == []
     assert "eval_fine_tuned_perplexity" in result["metric_deltas"]
     assert f"| {shards[1].name} |" in markdown
-    newer_run = client.get_model_version("tunegraph-tiny", "2").run_id
-    assert "lineage/compare_v1_v2.md" in [a.path for a in client.list_artifacts(newer_run, "lineage")]
+    newer_run = client.get_model_version("tunegraph-tiny", "3").run_id
+    assert "lineage/compare_v1_v3.md" in [a.path for a in client.list_artifacts(newer_run, "lineage")]
     edited = lineage_of_file(client, "tunegraph-tiny", shards[1].name)
-    assert [r["version"] for r in edited] == ["1", "2"]
-    assert edited[0]["content_hash"] != edited[1]["content_hash"]
+    assert [r["version"] for r in edited] == ["1", "2", "3"]
+    assert edited[0]["content_hash"] == edited[1]["content_hash"] != edited[2]["content_hash"]
     same = lineage_of_file(client, "tunegraph-tiny", shards[0].name)
-    assert same[0]["content_hash"] == same[1]["content_hash"]
+    assert len({r["content_hash"] for r in same}) == 1
 
 
 def test_empty_landing_folder_is_a_clear_error(home, instance, settings):
