@@ -151,12 +151,25 @@ def source_changes(instance: dg.DagsterInstance, settings: TunegraphSettings) ->
     changes.changed_files = _changed(instance, landing_file.key, versions)
     for key, version in changes.changed_files.items():
         changes.observations.append(_observation(landing_file.key, version, key))
-    for key, version in _changed(instance, pipeline_config.key, config_versions(settings)).items():
-        changes.observations.append(_observation(pipeline_config.key, version, key))
+    changes.observations += config_observations(instance, settings)
     current = preference_version(paths)
     if latest_data_version(instance, preference_files.key, source=True) != current:
         changes.observations.append(_observation(preference_files.key, current))
     return changes
+
+
+def config_observations(
+    instance: dg.DagsterInstance, settings: TunegraphSettings
+) -> list[dg.AssetObservation]:
+    """Observations of the config keys whose version differs from the latest one recorded."""
+    changed = _changed(instance, pipeline_config.key, config_versions(settings))
+    return [_observation(pipeline_config.key, version, key) for key, version in changed.items()]
+
+
+def record_config(instance: dg.DagsterInstance, settings: TunegraphSettings) -> None:
+    """Record the effective config (YAML and run overrides) as this run starts."""
+    for observation in config_observations(instance, settings):
+        instance.report_runless_asset_event(observation)
 
 
 def record(instance: dg.DagsterInstance, changes: SourceChanges) -> None:

@@ -1,7 +1,8 @@
 """The `tunegraph` command line.
 
     tunegraph example-data [--if-empty]   write the stdlib-docs example corpus into landing/
-    tunegraph run [--select A,B] [--full] bring the graph up to date: what Dagster reports stale, behind passed gates
+    tunegraph run [--select A,B] [--full] [--set KEY=VALUE]
+                                          what Dagster reports stale, and what follows it, behind passed gates
     tunegraph report [--json]             the latest state
     tunegraph lineage PATH                model versions trained on each content version of a landing file
     tunegraph compare A B [--json]        what changed between two model versions (or aliases)
@@ -17,18 +18,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from resources.settings import REPO_ROOT, Paths, default_config_path, default_home
 
 
 def configure_environment(home: Path, config: Path) -> None:
-    """Point Dagster at the repository's dagster.yaml and keep its storage under the state folder."""
+    """Point Dagster at the repository's dagster.yaml, whose storage follows $TUNEGRAPH_HOME."""
     os.environ["TUNEGRAPH_HOME"] = str(home)
     os.environ["TUNEGRAPH_CONFIG"] = str(config)
-    os.environ["DAGSTER_HOME"] = str(REPO_ROOT)
-    os.environ["TUNEGRAPH_DAGSTER_DIR"] = str(home / "dagster")
-    os.environ["TUNEGRAPH_DAGSTER_LOGS"] = str(home / "dagster" / "logs")
+    os.environ["DAGSTER_HOME"] = str(REPO_ROOT)  # so any working directory finds dagster.yaml
     (home / "dagster" / "logs").mkdir(parents=True, exist_ok=True)
 
 
@@ -53,9 +53,11 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     from pipelines.report import build_report, format_summary
     from pipelines.runner import PipelineError, Runner
     from resources.settings import TunegraphSettings
+    from stages.config import parse_overrides
 
-    settings = TunegraphSettings(home=str(paths.home), config_path=str(args.config))
-    settings.config()  # fail on a bad config before anything runs
+    overrides = parse_overrides(args.set or [])
+    settings = TunegraphSettings(home=str(paths.home), config_path=str(args.config), overrides=overrides)
+    settings.config()  # fail on a bad config or override before anything runs
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     with dg.DagsterInstance.get() as instance:
         try:
@@ -112,55 +114,36 @@ def cmd_compare(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     from resources.tracking import MlflowTracking
+    from stages.processes import stop_groups
 
     uri = MlflowTracking(home=str(paths.home)).uri()
     artifacts = (paths.mlflow / "artifacts").as_uri()
     bin_dir = Path(sys.executable).parent
+    dagster = [str(bin_dir / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+               "-h", "127.0.0.1", "-p", str(args.dagster_port)]  # fmt: skip
+    mlflow = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+              "--host", "127.0.0.1", "--port", str(args.mlflow_port)]  # fmt: skip
+    # Each server in a process group of its own, so stopping one stops all its children too.
     procs = [
-        subprocess.Popen(
-            [
-                str(bin_dir / "dagster"),
-                "dev",
-                "-w",
-                str(REPO_ROOT / "workspace.yaml"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(args.dagster_port),
-            ],
-            cwd=paths.home / "dagster",
-        ),
-        subprocess.Popen(
-            [
-                str(bin_dir / "mlflow"),
-                "ui",
-                "--backend-store-uri",
-                uri,
-                "--default-artifact-root",
-                artifacts,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(args.mlflow_port),
-            ]
-        ),
+        subprocess.Popen(dagster, cwd=paths.home / "dagster", start_new_session=True),  # its logs stay there
+        subprocess.Popen(mlflow, start_new_session=True),
     ]
-    print(
-        f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}   (Ctrl-C stops both)"
-    )
-    # Ctrl-C or a plain kill of this command stops both servers, never leaving them orphaned.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}"
+          "   (Ctrl-C stops both)", flush=True)  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
     try:
-        for proc in procs:
-            proc.wait()
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a server exited; stopping the other", file=sys.stderr)
     except KeyboardInterrupt:
-        pass
+        print("stopping the servers", file=sys.stderr)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        stop_groups(procs)  # within ~5 s, children included
     return 0
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--full", action="store_true", help="redo the selected assets (all by default) even if up to date"
     )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key for this run, e.g. --set training.max_steps=10 (repeatable)")  # fmt: skip
     p = sub.add_parser("report", help="print the latest state")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser(

@@ -135,13 +135,29 @@ class Paths:
 
 
 class TunegraphSettings(dg.ConfigurableResource):
-    """Where state lives and which pipeline YAML declares this pipeline."""
+    """Where state lives, which pipeline YAML declares this pipeline, and this run's overrides."""
 
     home: str = Field(description="State folder ($TUNEGRAPH_HOME): landing files, outputs, MLflow, Dagster.")
     config_path: str = Field(description="The pipeline YAML (configs/default.yaml unless overridden).")
+    overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Config keys to change for this run only, e.g. {training.max_steps: '10'}: validated "
+        "like the YAML, and what MLflow, the model version, lineage and staleness record for the run.",
+    )
 
     def config(self) -> PipelineConfig:
-        return load_config(self.config_path)
+        """The effective config: the YAML with this run's overrides."""
+        return load_config(self.config_path, self.overrides)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Fail the run at its start on a bad config or override, with the one-line error; and record
+        # the config keys this run reads as observations before any step reads its inputs' versions,
+        # so what each asset records as built from is the config it really ran with.
+        self.config()
+        if context.instance is not None:
+            from assets.sources import record_config  # the sources import this module
+
+            record_config(context.instance, self)
 
     def paths(self) -> Paths:
         return Paths(Path(self.home))

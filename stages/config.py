@@ -309,21 +309,61 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineConfig:
+    """The pipeline YAML, with `overrides` (dotted key -> YAML value) applied on top and the whole
+    validated by the same schema, so a bad override gets the same one-line error as a bad file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass --config PATH or set TUNEGRAPH_CONFIG")
-    return _parse_text(path.read_text(), str(path))
+    return _parse_text(path.read_text(), str(path), tuple(sorted((overrides or {}).items())))
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, str]:
+    """`["training.max_steps=10", ...]` (the CLI's --set) as a dict; refuses anything else."""
+    overrides = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or " " in key.strip():
+            raise ConfigError(
+                f"--set {item!r}: write KEY=VALUE with a dotted config key, e.g. training.max_steps=10"
+            )
+        overrides[key.strip()] = value.strip()
+    return overrides
 
 
 @functools.lru_cache(maxsize=16)
-def _parse_text(text: str, source: str) -> PipelineConfig:
-    """Keyed by the file's text: every step of a run asks for the config, and the (frozen) result
-    of parsing and validating the same text is the same, while any edit parses afresh."""
+def _parse_text(text: str, source: str, overrides: tuple[tuple[str, str], ...] = ()) -> PipelineConfig:
+    """Keyed by the file's text (and the overrides): every step of a run asks for the config, and
+    the (frozen) result of parsing and validating the same text is the same, while any edit
+    parses afresh."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (corpus, data, model, ...)")
+    for key, value in overrides:
+        _set(raw, key, _yaml_value(key, value))
+    if overrides:
+        source = f"{source} with {', '.join(f'{k}={v}' for k, v in overrides)}"
     return parse_config(raw, source)
+
+
+def _yaml_value(key: str, value: str) -> Any:  # noqa: ANN401
+    try:
+        return yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {key}: {value!r} is not a YAML value ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def _set(raw: dict[str, Any], key: str, value: Any) -> None:  # noqa: ANN401
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parents[: i + 1])} is a value, not a section")
+        node = child
+    node[leaf] = value

@@ -71,8 +71,7 @@ def formats_home(tmp_path_factory: pytest.TempPathFactory):
     warm = write_config(root / "warm.yaml", **{**sections, "preference": {"enabled": False},
                                                "training": {"warm_start_from": "1"}})  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("TUNEGRAPH_HOME", "TUNEGRAPH_CONFIG", "DAGSTER_HOME", "TUNEGRAPH_DAGSTER_DIR",
-                    "TUNEGRAPH_DAGSTER_LOGS", "MLFLOW_TRACKING_URI"):  # fmt: skip
+        for var in ("TUNEGRAPH_HOME", "TUNEGRAPH_CONFIG", "DAGSTER_HOME", "MLFLOW_TRACKING_URI"):
             mp.delenv(var, raising=False)
         configure_environment(home, config)
         first = _run_graph(home, config)

@@ -3,7 +3,7 @@
 import pytest
 
 from resources.settings import REPO_ROOT
-from stages.config import ConfigError, load_config, parse_config
+from stages.config import ConfigError, load_config, parse_config, parse_overrides
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -39,3 +39,34 @@ def test_corpus_fields_name_record_fields_turn_keys_and_roles_only():
         ConfigError, match=r"corpus.fields: .*unknown canonical name\(s\) answer; use id, system"
     ):
         parse_config({"corpus": {"fields": {"answer": "output"}}})
+
+
+def test_overrides_apply_on_top_of_the_yaml_and_get_the_same_one_line_errors():
+    tiny = REPO_ROOT / "configs" / "tiny.yaml"
+    cfg = load_config(
+        tiny,
+        {"training.max_steps": "3", "training.learning_rate": "5e-4", "data.augmentation.enabled": "false"},
+    )
+    assert (cfg.training.max_steps, cfg.training.learning_rate, cfg.data.augmentation.enabled) == (
+        3,
+        5e-4,
+        False,
+    )
+    assert cfg.training.batch_size == load_config(tiny).training.batch_size  # the rest is the YAML's
+    with pytest.raises(ConfigError) as err:
+        load_config(tiny, {"training.max_stepz": "3"})
+    assert (
+        str(err.value)
+        == f"{tiny} with training.max_stepz=3: training.max_stepz: Extra inputs are not permitted (got 3)"
+    )
+    with pytest.raises(
+        ConfigError, match=r"with training.max_steps=0: training.max_steps: Input should be greater"
+    ):
+        load_config(tiny, {"training.max_steps": "0"})
+    with pytest.raises(ConfigError, match=r"override training.max_steps.x: training.max_steps is a value"):
+        load_config(tiny, {"training.max_steps.x": "1"})
+    assert parse_overrides(["training.max_steps=10", "evaluation.system_prompt=Be brief."]) == {
+        "training.max_steps": "10", "evaluation.system_prompt": "Be brief."
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--set 'max_steps': write KEY=VALUE"):
+        parse_overrides(["max_steps"])
