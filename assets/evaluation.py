@@ -1,6 +1,7 @@
 """`model_evaluation`: base-model prompting baselines vs fine-tuned vs champion; gated promotion."""
 
 import gc
+import hashlib
 import json
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from assets.metadata import md_table
 from assets.model import base_model, fine_tuned_model
 from assets.preference import preference_model
 from assets.sources import reads_config
+from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages.content import content_hash
@@ -121,6 +123,16 @@ def model_evaluation(
     ][:8]
     decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
     _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
+    # The candidates' and the baselines' scores under the same metric names, one run each, so the
+    # MLflow runs table and chart view compare fine-tunes with each other and with prompting.
+    experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
+    for variant, entry in candidates.items():
+        _log_scores(client, entry["mlflow_run_id"], results[variant])
+    baseline_key = json.dumps([latest_data_version(context.instance, "base_model"),
+                               content_hash(eval_dir / "held_out.parquet"), ev.model_dump(mode="json")])  # fmt: skip
+    for variant in BASE_VARIANTS:
+        if results[variant]:
+            _log_scores(client, _baseline_run(client, experiment_id, variant, baseline_key), results[variant])
     summary = {
         "evaluation": results,
         "evaluation_sets": by_set,
@@ -142,10 +154,10 @@ def model_evaluation(
     }
     with paths.publish("model_evaluation") as out:
         write_json(out / "summary.json", summary)
-        version = content_hash(out / "summary.json")
+        data_version = content_hash(out / "summary.json")
     columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(data_version),
         metadata={
             "comparison": md_table([_rounded(row) for row in table], columns, limit=10),
             "samples": md_table(samples, ["prompt", "reference", "base", "fine_tuned"], limit=8, width=120),
@@ -233,6 +245,30 @@ def _log_to_mlflow(
     client.log_batch(run_id, metrics=batch, tags=tags)
     client.log_table(run_id, data=_columns(table), artifact_file="evaluation/comparison.json")
     client.log_table(run_id, data=_columns(samples), artifact_file="evaluation/samples.json")
+
+
+EVAL_METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate")
+
+
+def _log_scores(client: mlflow.MlflowClient, run_id: str, scores: dict[str, Any] | None) -> None:
+    """`eval/<metric>` on a run: the names every candidate and baseline run shares."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"eval/{m}", float(scores[m]), now, 0) for m in EVAL_METRICS
+               if scores and scores.get(m) is not None]  # fmt: skip
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _baseline_run(client: mlflow.MlflowClient, experiment_id: str, variant: str, key: str) -> str:
+    """The run holding a prompting baseline's scores: one per base model, eval set and settings."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    found = client.search_runs([experiment_id], f"tags.`tunegraph.baseline` = '{variant}' and "
+                               f"tags.`tunegraph.baseline_key` = '{digest}'", max_results=1)  # fmt: skip
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"baseline {variant} · eval {digest[:8]}",
+                            tags={"tunegraph.baseline": variant, "tunegraph.baseline_key": digest})  # fmt: skip
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

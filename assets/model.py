@@ -8,7 +8,7 @@ import dagster as dg
 from assets.automation import EAGER_BEHIND_GATES
 from assets.gates import require_upstream_gates
 from assets.sources import reads_config
-from assets.training_run import TrainingJob, code_hash, run_training, training_metadata
+from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
 from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
@@ -74,7 +74,7 @@ def fine_tuned_model(
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
     job = TrainingJob(
         module="stages.train",
-        run_name="fine-tune",
+        run_name="sft",
         inputs={"init_model_dir": str(init_dir), "train_path": str(tokens_dir / "train_blocks.parquet")},
         resume_key={
             "data_version": upstream["tokenized_dataset"],
@@ -89,6 +89,7 @@ def fine_tuned_model(
             **{f"tunegraph.data_version.{a}": v for a, v in upstream.items()},
         },
         artifacts=[(tokens_dir / "dataset_card.md", "dataset"), (tokens_dir / "lengths.png", "dataset")],
+        datasets=_datasets(paths, upstream["tokenized_dataset"]),
         lineage={
             "method": "sft",
             "trained_from": warm_start["model_uri"] if warm_start else cfg.model.base,
@@ -105,6 +106,15 @@ def fine_tuned_model(
             "effective_tokens_per_s": round(trained.summary["effective_tokens_per_s"], 1),
         },
     )
+
+
+def _datasets(paths, tokens_version: str) -> list[Dataset]:  # noqa: ANN001
+    """The train records (digest: the tokenized data version trained on) and the held-out set."""
+    held_out = paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"
+    return [
+        Dataset("train", "training", paths.latest("augmented_corpus") / "train.parquet", tokens_version),
+        Dataset("held_out", "evaluation", held_out, content_hash(held_out)),
+    ]
 
 
 UPSTREAM_VERSIONS = ("base_model", "augmented_corpus", "tokenized_dataset")  # tagged on the model version

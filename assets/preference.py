@@ -16,7 +16,7 @@ from assets.gates import require_upstream_gates
 from assets.metadata import counts_table, md_table
 from assets.model import fine_tuned_model
 from assets.sources import preference_files, reads_config
-from assets.training_run import TrainingJob, code_hash, run_training, training_metadata
+from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
 from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
@@ -251,6 +251,14 @@ def preference_model(
             "tunegraph.synthetic_pairs": str(pairs["synthetic"]),
         },
         artifacts=[(pairs_dir / "summary.json", "preference")],
+        datasets=[
+            Dataset(
+                "preference_pairs",
+                "training",
+                pairs_dir / "pairs.parquet",
+                latest_data_version(context.instance, "preference_pairs") or "",
+            )
+        ],  # fmt: skip
         lineage=dpo_lineage(
             read_json(sft_dir / "lineage.json"),
             sft,

@@ -17,7 +17,8 @@ from typing import Any
 import dagster as dg
 import mlflow
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from assets.metadata import png
 from resources.settings import Paths
@@ -25,8 +26,9 @@ from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import checkpoints, plots, processes
 from stages.config import PipelineConfig
+from stages.lineage import run_name
 from stages.model_source import load_saved
-from stages.tables import read_json, write_json
+from stages.tables import read_json, read_rows, records_frame, write_json
 
 # Listed explicitly: MLflow's inferred requirements import torchvision, which is not installed.
 PIP_REQUIREMENTS = [
@@ -55,6 +57,17 @@ class TrainingJob:
     tags: dict[str, str]
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)  # (file, MLflow folder)
     lineage: dict[str, Any] = field(default_factory=dict)
+    datasets: list["Dataset"] = field(default_factory=list)  # logged as the run's inputs
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Records a run trained or was evaluated on, as MLflow shows them under the run's inputs."""
+
+    name: str
+    context: str  # MLflow's dataset context: "training" or "evaluation"
+    path: Path  # records Parquet
+    digest: str  # the content version: the same data has the same digest in every run
 
 
 @dataclass
@@ -89,10 +102,11 @@ def run_training(
         "tunegraph.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",
         **job.tags,
     }
-    run_id = client.create_run(
-        experiment_id, run_name=f"{job.run_name} {context.run_id[:8]}", tags=tags
-    ).info.run_id
-    context.log.info(f"MLflow run {run_id}")
+    params = {k: str(v)[:6000] for k, v in cfg.flat().items()}
+    previous = _previous_params(client, experiment_id, asset)
+    name = run_name(job.run_name, job.resume_key["data_version"], params, previous)
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    context.log.info(f"MLflow run {run_id} ({name})")
     try:
         checkpoint_dir = paths.checkpoints(asset)
         plan = checkpoints.plan_resume(checkpoint_dir, job.resume_key, run_id)
@@ -100,9 +114,10 @@ def run_training(
         resumed = [RunTag("tunegraph.resumed_from_run", plan.previous_run_id)] if plan.previous_run_id else []
         client.log_batch(
             run_id,
-            params=[Param(k, str(v)[:6000]) for k, v in cfg.flat().items()],
+            params=[Param(k, v) for k, v in params.items()],
             tags=[RunTag("tunegraph.resumed_from_step", str(plan.step)), *resumed],
         )
+        client.log_inputs(run_id, datasets=[_dataset_input(d) for d in job.datasets])
         with paths.publish(asset, keep=3) as out:
             spec = {
                 **job.inputs,
@@ -126,6 +141,8 @@ def run_training(
                 client.log_artifact(run_id, str(path), folder)
             client.log_batch(run_id, metrics=_final_metrics(summary))
             version = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
+            name = run_name(job.run_name, job.resume_key["data_version"], params, previous, version)
+            client.update_run(run_id, name=name)  # the version is known only now
             final_dir = paths.published(out)
             for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
                 client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
@@ -170,6 +187,21 @@ def training_metadata(
         "registered_model": f"{registered_model} v{trained.version}",
         "loss_curve": trained.loss_png,
     }
+
+
+def _previous_params(client: mlflow.MlflowClient, experiment_id: str, asset: str) -> dict[str, str] | None:
+    """The config of the last finished run of this asset: what a new run's name says has changed."""
+    runs = client.search_runs([experiment_id], f"tags.`tunegraph.asset` = '{asset}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    return runs[0].data.params if runs else None
+
+
+def _dataset_input(dataset: Dataset) -> DatasetInput:
+    frame = records_frame(read_rows(dataset.path))
+    entity = mlflow.data.from_pandas(
+        frame, source=str(dataset.path), name=dataset.name, digest=dataset.digest
+    )
+    return DatasetInput(entity._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, dataset.context)])
 
 
 def _final_metrics(summary: dict) -> list[Metric]:

@@ -20,6 +20,8 @@ from pydantic import Field
 
 from stages.processes import owner_alive
 
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
 
 class MlflowTracking(dg.ConfigurableResource):
     """The MLflow tracking server / registry that records every fine-tune."""
@@ -45,19 +47,23 @@ class MlflowTracking(dg.ConfigurableResource):
         mlflow.set_registry_uri(self.uri())
 
     def experiment_id(self, name: str) -> str:
+        """The experiment, created under the state folder and marked as model development."""
         client = self.client()
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        artifacts = Path(self.home) / "mlflow" / "artifacts"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        try:
-            return client.create_experiment(name, artifact_location=artifacts.as_uri())
-        except MlflowException as err:
-            # Another process created it between our lookup and create (two runs starting at once).
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            artifacts = Path(self.home) / "mlflow" / "artifacts"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            try:
+                client.create_experiment(name, artifact_location=artifacts.as_uri())
+            except MlflowException as err:
+                # Another process created it between our lookup and create (two runs starting at once).
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            experiment = client.get_experiment_by_name(name)
+        if experiment.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:
+            # MLflow 3 opens an experiment without this tag on its GenAI (traces) overview.
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+        return experiment.experiment_id
 
     def ui_url(self, run_id: str | None = None, experiment_id: str | None = None) -> str:
         base = "http://127.0.0.1:5000"

@@ -112,3 +112,18 @@ def to_markdown(title: str, d: dict[str, Any]) -> str:
 
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+SHOWN_CHANGES = 2  # config keys named in a run's name; more are counted
+
+
+def run_name(kind: str, data_version: str, config: dict[str, Any], previous: dict[str, Any] | None,
+             version: str | None = None) -> str:  # fmt: skip
+    """An MLflow run's name says what differs from the previous run of its kind: "sft v3 · data
+    9c1d2e3f · training.learning_rate=0.0005". `config` and `previous` are flat (MLflow params)."""
+    parts = [f"{kind} v{version}" if version else kind, f"data {data_version[:8]}"]
+    if previous is not None:
+        changed = [k for k in sorted(config) if str(config[k]) != str(previous.get(k))]
+        named = [f"{k}={config[k]}" for k in changed[:SHOWN_CHANGES]]
+        parts += named + ([f"+{len(changed) - SHOWN_CHANGES} keys"] if len(changed) > SHOWN_CHANGES else [])
+    return " · ".join(parts)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -24,3 +25,15 @@ def write_json(path: Path, value: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Conversation records as a table a person reads: id, landing file, prompt, response."""
+    return pd.DataFrame(
+        {
+            "id": [r["id"] for r in rows],
+            "source_file": [r.get("source_file") for r in rows],
+            "prompt": ["\n".join(m["content"] for m in r["messages"][:-1]) for r in rows],
+            "response": [r["messages"][-1]["content"] for r in rows],
+        }
+    )

@@ -112,14 +112,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def mlflow_statuses(home: Path, experiment: str = "tunegraph-tiny") -> list[str]:
-    """Statuses of the experiment's MLflow runs, oldest first."""
+def training_runs(home: Path, experiment: str = "tunegraph-tiny") -> list:
+    """The experiment's training runs (not the baselines' score runs), oldest first."""
     from resources.tracking import MlflowTracking
 
     client = MlflowTracking(home=str(home)).client()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                               order_by=["attributes.start_time ASC"])  # fmt: skip
-    return [r.info.status for r in runs]
+    return [r for r in runs if "tunegraph.asset" in r.data.tags]
+
+
+def mlflow_statuses(home: Path, experiment: str = "tunegraph-tiny") -> list[str]:
+    """Statuses of the experiment's training runs, oldest first."""
+    return [r.info.status for r in training_runs(home, experiment)]
 
 
 def launch(

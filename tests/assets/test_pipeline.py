@@ -81,6 +81,20 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert run.data.tags["dagster.run_id"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
     assert "eval_fine_tuned_perplexity" in run.data.metrics
+    # ...as MLflow's training-runs view shows it: a model-development experiment, the run named by
+    # its version and data, its train and held-out records as inputs digested by content, and the
+    # same `eval/*` metrics as each prompting baseline's run, for the runs table and charts.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    tokens_version = latest_data_version(instance, "tokenized_dataset")
+    assert run.info.run_name == f"sft v1 · data {tokens_version[:8]}"
+    inputs = {d.dataset.name: (d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert inputs["train"] == (tokens_version, "training") and inputs["held_out"][1] == "evaluation"
+    baselines = {r.data.tags["tunegraph.baseline"]: r for r in baselines_runs(client, run.info.experiment_id)}
+    assert sorted(baselines) == ["base_few_shot", "base_system_prompt", "base_zero_shot"]
+    for scored in [run, *baselines.values()]:
+        assert {"eval/perplexity", "eval/rouge_l", "eval/loss"} <= set(scored.data.metrics)
+    assert run.data.metrics["eval/perplexity"] == run.data.metrics["eval_fine_tuned_perplexity"]
     version = client.get_model_version("tunegraph-tiny", "1")
     # Tagged with the content versions Dagster recorded for its inputs.
     for asset in ("tokenized_dataset", "augmented_corpus", "base_model"):
@@ -128,6 +142,9 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
         "fine_tuned_model": 1, "preference_pairs": 1, "preference_model": 1, "model_evaluation": 1
     }  # fmt: skip
     assert unsynced(instance) == {} and build_report(settings.paths())["registry"]["version"] == "2"
+    v2_run = client.get_run(client.get_model_version("tunegraph-tiny", "2").run_id)
+    assert v2_run.info.run_name == f"sft v2 · data {tokens_version[:8]} · training.learning_rate=0.0005"
+    assert len(baselines_runs(client, run.info.experiment_id)) == 3  # same eval set and settings: reused
 
     # The data assets rebuilt from unchanged files: same content versions, still nothing to retrain.
     data_assets = ["deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]
@@ -170,6 +187,10 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert edited[0]["content_hash"] == edited[1]["content_hash"] != edited[2]["content_hash"]
     same = lineage_of_file(client, "tunegraph-tiny", shards[0].name)
     assert len({r["content_hash"] for r in same}) == 1
+
+
+def baselines_runs(client, experiment_id: str) -> list:  # noqa: ANN001
+    return client.search_runs([experiment_id], "tags.`tunegraph.baseline` != ''")
 
 
 def test_empty_landing_folder_is_a_clear_error(home, instance, settings):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import TINY_CONFIG, mlflow_statuses, write_config, write_example_shards
+from conftest import TINY_CONFIG, mlflow_statuses, training_runs, write_config, write_example_shards
 
 from pipelines.cli import configure_environment
 from resources.settings import REPO_ROOT
@@ -53,12 +53,7 @@ def materialisations(home: Path) -> dict[str, int]:
 
 
 def resumed_from_steps(home: Path) -> list[str]:
-    from resources.tracking import MlflowTracking
-
-    client = MlflowTracking(home=str(home)).client()
-    runs = client.search_runs([client.get_experiment_by_name("tunegraph-tiny").experiment_id],
-                              order_by=["attributes.start_time ASC"])  # fmt: skip
-    return [r.data.tags.get("tunegraph.resumed_from_step") for r in runs]
+    return [r.data.tags.get("tunegraph.resumed_from_step") for r in training_runs(home)]
 
 
 @pytest.mark.slow
