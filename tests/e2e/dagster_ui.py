@@ -55,7 +55,11 @@ class DagsterUI:
                 if n["isMaterializable"] and not n["isPartitioned"]}  # fmt: skip
 
     def materialize(
-        self, assets: list[str], partition: str | None = None, timeout: float = 600
+        self,
+        assets: list[str],
+        partition: str | None = None,
+        run_config: dict | None = None,
+        timeout: float = 600,
     ) -> tuple[str, list[str]]:
         """Launch the assets as "Materialize" does (their checks included), wait; (status, step errors)."""
         params = {
@@ -69,7 +73,7 @@ class DagsterUI:
             "executionMetadata": {
                 "tags": [{"key": "dagster/partition", "value": partition}] if partition else []
             },
-            "runConfigData": {},
+            "runConfigData": run_config or {},
         }
         launched = self.query(LAUNCH, {"executionParams": params})["launchPipelineExecution"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
@@ -90,6 +94,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes_of(home: Path) -> list[int]:
+    """Pids of live processes started for this state folder (their environment names it)."""
+    marker = f"TUNEGRAPH_HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "environ").read_bytes().split(b"\0") and b"Z" not in _state(proc):
+                    found.append(int(proc.name))
+    return found
+
+
+def _state(proc: Path) -> bytes:
+    return (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]  # R, S, Z (zombie), ...
+
+
+def wait_for(ui: DagsterUI, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with contextlib.suppress(OSError):
+            ui.query("{ version }")
+            return
+        assert time.time() < deadline, f"the Dagster webserver did not answer within {timeout} s"
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def tunegraph_ui(home: Path, config: Path) -> Iterator[tuple[DagsterUI, subprocess.Popen, int]]:
+    """`tunegraph ui` (Dagster webserver + daemon, MLflow UI) on this state folder; (ui, process,
+    MLflow port). The caller stops it; whatever is left is killed at the end."""
+    dagster_port, mlflow_port = _free_port(), _free_port()
+    log = home / "tunegraph-ui.log"
+    env = {**os.environ, "TUNEGRAPH_HOME": str(home)}
+    proc = subprocess.Popen([str(REPO_ROOT / ".venv" / "bin" / "tunegraph"), "--config", str(config), "ui",
+                             "--dagster-port", str(dagster_port), "--mlflow-port", str(mlflow_port)],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    ui = DagsterUI(dagster_port)
+    try:
+        wait_for(ui, proc, log)
+        yield ui, proc, mlflow_port
+    finally:
+        for pid in processes_of(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def dagster_dev(home: Path, config: Path) -> Iterator[DagsterUI]:
     """`dagster dev` on the instance and state folder that `tunegraph` uses for this home."""
@@ -101,14 +152,7 @@ def dagster_dev(home: Path, config: Path) -> Iterator[DagsterUI]:
                             start_new_session=True)  # fmt: skip
     ui = DagsterUI(port)
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, (home / "dagster-dev.log").read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                ui.query("{ version }")
-                break
-            assert time.time() < deadline, "dagster dev did not answer within 3 minutes"
-            time.sleep(0.5)
+        wait_for(ui, proc, home / "dagster-dev.log")
         yield ui
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the servers and every run they started
