@@ -27,7 +27,13 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
-test-slow: setup
+# The browser test drives Debian's Chromium (root installs it, as CI runs; nothing is downloaded by Playwright).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test-slow: setup $(CHROMIUM)
 	$(BIN)/pytest -q -m slow
 
 ui: setup

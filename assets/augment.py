@@ -68,6 +68,7 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
+            "dagster/row_count": len(rows),
             "train_examples": len(rows),
             "augmented": len(new),
             "augmented_share": round(len(new) / max(len(rows), 1), 4),

@@ -54,6 +54,7 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
         data_version=dg.DataVersion(version),
         metadata={
             "removed": removed,
+            "dagster/row_count": len(result.records),
             "records": len(result.records),
             "quarantined": len(result.quarantine),
             "quarantine_reasons": counts_table(dict(quarantined)),
@@ -110,6 +111,7 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
         data_version=dg.DataVersion(version),
         metadata={
             "records_in": len(records),
+            "dagster/row_count": len(result.kept),
             "kept": len(result.kept),
             "dropped": counts_table(dict(dropped)),
             "pii_redacted": counts_table(dict(result.pii), key="type"),

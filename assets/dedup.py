@@ -105,6 +105,7 @@ def deduplicated_corpus(
         data_version=dg.DataVersion(version),
         metadata={
             "partitions": len(keys),
+            "dagster/row_count": len(train),
             "records_in": len(records),
             "duplicates": len(duplicates),
             "near_duplicates": len(near),

@@ -79,6 +79,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
+            "dagster/row_count": stats.blocks,
             "examples": stats.examples,
             "tokens": stats.tokens,
             "label_tokens": stats.label_tokens,

@@ -95,6 +95,8 @@ def run_training(
     for stale in tracking.end_orphaned_runs(experiment_id):
         context.log.warning(f"MLflow run {stale} was left RUNNING by a killed process: marked KILLED")
     tags = {
+        "mlflow.source.type": "JOB",  # the runs table's Source column
+        "mlflow.source.name": f"dagster {asset}",
         "dagster.run_id": context.run_id,
         "tunegraph.asset": asset,
         "tunegraph.host": processes.host(),
@@ -185,6 +187,7 @@ def training_metadata(
         "mlflow_run_id": trained.run_id,
         "mlflow_run": dg.MetadataValue.url(tracking.ui_url(trained.run_id, trained.experiment_id)),
         "registered_model": f"{registered_model} v{trained.version}",
+        "registered_version": dg.MetadataValue.url(tracking.model_url(registered_model, trained.version)),
         "loss_curve": trained.loss_png,
     }
 

@@ -66,10 +66,17 @@ class MlflowTracking(dg.ConfigurableResource):
         return experiment.experiment_id
 
     def ui_url(self, run_id: str | None = None, experiment_id: str | None = None) -> str:
+        """A link into `tunegraph ui`'s MLflow, on its model-training pages (MLflow 3.17 picks the
+        GenAI pages unless the link asks: the experiment's kind tag alone does not switch them)."""
         base = "http://127.0.0.1:5000"
-        if run_id and experiment_id:
-            return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        if experiment_id:
+            run = f"/{run_id}" if run_id else ""
+            return f"{base}/#/experiments/{experiment_id}/runs{run}?workflowType=machine_learning"
         return base
+
+    def model_url(self, name: str, version: str) -> str:
+        """The registered version's page in `tunegraph ui`'s MLflow."""
+        return f"http://127.0.0.1:5000/#/models/{name}/versions/{version}"
 
     def end_orphaned_runs(self, experiment_id: str) -> list[str]:
         """Mark KILLED the RUNNING runs whose process is gone; return their ids.
