@@ -128,8 +128,8 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
         subprocess.Popen(dagster, cwd=paths.home / "dagster", start_new_session=True),  # its logs stay there
         subprocess.Popen(mlflow, start_new_session=True),
     ]
-    print(f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port}"
-          "   (Ctrl-C stops both)", flush=True)  # fmt: skip
+    print(f"Dagster: http://127.0.0.1:{args.dagster_port}   MLflow: http://127.0.0.1:{args.mlflow_port} "
+          "(Model training -> the experiment's Runs)   Ctrl-C stops both", flush=True)  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
     try:
         while all(p.poll() is None for p in procs):
