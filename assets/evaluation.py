@@ -19,6 +19,7 @@ from assets.preference import preference_model
 from assets.sources import reads_config
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
+from stages import model_card
 from stages.content import content_hash
 from stages.evaluation import (
     METRICS_BY_SCHEMA,
@@ -121,6 +122,15 @@ def model_evaluation(
     ][:8]
     decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
     _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
+    # Each candidate's model card, now with this comparison; it replaces README.md in its MLflow model.
+    verdict = {"results": results, "primary_metric": ev.primary_metric, "examples": len(records)}
+    cards = {
+        c: _evaluated_card(context, paths, c, {
+            **verdict, "candidate": c, "promoted": promoted and c == best,
+            "reason": reason if c == best else f"{best} was the better candidate by {ev.primary_metric}",
+        })
+        for c in candidates
+    }  # fmt: skip
     summary = {
         "evaluation": results,
         "evaluation_sets": by_set,
@@ -142,6 +152,12 @@ def model_evaluation(
     }
     with paths.publish("model_evaluation") as out:
         write_json(out / "summary.json", summary)
+        for c, card in cards.items():
+            if card:
+                folder = out / "model_cards" / c
+                folder.mkdir(parents=True)
+                model_id = client.get_model_version(name, candidates[c]["version"]).model_id
+                client.log_model_artifact(model_id, str(model_card.write(card, folder)))
         version = content_hash(out / "summary.json")
     columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(
@@ -153,6 +169,7 @@ def model_evaluation(
             "reason": reason,
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
+            "model_card": dg.MetadataValue.md(cards[best] or "(trained before model cards: none)"),
         },
     )
 
@@ -204,6 +221,17 @@ def _load(
         folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
     model, tokenizer = load_saved(folder)
     return model.eval(), tokenizer
+
+
+def _evaluated_card(
+    context: dg.AssetExecutionContext, paths: Any, variant: str, evaluation: dict[str, Any]
+) -> str | None:
+    """The model card of a candidate with this evaluation (None for a model trained before cards)."""
+    facts = paths.latest(f"{variant}_model") / "card.json"
+    if not facts.is_file():
+        context.log.warning(f"the {variant} model was trained before model cards: retrain it to get one")
+        return None
+    return model_card.render(read_json(facts), evaluation)
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
