@@ -156,8 +156,7 @@ def model_evaluation(
             if card:
                 folder = out / "model_cards" / c
                 folder.mkdir(parents=True)
-                model_id = client.get_model_version(name, candidates[c]["version"]).model_id
-                client.log_model_artifact(model_id, str(model_card.write(card, folder)))
+                client.log_model_artifact(candidates[c]["model_id"], str(model_card.write(card, folder)))
         version = content_hash(out / "summary.json")
     columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(

@@ -22,6 +22,7 @@ from stages.content import content_hash
 from stages.tables import read_rows, write_json
 
 CHECK = "gguf_matches_safetensors"
+COLUMNS = ["file", "mb", "relative_diff", "tolerance", "max_abs_diff", "top1_agreement", "tokenizer_matches"]
 
 
 @dg.asset(
@@ -60,36 +61,28 @@ def gguf_model(
             f"gguf_model exports the champion and {name} has none yet: materialise model_evaluation until "
             f"a version is promoted ({err})"
         ) from None
-    model_dir = mlflow_tracking.model_dir(champion, paths.model_cache(name, champion.version))
+    number = str(champion.version)  # MLflow returns an int for a version found by alias
+    model_dir = mlflow_tracking.model_dir(champion, paths.model_cache(name, number))
     held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
-    texts = gguf_export.check_texts(
-        AutoTokenizer.from_pretrained(model_dir), held_out[: cfg.export.gguf_check_examples]
-    )
-    label = f"{name} v{champion.version}"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = gguf_export.check_texts(tokenizer, held_out[: cfg.export.gguf_check_examples])
+    label = f"{name} v{number}"
     with paths.publish("gguf_model") as out:
         files, checks = [], []
         for kind in cfg.export.gguf_types:
             context.log.info(f"writing {label} as GGUF {kind} and reading it back")
-            path = gguf_export.write_gguf(
-                model_dir, out / f"{name}-v{champion.version}-{kind}.gguf", kind, label
-            )
+            path = gguf_export.write_gguf(model_dir, out / f"{name}-v{number}-{kind}.gguf", kind, label)
+            comparison = gguf_export.compare_logits(model_dir, path, kind, texts)
             files.append(path)
-            checks.append({"file": path.name, "mb": round(path.stat().st_size / 2**20, 1),
-                           **gguf_export.compare_logits(model_dir, path, kind, texts).as_dict()})  # fmt: skip
-        summary = {"enabled": True, "model_name": name, "version": champion.version, "checks": checks}
+            checks.append(
+                {"file": path.name, "mb": round(path.stat().st_size / 2**20, 1), **comparison.as_dict()}
+            )
+        summary = {"enabled": True, "model_name": name, "version": number, "checks": checks}
         write_json(out / "summary.json", summary)
         version = content_hash(*files)
     passed = all(c["passed"] for c in checks)
-    columns = [
-        "file",
-        "mb",
-        "relative_diff",
-        "tolerance",
-        "max_abs_diff",
-        "top1_agreement",
-        "tokenizer_matches",
-    ]
-    table = md_table(checks, columns, limit=len(checks))
+    table = md_table(checks, COLUMNS, limit=len(checks))
+    fix = "do not ship a file that fails: it does not reproduce the model within its type's tolerance"
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={"enabled": True, "model_version": label, "files": table},
@@ -97,18 +90,7 @@ def gguf_model(
             dg.AssetCheckResult(
                 check_name=CHECK,
                 passed=passed,
-                metadata={
-                    "examples": len(texts),
-                    "files": table,
-                    **(
-                        {}
-                        if passed
-                        else {
-                            "fix": "a GGUF file does not reproduce the model: see the table; "
-                            "report it with the model's config.json"
-                        }
-                    ),  # fmt: skip
-                },
+                metadata={"examples": len(texts), "files": table, **({} if passed else {"fix": fix})},
             )
         ],
     )

@@ -64,7 +64,7 @@ def push(paths: Paths, config: Path, model_ref: str, repo: str, private: bool, d
     tracking.activate()
     # The card as the registry holds it: with the evaluation, which the model folder's own copy predates.
     card = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}/README.md"))
-    gguf = gguf_files(paths, version.name, version.version)
+    gguf = gguf_files(paths, version.name, str(version.version))
     staged = hub.stage_upload(folder, card.read_text(), gguf, paths.hub_upload(version.name, version.version))
     print(
         f"{version.name} v{version.version}: {', '.join(sorted(p.name for p in staged.iterdir()))} in {staged}"

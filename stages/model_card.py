@@ -76,10 +76,13 @@ def write(text: str, folder: Path) -> Path:
     return path
 
 
+METHODS = {"sft": "supervised fine-tune (SFT)", "dpo": "preference-tuned (DPO) version"}
+
+
 def _summary(facts: dict[str, Any]) -> str:
     training = facts["training"]
     return (
-        f"A {facts['method']} fine-tune of `{facts['base_model']}`"
+        f"A {METHODS[facts['method']]} of `{facts['base_model']}`"
         + (
             f" (starting from `{facts['trained_from']}`)"
             if facts["trained_from"] != facts["base_model"]
