@@ -34,9 +34,11 @@ TYPES = {
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 # Largest |logit difference| accepted against the safetensors model, as a share of the largest
-# |logit| over the same prompts. Measured on the tiny test model and on SmolLM2-135M fine-tunes
-# (see the README); the limits leave about 3x headroom over the worst measured case.
-TOLERANCE = {"f16": 0.01, "q8_0": 0.05}
+# |logit| over the same texts. Measured on SmolLM2-135M-Instruct over 1,871 positions of 8 stdlib
+# examples (tests/e2e/test_gguf_smollm2.py): f16 0.00125, q8_0 0.035; on the tiny test model
+# 0.0001 and 0.002. f16's limit also catches q/k rows left in transformers' order (0.008 on the
+# tiny model, whose attention barely matters).
+TOLERANCE = {"f16": 0.005, "q8_0": 0.08}
 
 # llama.cpp names the pre-tokenizer (how text is split before BPE merges) in `tokenizer.ggml.pre`.
 # These are the two splits transformers writes for a byte-level BPE tokenizer that llama.cpp knows.
