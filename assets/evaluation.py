@@ -168,7 +168,9 @@ def model_evaluation(
             "reason": reason,
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
-            "model_card": dg.MetadataValue.md(cards[best] or "(trained before model cards: none)"),
+            "model_card": dg.MetadataValue.md(
+                model_card.body(cards[best]) if cards[best] else "(trained before model cards: none)"
+            ),
         },
     )
 

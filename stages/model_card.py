@@ -70,6 +70,11 @@ def render(facts: dict[str, Any], evaluation: dict[str, Any] | None = None) -> s
     return str(card)
 
 
+def body(text: str) -> str:
+    """The card without its YAML header: what a markdown viewer (the Dagster UI) should show."""
+    return ModelCard(text).text
+
+
 def write(text: str, folder: Path) -> Path:
     path = folder / FILE
     path.write_text(text)
