@@ -118,6 +118,14 @@ def test_the_champion_answers_as_evaluated_everywhere_carries_its_card_and_expor
         assert cli.main(["--config", str(config), "chat", sample["prompt"]]) == 0
         assert capsys.readouterr().out.strip() == sample["fine_tuned"]
 
+    # Interactive without a question: the conversation goes on until an empty line.
+    questions = iter([samples[0]["prompt"], "And in one word?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(questions))
+    assert cli.main(["--config", str(config), "chat", "--model", "1"]) == 0
+    session = capsys.readouterr().out.splitlines()
+    assert session[0].startswith("tunegraph-tiny v1, with its chat template and saved decoding")
+    assert session[1] == samples[0]["fine_tuned"] and len(session) == 3  # greeting, two answers
+
     # `mlflow models serve` on the champion, offline, answering OpenAI-style chat requests.
     port, log = _free_port(), tmp_path / "serve.log"
     # As from an activated virtualenv: mlflow starts `uvicorn` by name.

@@ -1,4 +1,4 @@
-"""GGUF export of the real base model, SmolLM2-135M-Instruct (about 2 minutes on 2 cores).
+"""GGUF export of the real base model, SmolLM2-135M-Instruct (about 1 minute on 2 cores).
 
 The tolerances in stages/gguf_export.py were set from what this test prints (`-s`): the largest
 logit difference over every position of held-out stdlib examples, as a share of the largest logit.
