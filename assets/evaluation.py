@@ -21,6 +21,7 @@ from assets.sources import reads_config
 from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
+from stages import model_card
 from stages.content import content_hash
 from stages.evaluation import (
     METRICS_BY_SCHEMA,
@@ -133,6 +134,15 @@ def model_evaluation(
     for variant in BASE_VARIANTS:
         if results[variant]:
             _log_scores(client, _baseline_run(client, experiment_id, variant, baseline_key), results[variant])
+    # Each candidate's model card, now with this comparison; it replaces README.md in its MLflow model.
+    verdict = {"results": results, "primary_metric": ev.primary_metric, "examples": len(records)}
+    cards = {
+        c: _evaluated_card(context, paths, c, {
+            **verdict, "candidate": c, "promoted": promoted and c == best,
+            "reason": reason if c == best else f"{best} was the better candidate by {ev.primary_metric}",
+        })
+        for c in candidates
+    }  # fmt: skip
     summary = {
         "evaluation": results,
         "evaluation_sets": by_set,
@@ -154,6 +164,11 @@ def model_evaluation(
     }
     with paths.publish("model_evaluation") as out:
         write_json(out / "summary.json", summary)
+        for c, card in cards.items():
+            if card:
+                folder = out / "model_cards" / c
+                folder.mkdir(parents=True)
+                client.log_model_artifact(candidates[c]["model_id"], str(model_card.write(card, folder)))
         data_version = content_hash(out / "summary.json")
     columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(
@@ -165,6 +180,9 @@ def model_evaluation(
             "reason": reason,
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
+            "model_card": dg.MetadataValue.md(
+                model_card.body(cards[best]) if cards[best] else "(trained before model cards: none)"
+            ),
         },
     )
 
@@ -216,6 +234,17 @@ def _load(
         folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
     model, tokenizer = load_saved(folder)
     return model.eval(), tokenizer
+
+
+def _evaluated_card(
+    context: dg.AssetExecutionContext, paths: Any, variant: str, evaluation: dict[str, Any]
+) -> str | None:
+    """The model card of a candidate with this evaluation (None for a model trained before cards)."""
+    facts = paths.latest(f"{variant}_model") / "card.json"
+    if not facts.is_file():
+        context.log.warning(f"the {variant} model was trained before model cards: retrain it to get one")
+        return None
+    return model_card.render(read_json(facts), evaluation)
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:

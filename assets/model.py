@@ -49,7 +49,12 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
 
 @dg.asset(
     group_name="model",
-    deps=["tokenized_dataset", base_model, reads_config("training", "tracking")],
+    # The evaluation's decoding is saved with the model (generation_config.json), so it is read here too.
+    deps=[
+        "tokenized_dataset",
+        base_model,
+        reads_config("training", "tracking", "evaluation.max_new_tokens", "evaluation.repetition_penalty"),
+    ],
     # With the training code's own hash: new training code makes the model stale, and a
     # checkpoint written by other code is never resumed (the code version is in the resume key).
     code_version=f"finetune-3/{code_hash()}",
@@ -72,10 +77,15 @@ def fine_tuned_model(
     # The content versions Dagster recorded: the same data gives the same key after any crash.
     upstream = {a: latest_data_version(context.instance, a) or "" for a in UPSTREAM_VERSIONS}
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
+    config_hash = cfg.section_hash("corpus", "data", "model", "training")
     job = TrainingJob(
         module="stages.train",
         run_name="sft",
-        inputs={"init_model_dir": str(init_dir), "train_path": str(tokens_dir / "train_blocks.parquet")},
+        inputs={
+            "init_model_dir": str(init_dir),
+            "train_path": str(tokens_dir / "train_blocks.parquet"),
+            "eval_path": str(tokens_dir / "eval.parquet"),  # held-out loss every training.eval_steps
+        },
         resume_key={
             "data_version": upstream["tokenized_dataset"],
             "initial_model": warm_start["model_uri"] if warm_start else upstream["base_model"],
@@ -83,7 +93,7 @@ def fine_tuned_model(
             "code_version": code_version,
         },
         tags={
-            "tunegraph.config_hash": cfg.section_hash("corpus", "data", "model", "training"),
+            "tunegraph.config_hash": config_hash,
             "tunegraph.base_model": cfg.model.base,
             **({"tunegraph.warm_start_from": warm_start["model_uri"]} if warm_start else {}),
             **{f"tunegraph.data_version.{a}": v for a, v in upstream.items()},
@@ -96,10 +106,26 @@ def fine_tuned_model(
             **_lineage(context, paths, cfg),
             "warm_start_from": warm_start,
         },
+        card={
+            "data_summary": (tokens_dir / "dataset_card.md").read_text(),
+            "training": {
+                "method": cfg.training.method,
+                "learning_rate": cfg.training.learning_rate,
+                "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps,
+                "block_size": cfg.data.block_size,
+                **(
+                    {"lora": cfg.training.lora.model_dump(mode="json")}
+                    if cfg.training.method == "lora"
+                    else {}
+                ),
+            },
+            "data_versions": upstream,
+            "config_hash": config_hash,
+        },
     )
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(content_hash(trained.out / "model")),
+        data_version=dg.DataVersion(trained.data_version),
         metadata={
             **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
             "warm_start_from": warm_start["model_uri"] if warm_start else "",

@@ -208,7 +208,13 @@ def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
 
 @dg.asset(
     group_name="preference",
-    deps=[preference_pairs, fine_tuned_model, reads_config("preference", "training", "tracking")],
+    deps=[
+        preference_pairs,
+        fine_tuned_model,
+        reads_config(
+            "preference", "training", "tracking", "evaluation.max_new_tokens", "evaluation.repetition_penalty"
+        ),
+    ],
     code_version=f"dpo-2/{code_hash('dpo.py')}",
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),  # a crash retries into resume, as for the fine-tune
@@ -267,12 +273,26 @@ def preference_model(
             cfg.flat(),
             {"preference_model": code_version},
         ),
+        card={
+            "data_summary": _pairs_summary(pairs),
+            "training": {
+                "method": f"dpo ({cfg.preference.method})",
+                "beta": cfg.preference.beta,
+                "learning_rate": cfg.preference.learning_rate,
+                "batch_size": cfg.preference.batch_size,
+            },
+            "data_versions": {
+                "preference_pairs": latest_data_version(context.instance, "preference_pairs") or "",
+                "fine_tuned_model": latest_data_version(context.instance, "fine_tuned_model") or "",
+            },
+            "config_hash": cfg.section_hash("preference", "training"),
+        },
     )
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
     write_json(trained.out / "summary.json", {"enabled": True, "starts_from": sft})
     summary = trained.summary
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(content_hash(trained.out / "model")),
+        data_version=dg.DataVersion(trained.data_version),
         metadata={
             **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
             "pairs": summary["pairs"],
@@ -301,6 +321,16 @@ def _synthetic(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     del model
     gc.collect()
     return preferences.synthetic_pairs(train, [o["text"] for o in outputs], pref.synthetic_max_rouge_l)
+
+
+def _pairs_summary(pairs: dict) -> str:
+    """The preference data as the model card states it: how many pairs, from where."""
+    if pairs["synthetic"]:
+        source = "synthetic (the reference answer chosen, the fine-tuned model's answer rejected)"
+    else:
+        source = f"from {', '.join(pairs['files'])} in landing/preferences/"
+    dropped = pairs["dropped"] or "none"
+    return f"DPO on {pairs['pairs']} preference pairs {source}; {pairs['pairs_in']} read, dropped: {dropped}."
 
 
 def _jsonl(row: dict) -> str:

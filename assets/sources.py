@@ -48,6 +48,7 @@ CONFIG_KEYS = (
     "evaluation",
     "evaluation.max_new_tokens",
     "evaluation.repetition_penalty",
+    "export",
     "model",
     "preference",
     "tracking",

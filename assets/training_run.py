@@ -24,8 +24,9 @@ from assets.metadata import png
 from resources.settings import Paths
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
-from stages import checkpoints, plots, processes
+from stages import checkpoints, model_card, plots, processes, serving
 from stages.config import PipelineConfig
+from stages.content import content_hash
 from stages.lineage import run_name
 from stages.model_source import load_saved
 from stages.tables import read_json, read_rows, records_frame, write_json
@@ -58,6 +59,9 @@ class TrainingJob:
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)  # (file, MLflow folder)
     lineage: dict[str, Any] = field(default_factory=dict)
     datasets: list["Dataset"] = field(default_factory=list)  # logged as the run's inputs
+    # What the model card says of this stage: data_summary (markdown), training (settings),
+    # data_versions (asset -> Dagster data version), config_hash.
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class TrainedModel:
     version: str
     plan: checkpoints.ResumePlan
     loss_png: dg.MetadataValue
+    data_version: str  # the model folder's content (weights, tokenizer, decoding), not its card
 
 
 def run_training(
@@ -136,13 +141,19 @@ def run_training(
                 context, job.module, str(out / "spec.json"), cfg.training, torch.cuda.is_available()
             )
             summary = read_json(out / "train_summary.json")
-            history = summary["history"]
-            plots.curve([h["step"] for h in history], [h["loss"] for h in history], out / "loss.png",
-                        "training loss", "loss")  # fmt: skip
+            history, evals = summary["history"], summary.get("eval_history", [])
+            plots.curves({"train": ([h["step"] for h in history], [h["loss"] for h in history]),
+                          "held-out": ([e["step"] for e in evals], [e["eval_loss"] for e in evals])},
+                         out / "loss.png", "training and held-out loss", "loss")  # fmt: skip
             for path, folder in [(out / "loss.png", None), *job.artifacts]:
                 client.log_artifact(run_id, str(path), folder)
             client.log_batch(run_id, metrics=_final_metrics(summary))
-            version = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
+            # Serve as evaluated: the evaluation's decoding becomes the model's generation_config.json.
+            decoding = serving.write_generation_config(out / "model", {
+                "max_new_tokens": cfg.evaluation.max_new_tokens,
+                "repetition_penalty": cfg.evaluation.repetition_penalty,
+            })  # fmt: skip
+            version, model_id = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
             name = run_name(job.run_name, job.resume_key["data_version"], params, previous, version)
             client.update_run(run_id, name=name)  # the version is known only now
             final_dir = paths.published(out)
@@ -152,10 +163,14 @@ def run_training(
                        "metrics": {"train_loss": summary["train_loss"]}}  # fmt: skip
             write_json(out / "lineage.json", lineage)
             client.log_dict(run_id, lineage, "lineage/lineage.json")
+            card = _card_facts(context, cfg, job, summary, decoding, version, run_id)
+            write_json(out / "card.json", card)  # model_evaluation renders the card again with its results
+            client.log_model_artifact(model_id, str(model_card.write(model_card.render(card), out / "model")))
             registry = {
                 "mlflow_run_id": run_id,
                 "model_name": cfg.tracking.registered_model,
                 "version": version,
+                "model_id": model_id,
             }
             write_json(out / "mlflow.json", registry)
             loss_png = png(out / "loss.png", "training loss")
@@ -170,7 +185,8 @@ def run_training(
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # never leave a crashed training RUNNING
         raise
-    return TrainedModel(summary, final_dir, run_id, experiment_id, version, plan, loss_png)
+    data_version = content_hash(final_dir / "model", ignore=(model_card.FILE,))
+    return TrainedModel(summary, final_dir, run_id, experiment_id, version, plan, loss_png, data_version)
 
 
 def training_metadata(
@@ -182,6 +198,7 @@ def training_metadata(
         "resumed_from_step": trained.plan.step,
         "resume": trained.plan.reason,
         "train_loss": round(summary["train_loss"], 4),
+        "eval_loss": "not measured" if summary.get("eval_loss") is None else round(summary["eval_loss"], 4),
         "wall_s": round(summary["wall_s"], 1),
         "device": f"{summary['num_processes']} x {summary['device']}",
         "mlflow_run_id": trained.run_id,
@@ -213,16 +230,47 @@ def _final_metrics(summary: dict) -> list[Metric]:
     return [Metric(f"final_{k}", float(v), now, summary["steps"]) for k, v in numbers.items()]
 
 
-def _log_and_register(tracking: MlflowTracking, run_id: str, out: Path, registered_model: str) -> str:
-    """Log the merged model with its tokenizer and chat template; register it; return the version."""
+def _log_and_register(
+    tracking: MlflowTracking, run_id: str, out: Path, registered_model: str
+) -> tuple[str, str]:
+    """Log the merged model as a chat model (its chat template, its saved decoding); register it;
+    return (version, MLflow logged-model id)."""
     tracking.activate()
     model, tokenizer = load_saved(out / "model")
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tokenizer},
-            name="model",
-            task="text-generation",
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=registered_model,
-        )
-    return str(info.registered_model_version)
+        info = serving.log_chat_model(model, tokenizer, registered_model, PIP_REQUIREMENTS)
+    return str(info.registered_model_version), info.model_id
+
+
+def _card_facts(
+    context: dg.AssetExecutionContext,
+    cfg: PipelineConfig,
+    job: TrainingJob,
+    summary: dict[str, Any],
+    decoding: dict[str, Any],
+    version: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """What the model card of this version states (stages/model_card.py renders it)."""
+    return {
+        "model_name": cfg.tracking.registered_model,
+        "version": version,
+        "base_model": cfg.model.base,
+        "method": job.lineage["method"],
+        "trained_from": job.lineage["trained_from"],
+        "training": {
+            **job.card["training"],
+            "steps": summary["steps"],
+            "train_loss": summary["train_loss"],
+            "eval_loss": summary.get("eval_loss"),
+        },
+        "decoding": decoding,
+        "data_summary": job.card["data_summary"],
+        "lineage": {
+            "landing_files": job.lineage["landing_files"],
+            "data_versions": job.card["data_versions"],
+            "config_hash": job.card["config_hash"],
+            "dagster_run_id": context.run_id,
+            "mlflow_run_id": run_id,
+        },
+    }

@@ -6,6 +6,8 @@
     tunegraph report [--json]             the latest state
     tunegraph lineage PATH                model versions trained on each content version of a landing file
     tunegraph compare A B [--json]        what changed between two model versions (or aliases)
+    tunegraph chat [--model M] [QUESTION] answer with a registered version (champion by default), streaming
+    tunegraph push REPO [--model M]       upload a registered version, its card and GGUF files to the hub
     tunegraph ui                          Dagster UI + daemon and MLflow UI on 127.0.0.1
 
 Every command takes --config PATH (default $TUNEGRAPH_CONFIG or configs/default.yaml); state lives
@@ -112,6 +114,18 @@ def cmd_compare(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace, paths: Paths) -> int:
+    from pipelines.model_commands import chat
+
+    return chat(paths, args.config, args.model, args.question, args.system)
+
+
+def cmd_push(args: argparse.Namespace, paths: Paths) -> int:
+    from pipelines.model_commands import push
+
+    return push(paths, args.config, args.model, args.repo, args.private, args.dry_run)
+
+
 def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     from resources.tracking import MlflowTracking
     from stages.processes import stop_groups
@@ -172,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("chat", help="answer with a registered version: its chat template and saved decoding")
+    p.add_argument("question", nargs="?", help="one question; without it, an interactive session")
+    p.add_argument("--model", default="champion", help="an alias or version number (default champion)")
+    p.add_argument("--system", help="a system message before the conversation")
+    p = sub.add_parser("push", help="upload a registered version (weights, tokenizer, card, GGUF) to the hub")
+    p.add_argument("repo", help="hub repository id, e.g. your-name/stdlib-docs-smollm2")
+    p.add_argument("--model", default="champion", help="an alias or version number (default champion)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--dry-run", action="store_true", help="fill the upload folder and stop")
     p = sub.add_parser("ui", help="start the Dagster and MLflow UIs on loopback")
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
@@ -190,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "report": cmd_report,
         "lineage": cmd_lineage,
         "compare": cmd_compare,
+        "chat": cmd_chat,
+        "push": cmd_push,
         "ui": cmd_ui,
     }
     try:

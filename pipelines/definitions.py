@@ -10,6 +10,7 @@ from assets.augment import augmented_corpus, training_data_gates
 from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
+from assets.export import gguf_model
 from assets.model import base_model, fine_tuned_model
 from assets.partitions import landing_files
 from assets.preference import pairs_not_in_eval, pairs_well_formed, preference_model, preference_pairs
@@ -33,6 +34,7 @@ GLOBAL_ASSETS = [
     preference_pairs,
     preference_model,
     model_evaluation,
+    gguf_model,
 ]
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [

@@ -46,6 +46,7 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "steps": train.get("steps"),
             "resumed_from_step": train.get("resumed_from_step"),
             "train_loss": train.get("train_loss"),
+            "eval_loss": train.get("eval_loss"),  # held-out loss at the last training.eval_steps
             "effective_tokens_per_s": train.get("effective_tokens_per_s"),
             "non_pad_fraction": tokens.get("non_pad_fraction"),
         },
@@ -101,7 +102,7 @@ def format_summary(report: dict[str, Any]) -> str:
             if d["partitions_removed"]
             else []
         ),
-        f"training: {t['steps']} steps, final loss {_f(t['train_loss'])}, "
+        f"training: {t['steps']} steps, final loss {_f(t['train_loss'])}, held-out {_f(t['eval_loss'])}, "
         f"{_f(t['effective_tokens_per_s'], 1)} label tokens/s, MLflow run {t['mlflow_run_id']}",
         "evaluation (held-out):",
         f"  {'variant':<20} {'loss':>8} {'perplexity':>11} {'rouge_l':>8} {'exact':>6} {'stop@eos':>9}",

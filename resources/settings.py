@@ -68,6 +68,10 @@ class Paths:
         """A registered model version downloaded from MLflow (for warm starts)."""
         return self.home / "models" / f"{name}-v{version}"
 
+    def hub_upload(self, name: str, version: str) -> Path:
+        """The folder `tunegraph push` fills with what it uploads for a registered version."""
+        return self.home / "hub" / f"{name}-v{version}"
+
     def landing_keys(self, configured_format: str = "auto") -> list[str]:
         """Partition keys of the landing folder: relative POSIX paths of visible files.
 

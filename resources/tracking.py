@@ -107,8 +107,11 @@ class MlflowTracking(dg.ConfigurableResource):
             parts["tokenizer"].save_pretrained(cache)
         return cache
 
-    def resolve_version(self, ref: str, default_name: str) -> ModelVersion:
-        """A registered model version from '3', 'champion', 'name/3', 'name@alias' or 'models:/...'."""
+    def resolve_version(
+        self, ref: str, default_name: str, asked_by: str = "training.warm_start_from"
+    ) -> ModelVersion:
+        """A registered model version from '3', 'champion', 'name/3', 'name@alias' or 'models:/...';
+        `asked_by` (the setting or option that named it) opens the error message."""
         body = ref.removeprefix("models:/").lstrip("@")
         name, sep, rest = body.rpartition("@") if "@" in body else body.rpartition("/")
         name = name or default_name
@@ -119,7 +122,7 @@ class MlflowTracking(dg.ConfigurableResource):
             return client.get_model_version(name, rest)
         except MlflowException as err:
             raise ValueError(
-                f"training.warm_start_from {ref!r}: no such registered model version in {self.uri()} "
+                f"{asked_by} {ref!r}: no such registered model version in {self.uri()} "
                 f"({err.message.splitlines()[0]}); use a version number, an alias such as 'champion', or 'name@alias'"
             ) from None
 

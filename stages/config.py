@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUNDLED_MODELS = ("smollm2-135m-instruct", "tiny-random")
 
@@ -181,12 +181,37 @@ class TrainingConfig(_Section):
     accelerate_config: str | None = Field(
         None, description="An `accelerate config` YAML (FSDP, DeepSpeed) for multi-GPU runs; GPUs only."
     )
+    eval_steps: int | None = Field(
+        20,
+        ge=1,
+        description="Held-out loss (the eval split tokenized_dataset writes) every N steps, logged to MLflow as "
+        "eval_loss beside the training loss; None turns it off.",
+    )
+    eval_examples: int = Field(
+        48,
+        ge=1,
+        description="Held-out examples scored at each evaluation (the first N of the split; forward passes only).",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop when eval_loss has not improved for N evaluations in a row; the model at the stop is "
+        "kept (not the best one). None trains for max_steps.",
+    )
     warm_start_from: str | None = Field(
         None,
         description="Start from an earlier registered model instead of model.base, at step 0: a version "
         "('3'), an alias ('champion'), or 'name@alias' / 'name/3' / 'models:/...'. Recorded in lineage.",
     )
     lora: LoraSettings = LoraSettings()
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluation(self) -> "TrainingConfig":
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError(
+                "early_stopping_patience needs eval_steps: set training.eval_steps or drop early stopping"
+            )
+        return self
 
 
 class PreferenceConfig(_Section):
@@ -253,6 +278,25 @@ class TrackingConfig(_Section):
     registered_model: str = Field("tunegraph-model", description="MLflow registered model name.")
 
 
+class ExportConfig(_Section):
+    """What `gguf_model` writes from the champion; off by default (it adds about a minute on CPU)."""
+
+    gguf: bool = Field(
+        False, description="Write the champion as GGUF files (llama.cpp, Ollama, LM Studio) in gguf_model."
+    )
+    gguf_types: list[Literal["f16", "q8_0"]] = Field(
+        ["f16", "q8_0"],
+        min_length=1,
+        description="GGUF tensor types to write: f16 (2 bytes a weight), q8_0 (34 bytes per 32 weights).",
+    )
+    gguf_check_examples: int = Field(
+        8,
+        ge=1,
+        description="Held-out examples whose next-token logits the GGUF model must reproduce within the "
+        "tolerance of its type (stages/gguf_export.py).",
+    )
+
+
 class ScheduleConfig(_Section):
     """When things run: not part of any asset's inputs, so a change here makes nothing stale."""
 
@@ -270,6 +314,7 @@ class PipelineConfig(_Section):
     preference: PreferenceConfig = PreferenceConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    export: ExportConfig = ExportConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
     def flat(self) -> dict[str, Any]:

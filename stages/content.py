@@ -20,15 +20,19 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def content_hash(*paths: Path) -> str:
+def content_hash(*paths: Path, ignore: tuple[str, ...] = ()) -> str:
     """16 hex digits over the names and bytes of the given files and of every file in the given folders.
 
     Pass only what the output *is* (records, weights), not files that record how it was made
-    (timings, cache hit counts), or identical content would get a new version.
+    (timings, cache hit counts, a model card naming its runs), or identical content would get a
+    new version; `ignore` leaves out files of these names inside the folders.
     """
     digest = hashlib.sha256()
     for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.name not in ignore)
+        else:
+            files = [path]
         for file in files:
             name = file.relative_to(path).as_posix() if path.is_dir() else file.name
             digest.update(name.encode() + b"\0")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from stages import metrics
 from stages.chat import IGNORE_INDEX, prompt_messages, render_prompts, response_text
+from stages.serving import decode_answer, decoding_config
 from stages.split import eval_score
 
 VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned", "champion")
@@ -185,18 +186,12 @@ def generate_text(
         generated = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            repetition_penalty=repetition_penalty,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            # The decoding the fine-tuned model is saved with (generation_config.json): serving matches.
+            generation_config=decoding_config(tokenizer, max_new_tokens, repetition_penalty),
         )[:, width:].cpu()
         for row, i in enumerate(batch):
-            tokens = generated[row].tolist()
-            stopped = tokenizer.eos_token_id in tokens
-            if stopped:
-                tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-            out[i] = {"text": tokenizer.decode(tokens, skip_special_tokens=True).strip(), "stopped": stopped}
+            text, stopped = decode_answer(tokenizer, generated[row].tolist())
+            out[i] = {"text": text, "stopped": stopped}
     return out
 
 
@@ -271,13 +266,15 @@ def score(
     texts = [o["text"] for o in outputs]
     answers = [(i, o) for i, o in zip(items, outputs, strict=True) if i.kind == "answer"]
     loss = nll / tokens
+    rouge = metrics.load("rouge_l").compute(predictions=texts, references=[i.reference for i in items])
+    exact = metrics.load("exact_match").compute(
+        predictions=[o["text"] for _, o in answers], references=[i.reference for i, _ in answers]
+    )
     scores = {
         "loss": loss,
         "perplexity": metrics.perplexity(loss),
-        "rouge_l": metrics.mean([metrics.rouge_l(t, i.reference) for t, i in zip(texts, items, strict=True)]),
-        "exact_match": metrics.mean([metrics.exact_match(o["text"], i.reference) for i, o in answers])
-        if answers
-        else None,
+        "rouge_l": rouge["rouge_l"],
+        "exact_match": exact["exact_match"] if answers else None,
         "stop_rate": metrics.mean([float(o["stopped"]) for _, o in answers]) if answers else None,
         "examples": len(items),
         "continuations": len(items) - len(answers),

@@ -25,11 +25,16 @@ def histogram(values: Sequence[int] | np.ndarray, limit: int, path: Path, title:
     return path
 
 
-def curve(steps: list[int], values: list[float], path: Path, title: str, ylabel: str) -> Path:
+def curves(series: dict[str, tuple[list[int], list[float]]], path: Path, title: str, ylabel: str) -> Path:
+    """One line per series (label -> (steps, values)) on a shared step axis; empty series are left out."""
     fig, ax = _figure()
-    ax.plot(steps, values, marker="o", markersize=3)
+    for label, (steps, values) in series.items():
+        if steps:
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    if sum(bool(steps) for steps, _ in series.values()) > 1:
+        ax.legend()
     fig.savefig(path, dpi=80)
     return path

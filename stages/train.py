@@ -3,8 +3,9 @@
 Launched by the `fine_tuned_model` asset with `accelerate launch` (or `torchrun` for CPU DDP)
 through Dagster Pipes: logs and the final metadata stream back to the asset. It also runs by
 hand with the same spec file. The spec names the model to start from, the packed training
-blocks, the output and checkpoint folders, the checkpoint to resume (if any), the training
-config and the MLflow run to log metrics to. LoRA adapters are merged before saving, so the
+blocks, the held-out rows (their loss is measured every `training.eval_steps`), the output and
+checkpoint folders, the checkpoint to resume (if any), the training config and the MLflow run
+to log metrics to. LoRA adapters are merged before saving, so the
 output folder is a plain model with the tokenizer and chat template.
 
 Under DDP every rank trains; only rank 0 talks to Dagster and MLflow and saves the model.
@@ -26,6 +27,7 @@ from mlflow.entities import Metric
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    EarlyStoppingCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -41,7 +43,19 @@ WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class CheckpointedTrainer(AtomicCheckpoints, Trainer):
-    """The HF Trainer, with checkpoints renamed into place only once complete."""
+    """The HF Trainer, with checkpoints renamed into place only once complete, and held-out batches
+    collated apart from the training ones (the throughput counts training tokens only)."""
+
+    def __init__(self, *args: Any, eval_collator: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        train_collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
 
 class ParentWatch(TrainerCallback):
@@ -65,7 +79,8 @@ class PackedCollator:
     """Stack packed blocks, padding the tail of short blocks as a separate masked sequence.
 
     No attention_mask on purpose: transformers derives the per-example causal mask from
-    position_ids only when the mask is None (and the KV cache is off).
+    position_ids only when the mask is None (and the KV cache is off). An unpacked example (the
+    held-out rows) has no position_ids: it is one sequence from 0.
     """
 
     def __init__(self, pad_token_id: int):
@@ -79,7 +94,8 @@ class PackedCollator:
             pad = width - len(f["input_ids"])
             ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
             labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-            positions.append(list(f["position_ids"]) + list(range(pad)))
+            own = f["position_ids"] if "position_ids" in f else range(len(f["input_ids"]))
+            positions.append(list(own) + list(range(pad)))
         batch = {
             "input_ids": torch.tensor(ids),
             "labels": torch.tensor(labels),
@@ -93,6 +109,9 @@ class Telemetry(TrainerCallback):
     """Every numeric value the trainer logs (loss, learning rate, grad norm, DPO rewards...) plus
     effective tokens/s when a collator counts them, to MLflow in batches.
 
+    Held-out evaluations arrive as their own log rows (`eval_loss`, ...): they go to `evals` and
+    to MLflow under the same step axis as the training loss.
+
     Metrics are buffered and flushed every `flush_every` logging steps and at the end, so
     tracking costs a few SQLite writes per run instead of one per metric.
     """
@@ -102,6 +121,7 @@ class Telemetry(TrainerCallback):
         self.world_size = WORLD_SIZE  # the collator counts this rank's tokens only
         self.buffer: list[Metric] = []
         self.history: list[dict[str, float]] = []
+        self.evals: list[dict[str, float]] = []
         self.flush_every = 10
         self.start = time.perf_counter()
         self.tracking_s = 0.0
@@ -109,6 +129,12 @@ class Telemetry(TrainerCallback):
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
     ) -> None:
+        if logs and "eval_loss" in logs:
+            row = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
+            self.evals.append(row)
+            self.log(f"step {row['step']}/{state.max_steps} eval_loss {row['eval_loss']:.4f}")
+            self.buffer.append(Metric("eval_loss", row["eval_loss"], int(time.time() * 1000), row["step"]))
+            return
         if not logs or "loss" not in logs:
             return
         row = {"step": state.global_step}
@@ -215,14 +241,43 @@ def save_and_summarise(
         "num_processes": WORLD_SIZE,
         "train_loss": telemetry.history[-1]["loss"] if telemetry.history else float(result.training_loss),
         "mean_train_loss": float(result.training_loss),
+        "eval_loss": telemetry.evals[-1]["eval_loss"] if telemetry.evals else None,
         "tracking_s": telemetry.tracking_s,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         **extra,
         "history": telemetry.history,
+        "eval_history": telemetry.evals,
         "model_dir": str(model_dir),
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def held_out_set(path: str | None, cfg: TrainingConfig) -> Dataset | None:
+    """The first `eval_examples` rows of tokenized_dataset's eval split (unpacked), or None when off."""
+    if path is None or cfg.eval_steps is None:
+        return None
+    rows = Dataset.from_parquet(path)
+    return rows.select(range(min(cfg.eval_examples, len(rows)))) if len(rows) else None
+
+
+def evaluation_arguments(cfg: TrainingConfig, evaluating: bool) -> dict[str, Any]:
+    """Trainer arguments for the held-out loss: every eval_steps, loss only (no logits kept)."""
+    if not evaluating:
+        return {"eval_strategy": "no"}
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": cfg.eval_steps,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "prediction_loss_only": True,  # logits of 49k-token vocabularies would pile up in memory
+        # Early stopping reads the best eval_loss so far; the model at the stop is kept, since
+        # loading the best checkpoint back would need the Trainer's own checkpoint rotation.
+        **(
+            {"metric_for_best_model": "eval_loss", "greater_is_better": False}
+            if cfg.early_stopping_patience
+            else {}
+        ),
+    }
 
 
 def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
@@ -243,8 +298,12 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
 
     dataset = Dataset.from_parquet(spec["train_path"])
     collator = PackedCollator(tokenizer.pad_token_id)
+    held_out = held_out_set(spec.get("eval_path"), cfg)
+    if held_out is not None:
+        log(f"held-out loss every {cfg.eval_steps} steps on {len(held_out)} examples")
     args = TrainingArguments(
         **shared_arguments(spec, cfg, precision),
+        **evaluation_arguments(cfg, held_out is not None),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -258,12 +317,19 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         remove_unused_columns=False,
     )
     telemetry = telemetry_for(spec, collator, log)
+    stopping = (
+        [EarlyStoppingCallback(cfg.early_stopping_patience)]
+        if held_out and cfg.early_stopping_patience
+        else []
+    )
     trainer = CheckpointedTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=held_out,
         data_collator=collator,
-        callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
+        eval_collator=PackedCollator(tokenizer.pad_token_id),
+        callbacks=[telemetry, ParentWatch(spec.get("parent_pid")), *stopping],
     )
     result, wall_s = fit(trainer, spec, telemetry, log)
     return save_and_summarise(
@@ -293,7 +359,9 @@ def main(train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
     with open_dagster_pipes() as pipes:
         summary = train_fn(spec, log=pipes.log.info)
         pipes.report_asset_materialization(
-            metadata={k: v for k, v in summary.items() if k != "history" and v is not None}
+            metadata={
+                k: v for k, v in summary.items() if k not in ("history", "eval_history") and v is not None
+            }
         )
 
 

@@ -192,7 +192,8 @@ def unsynced(instance) -> dict[str, list[str]]:  # noqa: ANN001
 
 
 ALL_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
-              "base_model", "fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation"]  # fmt: skip
+              "base_model", "fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation",
+              "gguf_model"]  # fmt: skip
 
 
 def materialisations(instance) -> dict[str, int]:  # noqa: ANN001

@@ -27,6 +27,7 @@ def test_definitions_hold_the_graph_in_groups():
         "preference_pairs": "preference",
         "preference_model": "preference",
         "model_evaluation": "evaluation",
+        "gguf_model": "model",
     }
     parents = {
         k: {p.to_user_string() for p in graph.get(graph.get(k).key).parent_keys}
@@ -36,6 +37,7 @@ def test_definitions_hold_the_graph_in_groups():
     assert by_name["fine_tuned_model"] == {"tokenized_dataset", "base_model", "pipeline_config"}
     assert by_name["clean_corpus"] == {"raw_corpus", "pipeline_config"}
     assert by_name["raw_corpus"] == {"landing_file", "pipeline_config"}
+    assert by_name["gguf_model"] == {"model_evaluation", "deduplicated_corpus", "pipeline_config"}
     for key in graph.materializable_asset_keys:
         assert graph.get(key).code_version, f"{key} has no code_version"
 
@@ -50,11 +52,15 @@ def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
 
     assert reads("clean_corpus") == ["data.cleaning"]
     assert reads("tokenized_dataset") == ["data.block_size"]
-    assert reads("fine_tuned_model") == ["tracking", "training"]
+    # The evaluated decoding is saved with the model (generation_config.json): a change retrains.
+    decoding = ["evaluation.max_new_tokens", "evaluation.repetition_penalty"]
+    assert reads("fine_tuned_model") == [*decoding, "tracking", "training"]
+    assert reads("preference_model") == [*decoding, "preference", "tracking", "training"]
     assert reads("model_evaluation") == ["data.seed", "evaluation", "tracking"]
+    assert reads("gguf_model") == ["export", "tracking"]
 
 
-def test_data_checks_block_and_evaluation_checks_only_warn():
+def test_data_checks_block_and_model_checks_hold_nothing_back():
     graph = defs.resolve_asset_graph()
     blocking = {k.to_user_string() for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
     assert blocking == {
@@ -68,9 +74,14 @@ def test_data_checks_block_and_evaluation_checks_only_warn():
         "preference_pairs:pairs_well_formed",
         "preference_pairs:pairs_not_in_eval",
     }
-    # A quality signal on the last asset: it warns and holds nothing back.
-    warn_only = {k.to_user_string() for k in graph.asset_check_keys} - blocking
-    assert warn_only == {"model_evaluation:candidate_promoted", "model_evaluation:generations_stop_at_eos"}
+    # Quality signals on the last assets: they warn (evaluation) or fail (a GGUF file that does not
+    # reproduce the model) and hold nothing back.
+    others = {k.to_user_string() for k in graph.asset_check_keys} - blocking
+    assert others == {
+        "model_evaluation:candidate_promoted",
+        "model_evaluation:generations_stop_at_eos",
+        "gguf_model:gguf_matches_safetensors",
+    }
 
 
 def test_dagster_definitions_validate_cli(home, instance):

@@ -24,6 +24,7 @@ DOWNSTREAM = [
     "preference_pairs",
     "preference_model",
     "model_evaluation",
+    "gguf_model",
 ]
 
 

@@ -80,6 +80,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert run.data.params["training.max_steps"] == "6"
     assert run.data.tags["dagster.run_id"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")] == [3, 6]  # held-out
     assert "eval_fine_tuned_perplexity" in run.data.metrics
     # ...as MLflow's training-runs view shows it: a model-development experiment, the run named by
     # its version and data, its train and held-out records as inputs digested by content, and the
@@ -139,7 +140,8 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert second["status"] == "success", second["errors"]
     after = materialisations(instance)
     assert {a: after[a] - before[a] for a in after if after[a] != before[a]} == {
-        "fine_tuned_model": 1, "preference_pairs": 1, "preference_model": 1, "model_evaluation": 1
+        "fine_tuned_model": 1, "preference_pairs": 1, "preference_model": 1, "model_evaluation": 1,
+        "gguf_model": 1,
     }  # fmt: skip
     assert unsynced(instance) == {} and build_report(settings.paths())["registry"]["version"] == "2"
     v2_run = client.get_run(client.get_model_version("tunegraph-tiny", "2").run_id)
@@ -159,7 +161,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     ingested = Runner(lr, instance).run(select=["raw_corpus", "clean_corpus", *data_assets])
     assert ingested["status"] == "success", ingested["errors"]
     assert ingested["partitions_processed"] == [shards[1].name]
-    retrain = ["fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation"]
+    retrain = ["fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation", "gguf_model"]
     assert retrain_decision(instance, graph)[0] == retrain
     schedule = defs.get_schedule_def("retrain_when_data_changed")
     with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:

@@ -17,5 +17,6 @@ def test_reingesting_an_unchanged_file_leaves_everything_downstream_synced(prepa
         "model_evaluation",
         "preference_pairs",
         "preference_model",
+        "gguf_model",
     }  # never run
     assert {cause for causes in stale.values() for cause in causes} == {"never materialised"}

@@ -155,3 +155,42 @@ def test_ddp_over_two_cpu_processes_trains_like_one_process_with_the_same_global
     # Same global batch, different sampling order: losses agree closely, not bit for bit.
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.01)
     assert two["history"][-1]["loss"] < two["history"][0]["loss"]  # it learned
+
+
+def test_held_out_loss_is_measured_while_training_and_early_stopping_ends_a_run_that_stops_improving(
+    data_template, tmp_path
+):
+    """The training entry point on the template's tokenized data, run by hand (no Dagster, no MLflow)."""
+    from stages.config import TrainingConfig
+    from stages.train import train
+
+    paths = TunegraphSettings(home=str(data_template), config_path="configs/tiny.yaml").paths()
+    tokens = paths.latest("tokenized_dataset")
+
+    def spec(name: str, **training) -> dict:
+        settings = {"method": "full", "max_steps": 12, "batch_size": 2, "logging_steps": 2, "save_steps": 100,
+                    "eval_steps": 2, "eval_examples": 8}  # fmt: skip
+        cfg = TrainingConfig(**{**settings, **training})
+        return {
+            "init_model_dir": str(paths.latest("base_model") / "model"),
+            "train_path": str(tokens / "train_blocks.parquet"),
+            "eval_path": str(tokens / "eval.parquet"),
+            "output_dir": str(tmp_path / name),
+            "checkpoint_dir": str(tmp_path / f"{name}-checkpoints"),
+            "training": cfg.model_dump(mode="json"),
+        }
+
+    learning = train(spec("learning", learning_rate=1e-3))
+    assert [e["step"] for e in learning["eval_history"]] == [2, 4, 6, 8, 10, 12]
+    assert learning["eval_history"][-1]["eval_loss"] < learning["eval_history"][0]["eval_loss"]
+    assert learning["steps"] == 12 and learning["eval_loss"] == learning["eval_history"][-1]["eval_loss"]
+    # Learning nothing (rate 0), the held-out loss never improves on its first value: with a
+    # patience of 2 evaluations the run ends at step 6, not 12.
+    stuck = train(spec("stuck", learning_rate=0.0, early_stopping_patience=2))
+    assert stuck["steps"] == 6 and [e["step"] for e in stuck["eval_history"]] == [2, 4, 6]
+    # Measuring it changes nothing in training: the same losses without it, and the throughput
+    # counts training tokens only (the held-out batches are collated apart).
+    unmeasured = train(spec("unmeasured", learning_rate=1e-3, eval_steps=None))
+    assert unmeasured["eval_history"] == [] and unmeasured["eval_loss"] is None
+    assert [h["loss"] for h in unmeasured["history"]] == [h["loss"] for h in learning["history"]]
+    assert unmeasured["label_tokens"] == learning["label_tokens"]

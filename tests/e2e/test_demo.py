@@ -5,6 +5,7 @@ import pytest
 from pipelines.report import build_report
 from pipelines.runner import Runner
 from resources.settings import DEFAULT_CONFIG, TunegraphSettings
+from resources.tracking import MlflowTracking
 from stages.example_corpus import stdlib_records, write_shards
 
 
@@ -23,3 +24,9 @@ def test_demo_fine_tune_beats_the_base_model(home, instance):
     assert evaluation["fine_tuned"]["stop_rate"] >= 0.95  # serving consistency: answers end at EOS
     assert "model_evaluation:generations_stop_at_eos" not in record["failed_checks"]
     assert report["registry"]["promoted"] is True and report["registry"]["version"] == "1"
+    # Evaluated while it trained: the MLflow run has held-out loss points at steps 20 and 40.
+    client = MlflowTracking(home=str(home)).client()
+    eval_loss = client.get_metric_history(report["training"]["mlflow_run_id"], "eval_loss")
+    assert [m.step for m in eval_loss] == [20, 40] and eval_loss[-1].value < evaluation["base_zero_shot"][
+        "loss"
+    ]

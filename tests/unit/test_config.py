@@ -27,6 +27,16 @@ def test_unknown_key_and_unknown_bundle_are_refused():
         parse_config({"model": {"base": "bundled:gpt5"}})
 
 
+def test_early_stopping_without_held_out_evaluation_is_refused():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"training": {"early_stopping_patience": 2, "eval_steps": None}}, "my.yaml")
+    assert "\n" not in str(err.value) and str(err.value).startswith(
+        "my.yaml: training: Value error, early_stopping_patience needs eval_steps: "
+        "set training.eval_steps or drop early stopping"
+    )
+    assert parse_config({"training": {"early_stopping_patience": 2}}).training.eval_steps == 20
+
+
 def test_missing_file_says_how_to_fix(tmp_path):
     with pytest.raises(ConfigError, match="pass --config PATH or set TUNEGRAPH_CONFIG"):
         load_config(tmp_path / "nope.yaml")
