@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import dagster as dg
 
@@ -97,14 +99,16 @@ def test_dagster_definitions_validate_cli(home, instance):
 
 
 GPU_JOB = """
-import json, os, sys, time
+import json, sys, time
+from pathlib import Path
 import dagster as dg
 
 @dg.asset(pool="gpu")
 def holds_the_gpu() -> None:
     start = time.time()
+    Path(sys.argv[1] + ".started").touch()
     time.sleep(2)
-    print(json.dumps([start, time.time()]), file=open(sys.argv[1], "w"))
+    Path(sys.argv[1]).write_text(json.dumps([start, time.time()]))
 
 with dg.DagsterInstance.get() as instance:
     assert dg.materialize([holds_the_gpu], instance=instance).success
@@ -112,15 +116,26 @@ with dg.DagsterInstance.get() as instance:
 
 
 def test_two_runs_never_hold_the_gpu_pool_at_once(home, instance, tmp_path):
-    """The instance of dagster.yaml limits pool `gpu` to one step at a time, across processes."""
+    """The instance of dagster.yaml limits pool `gpu` to one step at a time, across processes.
+
+    The second run starts while the first holds the slot. Two claims in the same millisecond can
+    both win on Dagster's SQLite storage (it has no row locks: `with_for_update` is a no-op
+    there), which CI once hit; Postgres storage locks the slot row (README "Postgres").
+    """
     from assets.model import fine_tuned_model
 
     assert fine_tuned_model.op.pool == "gpu"
     script = tmp_path / "gpu_job.py"
     script.write_text(GPU_JOB)
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"{i}.json")]) for i in range(2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    (a_start, a_end), (b_start, b_end) = sorted(
-        json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)
-    )
-    assert b_start >= a_end  # the second waited for the first to free the slot
+    first_out, second_out = tmp_path / "first.json", tmp_path / "second.json"
+    first = subprocess.Popen([sys.executable, str(script), str(first_out)])
+    deadline = time.monotonic() + 120
+    while not Path(f"{first_out}.started").exists():
+        assert first.poll() is None, "the first run ended before its step started"
+        assert time.monotonic() < deadline, "the first run's step did not start in 120 s"
+        time.sleep(0.05)
+    second = subprocess.Popen([sys.executable, str(script), str(second_out)])
+    assert [first.wait(timeout=120), second.wait(timeout=120)] == [0, 0]
+    _, first_end = json.loads(first_out.read_text())
+    second_start, _ = json.loads(second_out.read_text())
+    assert second_start >= first_end  # the second waited for the first to free the slot
