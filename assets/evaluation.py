@@ -1,15 +1,19 @@
 """`model_evaluation`: base-model prompting baselines vs fine-tuned vs champion; gated promotion."""
 
+import dataclasses
 import gc
 import hashlib
 import json
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import mlflow
 from mlflow.entities import Metric, RunTag
+from transformers import AutoTokenizer
 
 from assets.augment import augmented_corpus
 from assets.dedup import deduplicated_corpus
@@ -25,6 +29,8 @@ from stages import model_card
 from stages.content import content_hash
 from stages.evaluation import (
     METRICS_BY_SCHEMA,
+    SCORING_VERSION,
+    Item,
     applies,
     eval_items,
     few_shot_examples,
@@ -83,21 +89,48 @@ def model_evaluation(
     sources = {"base": BASE_VARIANTS, **{c: (c,) for c in candidates}}
     if champion_version is not None:
         sources["champion"] = ("champion",)
+    decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
+    experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
+    baselines = BaselineCache(
+        client, experiment_id, latest_data_version(context.instance, "base_model"), decoding
+    )
+    progress = Progress(context, sum(len(v) for v in sources.values()))
+    baseline_runs: dict[str, dict[str, Any]] = {}  # variant -> its MLflow run, and whether it was cached
+    base_tokenizer = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
     for source, variants in sources.items():
-        model, tokenizer = _load(source, paths, mlflow_tracking, name, champion_version)
+        # The base model is loaded only if a baseline is not in the cache.
+        loaded = None if source == "base" else _load(source, paths, mlflow_tracking, name, champion_version)
         for variant in variants:
-            for set_name, rows in eval_sets.items():
-                if not rows or not applies(variant, rows):
-                    by_set[set_name][variant] = None  # a prompt baseline on documents only: not applicable
-                    continue
-                context.log.info(f"evaluating {variant} on {len(rows)} examples of {set_name}")
-                scored = eval_items(variant, rows, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
-                by_set[set_name][variant], texts = score(model, tokenizer, scored, ev.batch_size,
-                                                         ev.max_new_tokens, ev.repetition_penalty,
-                                                         f"{variant}/{set_name}")  # fmt: skip
-                if set_name == "held_out":
-                    generations[variant], items[variant] = texts, scored
-        del model
+            tokenizer = loaded[1] if loaded else base_tokenizer
+            scored = {
+                set_name: eval_items(variant, rows, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
+                for set_name, rows in eval_sets.items()
+                if rows and applies(variant, rows)  # a prompt baseline on documents only: not applicable
+            }
+            key = baselines.key(variant, scored) if source == "base" else None
+            result = baselines.get(variant, key) if key else None
+            was_cached = result is not None
+            if result:
+                progress.done(variant, f"cached in MLflow run {result['run_id']}")
+            else:
+                loaded = loaded or _load(source, paths, mlflow_tracking, name, champion_version)
+                result = {"run_id": None, "scores": {}, "texts": {}}
+                for set_name, set_items in scored.items():
+                    context.log.info(f"evaluating {variant} on {len(set_items)} examples of {set_name}")
+                    result["scores"][set_name], result["texts"][set_name] = score(
+                        loaded[0], loaded[1], set_items, ev.batch_size, ev.max_new_tokens,
+                        ev.repetition_penalty, f"{variant}/{set_name}",
+                    )  # fmt: skip
+                if key:
+                    baselines.put(variant, key, result)
+                progress.done(variant, "evaluated")
+            if key:
+                baseline_runs[variant] = {"run_id": result["run_id"], "cached": was_cached}
+            for set_name in eval_sets:
+                by_set[set_name][variant] = result["scores"].get(set_name)
+            if "held_out" in scored:
+                generations[variant], items[variant] = result["texts"]["held_out"], scored["held_out"]
+        del loaded
         gc.collect()
     for scores in by_set.values():
         scores.setdefault("champion", None)
@@ -122,18 +155,11 @@ def model_evaluation(
             items["base_zero_shot"], generations["base_zero_shot"], generations["fine_tuned"], strict=True
         )
     ][:8]
-    decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
     _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
     # The candidates' and the baselines' scores under the same metric names, one run each, so the
     # MLflow runs table and chart view compare fine-tunes with each other and with prompting.
-    experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
     for variant, entry in candidates.items():
         _log_scores(client, entry["mlflow_run_id"], results[variant])
-    baseline_key = json.dumps([latest_data_version(context.instance, "base_model"),
-                               content_hash(eval_dir / "held_out.parquet"), ev.model_dump(mode="json")])  # fmt: skip
-    for variant in BASE_VARIANTS:
-        if results[variant]:
-            _log_scores(client, _baseline_run(client, experiment_id, variant, baseline_key), results[variant])
     # Each candidate's model card, now with this comparison; it replaces README.md in its MLflow model.
     verdict = {"results": results, "primary_metric": ev.primary_metric, "examples": len(records)}
     cards = {
@@ -161,6 +187,7 @@ def model_evaluation(
             "reason": reason,
         },
         "samples": samples,
+        "baselines": baseline_runs,
     }
     with paths.publish("model_evaluation") as out:
         write_json(out / "summary.json", summary)
@@ -178,6 +205,7 @@ def model_evaluation(
             "samples": md_table(samples, ["prompt", "reference", "base", "fine_tuned"], limit=8, width=120),
             "promoted": promoted,
             "reason": reason,
+            "baselines_cached": sum(b["cached"] for b in baseline_runs.values()),
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
             "model_card": dg.MetadataValue.md(
@@ -287,17 +315,78 @@ def _log_scores(client: mlflow.MlflowClient, run_id: str, scores: dict[str, Any]
     client.log_batch(run_id, metrics=metrics)
 
 
-def _baseline_run(client: mlflow.MlflowClient, experiment_id: str, variant: str, key: str) -> str:
-    """The run holding a prompting baseline's scores: one per base model, eval set and settings."""
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    found = client.search_runs([experiment_id], f"tags.`tunegraph.baseline` = '{variant}' and "
-                               f"tags.`tunegraph.baseline_key` = '{digest}'", max_results=1)  # fmt: skip
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"baseline {variant} · eval {digest[:8]}",
-                            tags={"tunegraph.baseline": variant, "tunegraph.baseline_key": digest})  # fmt: skip
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+SCORES_FILE = "evaluation/baseline.json"
+
+
+class BaselineCache:
+    """A prompting baseline's scores and answers, kept in its MLflow run, found again by what decides them.
+
+    The key is the scoring code's version, the base model's data version, the variant, the decoding
+    settings and every item the variant is scored on (the rendered prompts, with the system prompt
+    or the few-shot demonstrations in them, the scored targets and the references), for every eval
+    set. So a retrain on the same base model and eval sets scores only the new model and the
+    champion, and whatever would change a baseline's answers or scores misses the cache.
+    """
+
+    def __init__(
+        self, client: mlflow.MlflowClient, experiment_id: str, base_version: str | None, decoding: dict
+    ):
+        self.client, self.experiment_id = client, experiment_id
+        self.base_version, self.decoding = base_version, decoding
+
+    def key(self, variant: str, scored: dict[str, list[Item]]) -> str:
+        items = {
+            set_name: [dataclasses.astuple(i) for i in rows] for set_name, rows in sorted(scored.items())
+        }
+        payload = [SCORING_VERSION, self.base_version, variant, self.decoding, items]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def get(self, variant: str, key: str) -> dict[str, Any] | None:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`tunegraph.baseline` = '{variant}' and tags.`tunegraph.baseline_key` = '{key}' "
+            "and tags.`tunegraph.baseline_scores` = 'true'",
+            max_results=1,
+        )
+        if not found:
+            return None
+        run_id = found[0].info.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            stored = json.loads(Path(self.client.download_artifacts(run_id, SCORES_FILE, tmp)).read_text())
+        return {"run_id": run_id, **stored}
+
+    def put(self, variant: str, key: str, result: dict[str, Any]) -> None:
+        """One FINISHED run per baseline and key: its scores under `eval/*`, its answers as an artifact."""
+        run = self.client.create_run(self.experiment_id, run_name=f"baseline {variant} · {key[:8]}",
+                                     tags={"tunegraph.baseline": variant, "tunegraph.baseline_key": key})  # fmt: skip
+        run_id = run.info.run_id
+        self.client.log_dict(run_id, {"scores": result["scores"], "texts": result["texts"]}, SCORES_FILE)
+        _log_scores(self.client, run_id, result["scores"].get("held_out"))
+        self.client.set_tag(run_id, "tunegraph.baseline_scores", "true")  # complete: found by `get` now
+        self.client.set_terminated(run_id, "FINISHED")
+        result["run_id"] = run_id
+
+
+class Progress:
+    """`evaluation i/n: variant ... (elapsed, ETA)` lines: what is done and about how long is left."""
+
+    def __init__(self, context: dg.AssetExecutionContext, total: int):
+        self.context, self.total, self.done_n = context, total, 0
+        self.start = time.perf_counter()
+        self.scored_n, self.scored_s = 0, 0.0
+        self.mark = self.start
+
+    def done(self, variant: str, how: str) -> None:
+        now = time.perf_counter()
+        self.done_n += 1
+        if how == "evaluated":
+            self.scored_n, self.scored_s = self.scored_n + 1, self.scored_s + now - self.mark
+        self.mark = now
+        left = self.total - self.done_n
+        eta = f", about {left * self.scored_s / self.scored_n:.0f} s left" if left and self.scored_n else ""
+        self.context.log.info(
+            f"evaluation {self.done_n}/{self.total}: {variant} {how} ({now - self.start:.0f} s{eta})"
+        )
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

@@ -11,11 +11,21 @@ the same number of label tokens:
 Reported: effective label tokens/s (label tokens that count in the loss, per second of
 forward + backward + optimizer step), each path's non-pad fraction, and the speedup. Packing can
 at best recover what padding wastes, so the goal is speedup >= 0.9 / baseline non-pad fraction.
-On CUDA it also reports MFU = 6 * parameters * tokens/s / peak bf16 FLOP/s of the detected card
-(the 6N rule counts forward + backward matmul FLOPs, ignoring attention).
+
+MFU, the packed path's model FLOP/s as a fraction of the machine's peak:
+  peak      on CPU, measured in the same run: the best of several 2048 x 2048 fp32 `torch.mm` at the
+            thread count training uses (2 n^3 FLOPs each); on CUDA, the card's dense bf16 data-sheet peak
+  FLOPs     per processed token, 6 N for a full fine-tune (forward 2N, backward 2N for activations and
+            2N for weights) and 4 N for LoRA (frozen weights get no gradient; the adapters are < 1 %),
+            N = the matmul parameters: every nn.Linear of the model, the LM head included, not the
+            embedding lookup. Attention scores are not counted (under 12 % of 6N at 512 tokens).
+The packed path computes logits only where a token is scored (PackedCollator's logits_to_keep), so
+part of the LM head's counted FLOPs is never executed: `hardware_flops_fraction` counts the head only
+for scored tokens, the work actually done.
 
 --model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores).
---model default: SmolLM2-135M-Instruct, full fine-tune on a slice of the corpus (minutes).
+--model default: SmolLM2-135M-Instruct, full fine-tune on a slice of the corpus (about 3 minutes);
+    --method lora trains LoRA adapters as the demo does.
 --model smollm2-360m-shape: a random model of SmolLM2-360M's shape (for GPUs; no hub needed).
 """
 
@@ -36,15 +46,25 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
+from stages.config import LoraSettings  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
-from stages.train import PackedCollator  # noqa: E402
+from stages.train import PackedCollator, lora_config  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
-def build_model(name: str, vocab_size: int) -> Any:
+def build_model(name: str, vocab_size: int, method: str = "full") -> Any:
+    model = _model(name, vocab_size)
+    if method == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(LoraSettings()))
+    return model
+
+
+def _model(name: str, vocab_size: int) -> Any:
     if name == "tiny":
         return tiny_random_model(vocab_size)
     if name == "default":
@@ -57,6 +77,37 @@ def build_model(name: str, vocab_size: int) -> Any:
         )  # fmt: skip
         return LlamaForCausalLM(config)
     raise SystemExit(f"unknown --model {name}: use tiny, default or smollm2-360m-shape")
+
+
+def matmul_parameters(model: Any) -> tuple[int, int]:
+    """(N, LM head): weights of every nn.Linear (LoRA's frozen base layers included), the head among them."""
+    head = model.get_output_embeddings().weight.numel()
+    linear = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if type(m) is torch.nn.Linear and "lora_" not in name  # LoRA's own adapters: < 1 %, not counted
+    )
+    return linear, head
+
+
+def cpu_peak_flops(n: int = 2048, repeats: int = 8) -> float:
+    """The best fp32 matmul rate of this machine at the current thread count (FLOP/s)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def peak_flops(device: str) -> tuple[float | None, str]:
+    if device == "cpu":
+        return cpu_peak_flops(), f"fp32 torch.mm 2048x2048, {torch.get_num_threads()} threads"
+    card = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in card), None), f"{card} bf16 data sheet"
 
 
 def padded_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int) -> list[dict]:
@@ -137,6 +188,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=None, help="examples used (default: by model)")
     parser.add_argument("--batch-size", type=int, default=8, help="baseline examples per batch")
     parser.add_argument("--block-size", type=int, default=512)
+    parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -153,7 +205,8 @@ def main() -> None:
     packed = packed_batches(examples, args.block_size, max(1, round(mean_tokens / args.block_size)), pad)
     results = {}
     for name, batches in (("baseline", baseline), ("packed", packed)):
-        model = build_model(args.model, len(tokenizer))
+        model = build_model(args.model, len(tokenizer), args.method)
+        n_matmul, n_head = matmul_parameters(model)
         seconds, labels, real, slots = train_on(model, batches, args.device)
         results[name] = {
             "tokens_per_s": labels / seconds,
@@ -173,15 +226,27 @@ def main() -> None:
         "speedup": round(speedup, 3),
         "recovered_fraction": round(speedup * results["baseline"]["non_pad_fraction"], 3),
     }
-    if args.device == "cuda":
-        card = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in card), None)
-        params = sum(p.numel() for p in build_model(args.model, len(tokenizer)).parameters())
-        for name in ("baseline", "packed"):
-            # Useful FLOPs only: padding costs time but is not counted.
-            rate = results[name]["processed_tokens_per_s"]
-            out[name]["mfu"] = round(6 * params * rate / peak, 4) if peak else None
-        out["card"] = card
+    # Model FLOPs of the packed path (the trainer's): 6N per processed token, 4N with LoRA.
+    per_param = 6 if args.method == "full" else 4
+    peak, peak_source = peak_flops(args.device)
+    packed_rates = results["packed"]
+    achieved = per_param * n_matmul * packed_rates["processed_tokens_per_s"]
+    executed = per_param * (
+        (n_matmul - n_head) * packed_rates["processed_tokens_per_s"] + n_head * packed_rates["tokens_per_s"]
+    )
+    out |= {
+        "method": args.method,
+        "threads": torch.get_num_threads(),
+        "flops_per_token": f"{per_param}N, N = {n_matmul:,} matmul parameters (LM head {n_head:,})",
+        "peak_flops": round(peak) if peak else None,
+        "peak_source": peak_source,
+        "achieved_flops": round(achieved),
+        "mfu": round(achieved / peak, 3) if peak else None,
+        "hardware_flops_fraction": round(executed / peak, 3) if peak else None,
+        "baseline_mfu": round(per_param * n_matmul * results["baseline"]["processed_tokens_per_s"] / peak, 3)
+        if peak
+        else None,
+    }
     if args.json:
         print(json.dumps(out))
         return
@@ -197,6 +262,12 @@ def main() -> None:
     print(
         f"speedup {out['speedup']}x; packing recovers {out['recovered_fraction']:.0%} of the padding waste bound"
     )
+    if out["mfu"] is not None:
+        print(
+            f"packed: {out['achieved_flops'] / 1e9:.1f} GFLOP/s ({out['flops_per_token']}) of a "
+            f"{out['peak_flops'] / 1e9:.1f} GFLOP/s peak ({out['peak_source']}): MFU {out['mfu']}, "
+            f"executed {out['hardware_flops_fraction']}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from pipelines.runner import PipelineError, Runner
 from pipelines.sensors import retrain_decision
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
-from stages.tables import read_rows, write_rows
+from stages.tables import read_json, read_rows, write_rows
+
+BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 
 def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
@@ -43,6 +45,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert sorted(record["partitions_processed"]) == sorted([p.name for p in shards] + ["extra.jsonl"])
 
     report = build_report(settings.paths())
+    first_scores = read_json(settings.paths().latest("model_evaluation") / "summary.json")["evaluation"]
     data = report["data"]
     assert data["documents_in"] == data["documents_kept"] + sum(data["dropped"].values())
     assert data["dropped"]["invalid_json"] == 1 and data["dropped"]["empty"] > 0
@@ -146,7 +149,25 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert unsynced(instance) == {} and build_report(settings.paths())["registry"]["version"] == "2"
     v2_run = client.get_run(client.get_model_version("tunegraph-tiny", "2").run_id)
     assert v2_run.info.run_name == f"sft v2 · data {tokens_version[:8]} · training.learning_rate=0.0005"
-    assert len(baselines_runs(client, run.info.experiment_id)) == 3  # same eval set and settings: reused
+    # Same base model, eval set and decoding: the baselines come from their MLflow runs, not re-scored.
+    assert len(baselines_runs(client, run.info.experiment_id)) == 3
+    retrained = read_json(lr.paths().latest("model_evaluation") / "summary.json")
+    assert {v: b["cached"] for v, b in retrained["baselines"].items()} == dict.fromkeys(BASELINES, True)
+    for variant in BASELINES:
+        assert retrained["evaluation"][variant] == first_scores[variant], variant
+
+    # A new system prompt changes one baseline's prompts: only it is scored again, in a run of its own.
+    prompt = TunegraphSettings(home=str(home), config_path=str(write_config(
+        tmp_path / "prompt.yaml", training={"learning_rate": 5e-4}, evaluation={"system_prompt": "Answer briefly."})))  # fmt: skip
+    sources.record(instance, sources.source_changes(instance, prompt))
+    assert Runner(prompt, instance).run()["status"] == "success"
+    reprompted = read_json(prompt.paths().latest("model_evaluation") / "summary.json")
+    assert {v: b["cached"] for v, b in reprompted["baselines"].items()} == {
+        "base_zero_shot": True, "base_system_prompt": False, "base_few_shot": True,
+    }  # fmt: skip
+    assert len(baselines_runs(client, run.info.experiment_id)) == 4
+    sources.record(instance, sources.source_changes(instance, lr))  # back to the story's config
+    assert Runner(lr, instance).run()["status"] == "success"
 
     # The data assets rebuilt from unchanged files: same content versions, still nothing to retrain.
     data_assets = ["deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages.chat import IGNORE_INDEX
 from stages.packing import PackStats, count_blocks_without_labels, pack_bfd
+from stages.train import PackedCollator
 
 
 def _example(n_prompt: int, n_response: int, offset: int = 10) -> dict:
@@ -47,7 +48,7 @@ def test_too_long_examples_are_truncated_and_counted():
     assert len(blocks) == 1 and len(blocks[0]["input_ids"]) == 16
 
 
-def test_packed_loss_equals_token_weighted_loss_of_examples():
+def _tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=128,
@@ -57,13 +58,48 @@ def test_packed_loss_equals_token_weighted_loss_of_examples():
         num_attention_heads=4,
         num_key_value_heads=2,
         use_cache=False,
+        tie_word_embeddings=True,  # as SmolLM2: the LM head's gradient reaches the embeddings
     )
-    model = LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config)
+
+
+def _random_examples(shapes: list[tuple[int, int]]) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     examples = []
-    for n_prompt, n_resp in [(5, 9), (3, 4), (8, 11), (2, 6)]:
+    for n_prompt, n_resp in shapes:
         ids = torch.randint(0, 128, (n_prompt + n_resp,), generator=g).tolist()
         examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]})
+    return examples
+
+
+def test_label_only_logits_give_the_full_logits_loss_and_gradients():
+    """The collator's logits_to_keep + shift_labels: the same loss and gradients, fewer logits."""
+    model = _tiny_llama().train()
+    examples = _random_examples([(5, 9), (3, 4), (8, 11), (2, 6), (6, 3), (4, 12)])
+    blocks, _ = _pack(examples, block_size=24)
+    assert len(blocks) >= 2
+    batch = PackedCollator(pad_token_id=0)(blocks)
+    n_scored = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert batch["logits_to_keep"].sum() == len(batch["shift_labels"]) == n_scored
+
+    def loss_and_grads(inputs: dict) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(**inputs, num_items_in_batch=torch.tensor(n_scored))
+        out.loss.backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    full, full_grads = loss_and_grads({k: batch[k] for k in ("input_ids", "position_ids", "labels")})
+    kept, kept_grads = loss_and_grads(batch)
+    assert kept.logits.shape == (n_scored, 128)  # only the scored positions were projected
+    assert full.logits.shape[:2] == batch["input_ids"].shape
+    assert abs(kept.loss.item() - full.loss.item()) < 1e-6
+    for a, b in zip(kept_grads, full_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_packed_loss_equals_token_weighted_loss_of_examples():
+    model = _tiny_llama().eval()
+    examples = _random_examples([(5, 9), (3, 4), (8, 11), (2, 6)])
     blocks, _ = _pack(examples, block_size=64)
     assert len(blocks) == 1
     block = blocks[0]
