@@ -18,6 +18,19 @@ import pyarrow.parquet as pq
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 
+
+def label_positions(labels: Any) -> dict[str, Any]:
+    """For a [batch, time] label tensor: `logits_to_keep`, the positions t whose next token t+1 is
+    scored (a boolean mask, transformers' per-row form), and `shift_labels`, those tokens in order.
+
+    Given both, a causal LM projects only the scored positions onto its vocabulary (the logits come
+    back flattened, one row per scored token) and its loss equals the full-logits one."""
+    scored = labels[:, 1:] != IGNORE_INDEX
+    keep = scored.new_zeros(labels.shape)
+    keep[:, :-1] = scored
+    return {"logits_to_keep": keep, "shift_labels": labels[:, 1:][scored]}
+
+
 # ChatML, the template of SmolLM2 and many others; documented as tunegraph's default.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"

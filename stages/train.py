@@ -34,7 +34,7 @@ from transformers import (
     set_seed,
 )
 
-from stages.chat import IGNORE_INDEX
+from stages.chat import IGNORE_INDEX, label_positions
 from stages.checkpoints import AtomicCheckpoints
 from stages.config import LoraSettings, TrainingConfig
 
@@ -111,14 +111,6 @@ class PackedCollator:
         return batch
 
 
-def label_positions(labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`logits_to_keep` (position t is kept when token t+1 is scored) and those tokens, in order."""
-    scored = labels[:, 1:] != IGNORE_INDEX
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = scored
-    return {"logits_to_keep": keep, "shift_labels": labels[:, 1:][scored]}
-
-
 class Telemetry(TrainerCallback):
     """Every numeric value the trainer logs (loss, learning rate, grad norm, DPO rewards...) plus
     effective tokens/s when a collator counts them, to MLflow in batches.
@@ -139,6 +131,10 @@ class Telemetry(TrainerCallback):
         self.flush_every = 10
         self.start = time.perf_counter()
         self.tracking_s = 0.0
+        self.first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.first_step = state.global_step  # a resumed run starts past 0: its ETA counts from here
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
@@ -160,7 +156,10 @@ class Telemetry(TrainerCallback):
         extra = " ".join(
             f"{k} {row[k]:.4g}" for k in ("rewards/margins", "effective_tokens_per_s") if k in row
         )
-        self.log(f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} {extra}")
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / max(state.global_step - self.first_step, 1) * (state.max_steps - state.global_step)
+        self.log(f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} {extra} "
+                 f"({elapsed:.0f} s, about {left:.0f} s left)")  # fmt: skip
         now = int(time.time() * 1000)
         self.buffer += [Metric(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
         if len(self.history) % self.flush_every == 0:
