@@ -157,6 +157,13 @@ class TrainingConfig(_Section):
     )
     learning_rate: float = Field(2e-4, ge=0.0)
     max_steps: int = Field(40, ge=1, description="Optimizer steps; sized so `make demo` fits its budget.")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget: stop after the first step that ends past it, and save that model "
+        "(the report says at which step). None: max_steps alone decides. The learning-rate schedule is still "
+        "planned for max_steps.",
+    )
     batch_size: int = Field(4, ge=1, description="Packed blocks per device per step.")
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(2, ge=0)

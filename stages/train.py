@@ -75,6 +75,30 @@ class ParentWatch(TrainerCallback):
             ) from None
 
 
+class TimeBudget(TrainerCallback):
+    """Stop after the first step that ends past `training.max_minutes` (every rank at the same step)."""
+
+    def __init__(self, minutes: float | None):
+        self.seconds = None if minutes is None else minutes * 60
+        self.start = time.perf_counter()
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.seconds is None or state.global_step >= state.max_steps:
+            return
+        over = torch.tensor([float(time.perf_counter() - self.start > self.seconds)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(
+                over, op=torch.distributed.ReduceOp.MAX
+            )  # rank 0's clock is not enough
+        if over.item():
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
 class PackedCollator:
     """Stack packed blocks, padding the tail of short blocks as a separate masked sequence.
 
@@ -352,6 +376,7 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         if held_out and cfg.early_stopping_patience
         else []
     )
+    budget = TimeBudget(cfg.max_minutes)
     trainer = CheckpointedTrainer(
         model=model,
         args=args,
@@ -359,9 +384,13 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         eval_dataset=held_out,
         data_collator=collator,
         eval_collator=PackedCollator(tokenizer.pad_token_id),
-        callbacks=[telemetry, ParentWatch(spec.get("parent_pid")), *stopping],
+        callbacks=[telemetry, ParentWatch(spec.get("parent_pid")), budget, *stopping],
     )
     result, wall_s = fit(trainer, spec, telemetry, log)
+    if budget.stopped_at is not None:
+        log(
+            f"stopped at step {budget.stopped_at}/{cfg.max_steps}: training.max_minutes {cfg.max_minutes} reached"
+        )
     return save_and_summarise(
         model,
         tokenizer,
@@ -371,6 +400,7 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         lora=cfg.method == "lora",
         label_tokens=collator.label_tokens,
         precision=precision,
+        stopped_by_time_budget_at=budget.stopped_at,
         wall_s=wall_s,
         effective_tokens_per_s=collator.label_tokens * WORLD_SIZE / wall_s,
         trainable_parameters=trainable,

@@ -1,0 +1,163 @@
+"""The demo's evaluation: `generate` and full logits (before) vs tunegraph's scoring (after), one run.
+
+    python benchmarks/evaluation.py [--home DIR] [--json]
+
+Needs a state folder where the demo ran (`make demo`; default $TUNEGRAPH_HOME or ./data): its
+held-out examples, few-shot demonstrations, base model and fine-tuned model, with the demo's
+evaluation settings. Each variant the demo scores (three prompting baselines and the fine-tuned
+model) is scored on the same examples twice, in one process:
+  before  perplexity with logits at every position; greedy answers from `model.generate` on
+          length-sorted batches, which keep every row until the batch's last one stops
+  after   stages.evaluation.score: logits only at scored positions, and rows that leave the batch
+          at their EOS (greedy_until_eos)
+A retrain scores only the new model and the champion: the baselines come from their MLflow runs
+(assets/evaluation.py BaselineCache), so `rerun_s` is the fine-tuned model's `after` time twice
+(candidate and champion) plus the measured lookup of the three cached baselines in this folder's
+MLflow store. Reported per variant: seconds before and after, whether every answer is the same, and
+the perplexity before and after (equal up to float rounding).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from assets.evaluation import BASE_VARIANTS, BaselineCache  # noqa: E402
+from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
+from resources.tracking import MlflowTracking  # noqa: E402
+from stages.chat import IGNORE_INDEX  # noqa: E402
+from stages.evaluation import _batches, eval_items, few_shot_examples, score  # noqa: E402
+from stages.model_source import load_saved  # noqa: E402
+from stages.serving import decode_answer, decoding_config  # noqa: E402
+from stages.tables import read_rows  # noqa: E402
+
+
+@torch.no_grad()
+def before_score(
+    model: Any, tokenizer: Any, items: list, batch_size: int, max_new: int, penalty: float
+) -> dict:
+    """The evaluation as it was: full logits for perplexity, `model.generate` for the answers."""
+    p_ids = tokenizer([i.nll_prompt for i in items], add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([i.nll_target + tokenizer.eos_token for i in items], add_special_tokens=False)[
+        "input_ids"
+    ]
+    seqs = [p + r for p, r in zip(p_ids, r_ids, strict=True)]
+    total, count = 0.0, 0
+    for batch in _batches([len(s) for s in seqs], batch_size, 8192):
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), IGNORE_INDEX)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n, p = len(seqs[i]), len(p_ids[i])
+            ids[row, :n], labels[row, p:n], mask[row, :n] = torch.tensor(seqs[i]), torch.tensor(r_ids[i]), 1
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                                       ignore_index=IGNORE_INDEX, reduction="sum"))  # fmt: skip
+        count += int((labels[:, 1:] != IGNORE_INDEX).sum())
+    g_ids = tokenizer([i.gen_prompt for i in items], add_special_tokens=False)["input_ids"]
+    texts: list[str] = [""] * len(items)
+    for batch in _batches([len(p) + max_new for p in g_ids], batch_size, 8192):
+        width = max(len(g_ids[i]) for i in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(g_ids[i]) :], mask[row, width - len(g_ids[i]) :] = torch.tensor(g_ids[i]), 1
+        out = model.generate(input_ids=ids, attention_mask=mask,
+                             generation_config=decoding_config(tokenizer, max_new, penalty))[:, width:]  # fmt: skip
+        for row, i in enumerate(batch):
+            texts[i] = decode_answer(tokenizer, out[row].tolist())[0]
+    return {"perplexity": float(torch.exp(torch.tensor(total / count))), "texts": texts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", default=os.environ.get("TUNEGRAPH_HOME", "data"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    settings = TunegraphSettings(home=str(Path(args.home).resolve()), config_path=str(DEFAULT_CONFIG))
+    paths, cfg = settings.paths(), settings.config()
+    ev = cfg.evaluation
+    try:
+        records = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")[
+            : ev.max_examples
+        ]
+        shots = few_shot_examples(read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k,
+                                  cfg.data.seed)  # fmt: skip
+        models = {
+            "base": paths.latest("base_model") / "model",
+            "fine_tuned": paths.latest("fine_tuned_model") / "model",
+        }
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(
+            f"{err}: run `make demo` first, or pass --home with a state folder where it ran"
+        ) from err
+
+    torch.manual_seed(0)
+    rows: dict[str, dict[str, Any]] = {}
+    for source, variants in (("base", BASE_VARIANTS), ("fine_tuned", ("fine_tuned",))):
+        model, tokenizer = load_saved(models[source])
+        model.eval()
+        for variant in variants:
+            items = eval_items(variant, records, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
+            start = time.perf_counter()
+            old = before_score(
+                model, tokenizer, items, ev.batch_size, ev.max_new_tokens, ev.repetition_penalty
+            )
+            before_s = time.perf_counter() - start
+            start = time.perf_counter()
+            new, texts = score(model, tokenizer, items, ev.batch_size, ev.max_new_tokens, ev.repetition_penalty,
+                               variant)  # fmt: skip
+            after_s = time.perf_counter() - start
+            rows[variant] = {
+                "before_s": round(before_s, 1),
+                "after_s": round(after_s, 1),
+                "same_answers": sum(a == b for a, b in zip(old["texts"], texts, strict=True)),
+                "examples": len(items),
+                "perplexity_before": round(old["perplexity"], 4),
+                "perplexity_after": round(new["perplexity"], 4),
+            }
+        del model
+
+    tracking = MlflowTracking(home=settings.home)
+    client = tracking.client()
+    cache = BaselineCache(client, tracking.experiment_id(cfg.tracking.experiment), None, {})
+    start = time.perf_counter()
+    for variant in BASE_VARIANTS:  # a lookup of each baseline's run (a miss here costs the same search)
+        cache.get(variant, "0" * 16)
+    lookup_s = time.perf_counter() - start
+    out = {
+        "examples": len(records),
+        "variants": rows,
+        "before_s": round(sum(r["before_s"] for r in rows.values()), 1),
+        "after_s": round(sum(r["after_s"] for r in rows.values()), 1),
+        "rerun_s": round(2 * rows["fine_tuned"]["after_s"] + lookup_s, 1),
+        "baseline_lookup_s": round(lookup_s, 2),
+    }
+    out["speedup"] = round(out["before_s"] / out["after_s"], 2)
+    out["rerun_speedup"] = round(out["before_s"] / out["rerun_s"], 2)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"the demo's evaluation on {len(records)} held-out examples ({settings.home})")
+    print(
+        f"{'variant':<20}{'before s':>10}{'after s':>10}{'same answers':>14}{'ppl before':>12}{'ppl after':>12}"
+    )
+    for variant, r in rows.items():
+        print(f"{variant:<20}{r['before_s']:>10}{r['after_s']:>10}{r['same_answers']:>9}/{r['examples']:<4}"
+              f"{r['perplexity_before']:>12}{r['perplexity_after']:>12}")  # fmt: skip
+    print(f"total {out['before_s']} s -> {out['after_s']} s ({out['speedup']}x); a retrain with cached "
+          f"baselines {out['rerun_s']} s ({out['rerun_speedup']}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
