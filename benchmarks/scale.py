@@ -16,7 +16,8 @@ answer replaced, 5 %), an e-mail address (1 %) and a routable IPv4 address (0.5 
 
 Per stage: wall time (the sum of its Dagster steps over every run; per-file stages run once per
 file), the process's peak RSS while its steps ran (sampled every 0.1 s; the process also holds the
-imported libraries, ~0.6 GB), and records/s (the corpus's records over the stage's wall time). `total_s` is the whole cold run,
+imported libraries and what materialising the base model left, `rss_before_mb`), and records/s
+(the corpus's records over the stage's wall time). `total_s` is the whole cold run,
 orchestration included; `fix_ratio` is the one-record fix's wall over the cold run's. The growth
 exponent between two sizes is log(t2/t1) / log(n2/n1) (1.0 is linear).
 """
@@ -155,6 +156,7 @@ def measure(n: int, files: int) -> dict[str, Any]:
         with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance, RssSampler() as rss:
             runner = Runner(settings, instance, log=lambda _: None)
             runner.run(select=["base_model"])  # not timed: the tokenizer source, not a data stage
+            rss_before = rss.samples[-1][1] if rss.samples else 0.0
             start = time.perf_counter()
             cold = runner.run(select=STAGES)
             total_s = time.perf_counter() - start
@@ -186,6 +188,7 @@ def measure(n: int, files: int) -> dict[str, Any]:
         "total_s": round(total_s, 2),
         "orchestration_s": round(total_s - sum(s["wall_s"] for s in stages.values()), 2),
         "peak_rss_mb": round(max(mb for _, mb in rss.samples), 1),
+        "rss_before_mb": round(rss_before, 1),  # libraries and what base_model's materialisation left
         "fix_s": round(fix_s, 2),
         "fix_ratio": round(fix_s / total_s, 3),
         "fix_stages_s": {s: round(sum(b - a for a, b in iv), 2) for s, iv in fix_steps.items()},
