@@ -9,6 +9,7 @@ saved with the model so evaluation and serving render exactly what training saw.
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,6 @@ def _cache_table(keys: list[str], examples: list[dict]) -> pa.Table:
 def _write_part(cache_dir: Path, part: pa.Table) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha1("".join(sorted(part.column("key").to_pylist())).encode()).hexdigest()[:16]
-    tmp = cache_dir / f".tmp-{name}"
+    tmp = cache_dir / f".tmp-{name}-{os.getpid()}"  # two runs tokenising the same records at once
     pq.write_table(part, tmp)
     tmp.replace(cache_dir / f"part-{time.time_ns()}-{name}.parquet")  # sorted = written order
