@@ -134,7 +134,12 @@ def test_the_daemon_ingests_sixteen_files_four_runs_at_a_time(home, on_postgres)
         assert instance.get_latest_materialization_event(dg.AssetKey("base_model"))  # automation's too
         status, errors = ui.materialize(["augmented_corpus", "tokenized_dataset", "fine_tuned_model"])
         assert status == "SUCCESS", errors
+        # Automation may follow the fine-tune (preference_pairs, off in this config): let it finish.
+        deadline = time.time() + 180
+        while instance.get_runs(dg.RunsFilter(statuses=UNFINISHED)):
+            assert time.time() < deadline, "automated runs still unfinished 3 min after the fine-tune"
+            time.sleep(2)
         runs = instance.get_runs()
-        assert [r.run_id for r in runs if r.status != dg.DagsterRunStatus.SUCCESS] == []
+        assert [(r.run_id, r.status.value) for r in runs if r.status != dg.DagsterRunStatus.SUCCESS] == []
 
     assert [r.info.status for r in training_runs(home)] == ["FINISHED"]  # one per fine-tune
