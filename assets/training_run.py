@@ -132,13 +132,15 @@ def run_training(
                 "checkpoint_dir": str(checkpoint_dir),
                 "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
                 "resumed_from_step": plan.step if plan.checkpoint else None,
-                "parent_pid": os.getpid() if launcher.local else None,
+                # A local training process watches this step's pid; a pod cannot see it.
+                "parent_pid": os.getpid() if cfg.training.launcher.kind == "local" else None,
                 "training": cfg.training.model_dump(mode="json"),
                 "mlflow": {"tracking_uri": tracking.uri(), "run_id": run_id},
             }
             write_json(out / "spec.json", spec)
+            # Where it trains is the config's; the device and process count are decided there.
             launcher.launch(
-                context, job.module, str(out / "spec.json"), cfg.training, torch.cuda.is_available()
+                context, job.module, str(out / "spec.json"), cfg.training.launcher, str(paths.home)
             )
             summary = read_json(out / "train_summary.json")
             history, evals = summary["history"], summary.get("eval_history", [])

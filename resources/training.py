@@ -1,110 +1,106 @@
-"""The training launcher: runs `stages.train` as its own process through Dagster Pipes.
+"""The training launcher: starts `stages.launch` where `training.launcher` says, through Dagster Pipes.
 
-Logs and the final metadata stream back to the asset. The command comes from the pipeline
-config (`training.num_processes`, `mixed_precision`, `accelerate_config`):
+Logs and the final metadata stream back to the asset. The step decides only *where* training
+runs: a subprocess here (`kind: local`) or a Kubernetes pod (`kind: k8s`, `pip install dagster-k8s`,
+sent with `PipesK8sClient`). *How* (GPUs or CPU, accelerate or torchrun, how many processes) is
+decided by `stages.launch` on the machine that trains, so a CPU-only Dagster run pod never sends
+`accelerate launch --cpu` to a GPU pod.
 
-- GPUs, and a single CPU process: `accelerate launch` (FSDP or DeepSpeed from an accelerate
-  config file), so one process and eight take the same path;
-- several CPU processes: `torchrun`, because `accelerate launch --cpu` starts one process
-  here whatever `--num_processes` says (it wants MPI); the training code is the same, and an
-  `Accelerator` inside sees MULTI_CPU over gloo.
-
-On Kubernetes (`backend: k8s`, needs `pip install dagster-k8s`) the same command runs in a pod
-through `PipesK8sClient`; the state folder must then be a volume both the Dagster run and the
-pod mount at the same path. Only this resource's config differs (see the README).
+On Kubernetes the state folder must be a volume that the Dagster run and the pod mount at the same
+path: the training spec and its outputs are absolute paths under `$TUNEGRAPH_HOME`.
 """
 
-import os
 import sys
-from typing import Any, Literal
+from pathlib import PurePosixPath
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from stages.config import TrainingConfig
+from stages.config import LauncherConfig
+
+STATE_VOLUME = "tunegraph-state"
+GPU = "nvidia.com/gpu"
 
 
 class TrainingLauncher(dg.ConfigurableResource):
-    """How the training process is started."""
+    """How the training process is started (where: `training.launcher` in the pipeline YAML)."""
 
-    torch_threads: int | None = Field(default=None, description="Threads per CPU process; default: torch's.")
-    backend: Literal["subprocess", "k8s"] = Field(
-        default="subprocess", description="Where the training process runs: here, or in a Kubernetes pod."
-    )
-    k8s_image: str | None = Field(default=None, description="k8s: the image with this project installed.")
-    k8s_namespace: str | None = Field(default=None, description="k8s: namespace; default the current one.")
-    k8s_pod_spec: dict[str, Any] | None = Field(
+    torch_threads: int | None = Field(
         default=None,
-        description="k8s: base pod spec: GPU resources, node selector, the volume holding $TUNEGRAPH_HOME.",
+        description="Threads per CPU training process; default: the cores, split between processes.",
     )
-
-    @property
-    def local(self) -> bool:
-        """Whether the training process runs on this machine (it can watch this process's pid)."""
-        return self.backend == "subprocess"
-
-    def command(self, module: str, spec_path: str, training: TrainingConfig, use_gpu: bool) -> list[str]:
-        n = training.num_processes
-        if use_gpu or n == 1:
-            command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
-            command += ["--num_machines", "1", "--dynamo_backend", "no"]
-            if training.accelerate_config:
-                command += ["--config_file", training.accelerate_config]
-            if training.mixed_precision != "auto":
-                command += ["--mixed_precision", training.mixed_precision]
-            if not use_gpu:
-                command += ["--cpu", "--num_cpu_threads_per_process", str(self.torch_threads or _cores())]
-            return [*command, "-m", module, spec_path]
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(n),
-            "-m",
-            module,
-            spec_path,
-        ]
 
     def launch(
         self,
         context: dg.AssetExecutionContext,
         module: str,
         spec_path: str,
-        training: TrainingConfig,
-        use_gpu: bool,
+        launcher: LauncherConfig,
+        home: str,
     ) -> dg.MaterializeResult:
-        """Run `python -m MODULE SPEC` (the training entry point) and wait for its final report."""
+        """Run the training entry point `module` on `spec_path` and wait for its final report."""
         env = {"TUNEGRAPH_TORCH_THREADS": str(self.torch_threads)} if self.torch_threads else {}
-        if not use_gpu and training.num_processes > 1:
-            # Split the cores between the workers rather than oversubscribing them.
-            env.setdefault("TUNEGRAPH_TORCH_THREADS", str(max(1, _cores() // training.num_processes)))
-        command = self.command(module, spec_path, training, use_gpu)
-        context.log.info(f"launching ({self.backend}): " + " ".join(command))
-        if self.backend == "k8s":
-            if not self.k8s_image:
-                raise ValueError(
-                    "TrainingLauncher(backend='k8s') needs k8s_image: the image with tunegraph installed"
+        command = launch_command(module, spec_path)
+        context.log.info(f"launching ({launcher.kind}): " + " ".join(command))
+        match launcher.kind:
+            case "local":
+                client = dg.PipesSubprocessClient(env=env)
+                return client.run(
+                    context=context, command=[sys.executable, *command]
+                ).get_materialize_result()
+            case "k8s":
+                try:
+                    from dagster_k8s import PipesK8sClient
+                except ImportError as err:
+                    raise RuntimeError(
+                        "training.launcher.kind is k8s but dagster-k8s is not installed: pip install -e '.[k8s]'"
+                    ) from err
+                spec = pod_spec(launcher, ["python", *command], home)
+                return (
+                    PipesK8sClient(env={**env, "TUNEGRAPH_HOME": home})
+                    .run(context=context, namespace=launcher.namespace, base_pod_spec=spec)
+                    .get_materialize_result()
                 )
-            from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
-
-            # The pod runs the image's python, not this machine's interpreter.
-            command = ["python", *command[1:]]
-            return (
-                PipesK8sClient(env=env)
-                .run(
-                    context=context,
-                    image=self.k8s_image,
-                    command=command,
-                    namespace=self.k8s_namespace,
-                    base_pod_spec=self.k8s_pod_spec,
-                )
-                .get_materialize_result()
-            )
-        client = dg.PipesSubprocessClient(env=env)
-        return client.run(context=context, command=command).get_materialize_result()
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
+def launch_command(module: str, spec_path: str) -> list[str]:
+    """The arguments after the interpreter: the same for a subprocess, a CPU pod and a GPU pod."""
+    return ["-m", "stages.launch", module, spec_path]
+
+
+def pod_spec(launcher: LauncherConfig, command: list[str], home: str) -> dict[str, Any]:
+    """The pod spec `PipesK8sClient` submits (it adds the pod's name, labels and the Pipes variables
+    to the first container's env). Pure: built and tested without a cluster or dagster-k8s."""
+    volume = launcher.volume
+    if launcher.kind != "k8s" or volume is None or launcher.image is None:
+        raise ValueError("pod_spec needs training.launcher.kind k8s with image and volume")
+    mount = PurePosixPath(volume.mount_path)
+    if not PurePosixPath(home).is_relative_to(mount):
+        raise ValueError(
+            f"$TUNEGRAPH_HOME {home} is not under training.launcher.volume.mount_path {mount}: mount the "
+            "state volume in the pod where the Dagster run has it"
+        )
+    wanted = launcher.resources
+    requests = {k: v for k, v in {"cpu": wanted.cpu, "memory": wanted.memory}.items() if v}
+    limits = {
+        k: v
+        for k, v in {"memory": wanted.memory, GPU: str(wanted.gpus) if wanted.gpus else None}.items()
+        if v
+    }
+    container: dict[str, Any] = {
+        "name": "training",
+        "image": launcher.image,
+        "command": command,
+        "resources": {k: v for k, v in {"requests": requests, "limits": limits}.items() if v},
+        "volumeMounts": [{"name": STATE_VOLUME, "mountPath": str(mount)}],
+    }
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a failed training is retried by the asset's RetryPolicy, and resumes
+        "containers": [container],
+        "volumes": [{"name": STATE_VOLUME, "persistentVolumeClaim": {"claimName": volume.claim}}],
+    }
+    if wanted.gpus:
+        # GPU nodes are usually tainted so that only pods asking for a GPU land there.
+        spec["tolerations"] = [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
+    return spec

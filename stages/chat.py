@@ -9,6 +9,7 @@ saved with the model so evaluation and serving render exactly what training saw.
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,7 @@ def record_key(record: dict[str, Any]) -> str:
 
 
 COMPACT_AFTER = 16  # cache parts; past this, one compacted part replaces them
+TOKENIZE_BATCH = 4096  # records tokenised, then held as Python lists, at a time
 _CACHE_SCHEMA = pa.schema(
     [("key", pa.string()), ("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64()))]
 )
@@ -245,7 +247,14 @@ def tokenize_cached(
     row_of = dict(zip(cache.column("key").to_pylist(), range(cache.num_rows), strict=True))
     missing = {k: r for k, r in zip(keys, records, strict=True) if k not in row_of}
     if missing:
-        new = _cache_table(list(missing), tokenize_records(tokenizer, list(missing.values())))
+        # Into Arrow one batch at a time: as Python lists, the ids took ~15 KB a record (1.4 GB more
+        # peak memory at 100k records, benchmarks/scale.py); as Arrow they take ~2 KB.
+        fresh_keys, fresh_records = list(missing), list(missing.values())
+        new = pa.concat_tables(
+            [_cache_table(fresh_keys[i : i + TOKENIZE_BATCH],
+                          tokenize_records(tokenizer, fresh_records[i : i + TOKENIZE_BATCH]))
+             for i in range(0, len(fresh_records), TOKENIZE_BATCH)]
+        )  # fmt: skip
         row_of.update(zip(missing, range(cache.num_rows, cache.num_rows + new.num_rows), strict=True))
         cache = pa.concat_tables([cache, new])
         if len(parts) + 1 > COMPACT_AFTER:
@@ -271,6 +280,6 @@ def _cache_table(keys: list[str], examples: list[dict]) -> pa.Table:
 def _write_part(cache_dir: Path, part: pa.Table) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha1("".join(sorted(part.column("key").to_pylist())).encode()).hexdigest()[:16]
-    tmp = cache_dir / f".tmp-{name}"
+    tmp = cache_dir / f".tmp-{name}-{os.getpid()}"  # two runs tokenising the same records at once
     pq.write_table(part, tmp)
     tmp.replace(cache_dir / f"part-{time.time_ns()}-{name}.parquet")  # sorted = written order

@@ -151,6 +151,49 @@ class LoraSettings(_Section):
     target_modules: str | list[str] = Field("all-linear", description="peft target modules.")
 
 
+class K8sResources(_Section):
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod (a GPU node); 0 schedules a CPU pod.")
+    cpu: str | None = Field(
+        None, description="CPU request, e.g. '8'; None leaves it to the namespace default."
+    )
+    memory: str | None = Field(None, description="Memory request and limit, e.g. '32Gi'.")
+
+
+class K8sVolume(_Section):
+    claim: str = Field(
+        description="PersistentVolumeClaim holding $TUNEGRAPH_HOME, shared with Dagster's run pods."
+    )
+    mount_path: str = Field(
+        "/data",
+        description="Where the pod mounts it: $TUNEGRAPH_HOME must be there or below, at the same path as in "
+        "the Dagster run (the training spec names absolute paths).",
+    )
+
+
+class LauncherConfig(_Section):
+    """Where the training process runs. How (device, process count) is decided there, not here."""
+
+    kind: Literal["local", "k8s"] = Field(
+        "local", description="local: a subprocess of the Dagster step; k8s: a pod (pip install dagster-k8s)."
+    )
+    image: str | None = Field(None, description="k8s: an image with this project installed.")
+    namespace: str | None = Field(None, description="k8s: namespace; default the current one.")
+    resources: K8sResources = K8sResources()
+    volume: K8sVolume | None = Field(None, description="k8s: the volume holding $TUNEGRAPH_HOME.")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_kind(self) -> "LauncherConfig":
+        k8s_only = [name for name in ("image", "namespace", "volume") if getattr(self, name) is not None]
+        if self.kind == "local" and (k8s_only or self.resources != K8sResources()):
+            names = ", ".join(k8s_only + (["resources"] if self.resources != K8sResources() else []))
+            raise ValueError(f"{names} apply to kind k8s only; set kind: k8s or remove them")
+        if self.kind == "k8s" and (self.image is None or self.volume is None):
+            missing = " and ".join(n for n in ("image", "volume") if getattr(self, n) is None)
+            raise ValueError(f"kind k8s needs {missing}: the image with tunegraph installed and the volume "
+                             "claim holding $TUNEGRAPH_HOME")  # fmt: skip
+        return self
+
+
 class TrainingConfig(_Section):
     method: Literal["lora", "full"] = Field(
         "lora", description="LoRA adapters (merged on save) or all weights."
@@ -211,6 +254,20 @@ class TrainingConfig(_Section):
         "('3'), an alias ('champion'), or 'name@alias' / 'name/3' / 'models:/...'. Recorded in lineage.",
     )
     lora: LoraSettings = LoraSettings()
+    launcher: LauncherConfig = Field(
+        LauncherConfig(),
+        description="Where training runs (local or a Kubernetes pod); not part of any version: moving it "
+        "makes nothing stale and a run resumes across it.",
+    )
+
+    @model_validator(mode="after")
+    def _gpu_pod_fits_the_processes(self) -> "TrainingConfig":
+        gpus = self.launcher.resources.gpus
+        if gpus and self.num_processes > gpus:
+            raise ValueError(
+                f"num_processes {self.num_processes} needs as many GPUs, but launcher.resources.gpus is {gpus}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _early_stopping_needs_evaluation(self) -> "TrainingConfig":
@@ -329,8 +386,9 @@ class PipelineConfig(_Section):
         return _flatten(self.model_dump(mode="json"))
 
     def section_hash(self, *sections: str) -> str:
-        """A short, stable hash of some sections, dotted paths allowed ("data.cleaning")."""
-        dump = self.model_dump(mode="json")
+        """A short, stable hash of some sections, dotted paths allowed ("data.cleaning"). Where training
+        runs (`training.launcher`) is left out: it does not change what is trained."""
+        dump = self.model_dump(mode="json", exclude={"training": {"launcher"}})
         picked = {}
         for section in sections:
             value: Any = dump

@@ -1,6 +1,7 @@
 """Shared fixtures: a fresh state folder, a real Dagster instance and real MLflow per test."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,37 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TUNEGRAPH_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """A PostgreSQL server for this session: TUNEGRAPH_TEST_POSTGRES_URL if set, else a throwaway
+    one started from Debian's binaries (tests/postgres.py); no server installed is an error."""
+    from postgres import postgres_server
+
+    if os.environ.get("TUNEGRAPH_TEST_POSTGRES_URL"):
+        yield os.environ["TUNEGRAPH_TEST_POSTGRES_URL"]
+        return
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_urls(postgres_server_url: str) -> dict[str, str]:
+    """Fresh "mlflow" and "dagster" databases on the server for one test, dropped afterwards."""
+    from postgres import scratch_databases
+
+    with scratch_databases(postgres_server_url, "mlflow", "dagster") as urls:
+        yield urls
+
+
+@pytest.fixture
+def on_postgres(home: Path, postgres_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This test's Dagster instance and MLflow store on Postgres, by the two variables a user sets
+    (README "Postgres"); processes the test starts inherit them."""
+    monkeypatch.setenv("TUNEGRAPH_DAGSTER_PG_URL", postgres_urls["dagster"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_urls["mlflow"])
+    return postgres_urls
 
 
 @pytest.fixture

@@ -1,16 +1,14 @@
-"""The tracking and instance stores under concurrent runs: SQLite by default, Postgres when a URL is given.
+"""The tracking and instance stores under concurrent runs: SQLite by default, and Postgres.
 
-The Postgres test needs `pip install -e '.[postgres]'` and a role that may create databases (it
-creates two scratch databases next to the one in the URL and drops them afterwards):
+The Postgres test (slow: `make test-slow` installs the server) runs on a throwaway server that
+tests/postgres.py starts, or on the server TUNEGRAPH_TEST_POSTGRES_URL names, whose role must be
+allowed to create databases (two scratch databases, dropped afterwards):
     TUNEGRAPH_TEST_POSTGRES_URL=postgresql://user:pass@host:5432/postgres \
-        .venv/bin/pytest tests/assets/test_tracking_store.py
+        .venv/bin/pytest -m slow tests/assets/test_tracking_store.py
 """
 
 import multiprocessing
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from resources.tracking import MlflowTracking
 WRITERS = 3
 STEPS = 300  # individual log_metric calls per run, like a chatty training loop
 BATCHES = 3  # log_batch calls of 100 metrics each, like the training subprocess
-POSTGRES_URL = os.environ.get("TUNEGRAPH_TEST_POSTGRES_URL")
 
 
 def _log_one_run(home: str, name: str, start: Barrier) -> None:
@@ -80,36 +77,7 @@ def test_concurrent_runs_on_a_fresh_sqlite_store_all_finish(home: Path) -> None:
         assert len(client.get_metric_history(run.info.run_id, "eval_loss")) == BATCHES * 100
 
 
-@pytest.fixture
-def postgres_urls() -> Iterator[dict[str, str]]:
-    """Fresh MLflow and Dagster databases on the test server, dropped afterwards.
-
-    They cannot share one database: both keep their schema revision in an `alembic_version` table,
-    and Dagster fails with "Can't locate revision identified by ..." on MLflow's (measured). The
-    driver is psycopg2, the one the `postgres` extra installs: SQLAlchemy 2.1 maps a bare
-    `postgresql://` to psycopg 3, with which Dagster's `NOTIFY run_events, $1` is a syntax error.
-    """
-    import sqlalchemy as sa
-
-    server = sa.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg2")
-    names = {store: f"tunegraph_test_{store}_{uuid.uuid4().hex[:8]}" for store in ("mlflow", "dagster")}
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in names.values():
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield {
-        store: server.set(database=name).render_as_string(hide_password=False)
-        for store, name in names.items()
-    }
-    with admin.connect() as conn:
-        for name in names.values():
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))  # MLflow keeps its pool open
-    admin.dispose()
-
-
-@pytest.mark.skipif(
-    not POSTGRES_URL, reason="set TUNEGRAPH_TEST_POSTGRES_URL=postgresql://... to test Postgres"
-)
+@pytest.mark.slow
 def test_postgres_holds_mlflow_runs_and_dagster_storage(home: Path, postgres_urls: dict[str, str]) -> None:
     tracking = MlflowTracking(home=str(home), tracking_uri=postgres_urls["mlflow"])
     client = tracking.client()

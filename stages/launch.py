@@ -1,0 +1,83 @@
+"""Start training where it runs: the device and the process count are decided here, not by Dagster.
+
+    python -m stages.launch stages.train SPEC.json
+
+The Dagster step runs this as its subprocess, or a Kubernetes pod runs it (`training.launcher`).
+It reads `training` from the spec, looks at the GPUs and CPU cores of the machine it is on, and
+replaces itself (exec: the same pid, so Dagster Pipes, signals and the parent watch reach the
+training) with one of:
+- GPUs: `accelerate launch --num_processes N` (FSDP or DeepSpeed from training.accelerate_config);
+- one CPU process: `accelerate launch --cpu`;
+- several CPU processes: `torchrun --nproc_per_node N`, because `accelerate launch --cpu` starts one
+  process here whatever `--num_processes` says (it wants MPI); an `Accelerator` inside sees
+  MULTI_CPU over gloo. The training code is the same in every case.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from stages.config import TrainingConfig
+
+THREADS_ENV = "TUNEGRAPH_TORCH_THREADS"  # read by the training entry point (torch.set_num_threads)
+
+
+def training_command(
+    module: str, spec_path: str, training: TrainingConfig, gpus: int, cores: int, threads: int | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """(command, environment additions) to train with `gpus` GPUs or else `cores` CPU cores here.
+
+    `threads`: torch threads per CPU process when set; otherwise the cores, split between processes.
+    """
+    n = training.num_processes
+    if gpus and n > gpus:
+        raise ValueError(
+            f"training.num_processes is {n} but {gpus} GPU(s) are visible here: "
+            f"lower it or give the pod more GPUs (training.launcher.resources.gpus)"
+        )
+    if gpus or n == 1:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
+        command += ["--num_machines", "1", "--dynamo_backend", "no"]
+        if training.accelerate_config:
+            command += ["--config_file", training.accelerate_config]
+        if training.mixed_precision != "auto":
+            command += ["--mixed_precision", training.mixed_precision]
+        if not gpus:
+            command += ["--cpu", "--num_cpu_threads_per_process", str(threads or cores)]
+        env = {THREADS_ENV: str(threads)} if threads else {}
+        return [*command, "-m", module, spec_path], env
+    # Several CPU workers: split the cores between them rather than oversubscribing them.
+    env = {THREADS_ENV: str(threads or max(1, cores // n))}
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+            "-m", module, spec_path], env  # fmt: skip
+
+
+def visible_gpus() -> int:
+    """CUDA (or ROCm) devices this process can use. Without a GPU driver's device node there are none,
+    and torch is not imported for nothing (about 2 s per training run on this machine)."""
+    if not (Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m stages.launch MODULE SPEC.json (e.g. stages.train)")
+    module, spec_path = argv
+    training = TrainingConfig.model_validate(json.loads(Path(spec_path).read_text())["training"])
+    threads = int(os.environ[THREADS_ENV]) if os.environ.get(THREADS_ENV) else None
+    try:
+        command, env = training_command(
+            module, spec_path, training, visible_gpus(), len(os.sched_getaffinity(0)), threads
+        )
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    print("launching: " + " ".join(command), file=sys.stderr, flush=True)
+    os.execve(command[0], command, {**os.environ, **env})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

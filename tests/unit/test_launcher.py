@@ -1,0 +1,139 @@
+"""The cluster launcher as configuration: the pod spec and command that would be submitted for a GPU
+pod and for a CPU pod, and the device decision made where training runs (no cluster needed)."""
+
+import sys
+
+import pytest
+import yaml
+from dagster_k8s.pipes import build_pod_body
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR
+
+from resources.training import launch_command, pod_spec
+from stages.config import ConfigError, LauncherConfig, TrainingConfig, parse_config
+from stages.launch import training_command
+
+HOME = "/data/tunegraph"
+SPEC = f"{HOME}/assets/fine_tuned_model/.tmp-v-1/spec.json"
+LAUNCHER = """
+kind: k8s
+image: registry.example.com/tunegraph:1.0
+namespace: ml
+volume: {claim: tunegraph-state, mount_path: /data}
+"""
+
+
+def k8s(**resources: object) -> LauncherConfig:
+    return LauncherConfig.model_validate({**yaml.safe_load(LAUNCHER), "resources": resources})
+
+
+# The same command goes to every pod: the device is not decided by the (CPU-only) Dagster run pod.
+COMMAND = ["python", "-m", "stages.launch", "stages.train", SPEC]
+STATE = {"name": "tunegraph-state", "persistentVolumeClaim": {"claimName": "tunegraph-state"}}
+MOUNT = [{"name": "tunegraph-state", "mountPath": "/data"}]
+
+
+def test_a_gpu_pod_asks_for_its_gpus_and_tolerates_the_gpu_taint():
+    spec = pod_spec(
+        k8s(gpus=2, cpu="16", memory="64Gi"), ["python", *launch_command("stages.train", SPEC)], HOME
+    )
+    assert spec == {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "training",
+            "image": "registry.example.com/tunegraph:1.0",
+            "command": COMMAND,
+            "resources": {"requests": {"cpu": "16", "memory": "64Gi"},
+                          "limits": {"memory": "64Gi", "nvidia.com/gpu": "2"}},
+            "volumeMounts": MOUNT,
+        }],
+        "volumes": [STATE],
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }  # fmt: skip
+
+
+def test_a_cpu_pod_asks_for_cores_and_no_gpu():
+    spec = pod_spec(k8s(cpu="8", memory="16Gi"), ["python", *launch_command("stages.train", SPEC)], HOME)
+    assert spec == {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "training",
+            "image": "registry.example.com/tunegraph:1.0",
+            "command": COMMAND,
+            "resources": {"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {"memory": "16Gi"}},
+            "volumeMounts": MOUNT,
+        }],
+        "volumes": [STATE],
+    }  # fmt: skip
+
+
+def test_dagster_k8s_submits_that_spec_with_the_pipes_variables():
+    """What `PipesK8sClient.run(base_pod_spec=...)` hands the Kubernetes API, built by dagster-k8s itself."""
+    spec = pod_spec(k8s(gpus=1), COMMAND, HOME)
+    env = {DAGSTER_PIPES_CONTEXT_ENV_VAR: "ctx", "TUNEGRAPH_HOME": HOME}
+    pod = build_pod_body("dagster-run-train", None, None, env, None, spec)
+    container = pod.spec.containers[0]
+    assert (container.image, container.command) == ("registry.example.com/tunegraph:1.0", COMMAND)
+    assert container.resources.limits == {"nvidia.com/gpu": "1"}
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("tunegraph-state", "/data")]
+    assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "tunegraph-state"
+    assert pod.spec.tolerations[0].key == "nvidia.com/gpu" and pod.spec.restart_policy == "Never"
+    assert {e.name: e.value for e in container.env} == env
+
+
+def test_the_pod_decides_the_device_and_process_count():
+    """`python -m stages.launch` in each pod: the same spec, different machines, different commands."""
+    tail = ["-m", "stages.train", SPEC]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2, mixed_precision="bf16")
+
+    # A GPU pod with two cards: both used, no --cpu, whatever the Dagster run pod has.
+    assert training_command("stages.train", SPEC, two, gpus=2, cores=16) == (
+        [*accelerate, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
+         "--mixed_precision", "bf16", *tail], {},
+    )  # fmt: skip
+    # A CPU pod: one process on all its cores, or two torchrun workers splitting them.
+    assert training_command("stages.train", SPEC, one, gpus=0, cores=8) == (
+        [*accelerate, "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
+         "--cpu", "--num_cpu_threads_per_process", "8", *tail], {},
+    )  # fmt: skip
+    assert training_command("stages.train", SPEC, two, gpus=0, cores=8) == (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *tail],
+        {"TUNEGRAPH_TORCH_THREADS": "4"},
+    )
+    with pytest.raises(ValueError, match="num_processes is 2 but 1 GPU"):
+        training_command("stages.train", SPEC, two, gpus=1, cores=8)
+
+
+def test_the_launcher_is_configured_in_the_yaml_with_one_line_errors():
+    assert parse_config({}).training.launcher.kind == "local"
+    cfg = parse_config({"training": {"launcher": yaml.safe_load(LAUNCHER)}})
+    assert (cfg.training.launcher.kind, cfg.training.launcher.volume.claim) == ("k8s", "tunegraph-state")
+
+    cases = {
+        "kind k8s needs image": {"kind": "k8s", "volume": {"claim": "c"}},
+        "image apply to kind k8s only": {"image": "x"},
+        "Input should be 'local' or 'k8s'": {"kind": "slurm"},
+    }
+    for message, launcher in cases.items():
+        with pytest.raises(ConfigError, match=message) as err:
+            parse_config({"training": {"launcher": launcher}})
+        assert "\n" not in str(err.value) and "training.launcher" in str(err.value)
+    with pytest.raises(ConfigError, match="num_processes 4 needs as many GPUs"):
+        parse_config(
+            {
+                "training": {
+                    "num_processes": 4,
+                    "launcher": {**yaml.safe_load(LAUNCHER), "resources": {"gpus": 2}},
+                }
+            }
+        )
+    with pytest.raises(ValueError, match="is not under training.launcher.volume.mount_path /data"):
+        pod_spec(k8s(), COMMAND, "/srv/tunegraph")
+
+
+def test_moving_training_to_the_cluster_changes_no_version():
+    """Where training runs is not what is trained: no asset becomes stale, a checkpoint still resumes."""
+    local, cluster = parse_config({}), parse_config({"training": {"launcher": yaml.safe_load(LAUNCHER)}})
+    assert local.section_hash("training") == cluster.section_hash("training")
+    moved = parse_config({"training": {"learning_rate": 1e-3, "launcher": yaml.safe_load(LAUNCHER)}})
+    assert moved.section_hash("training") != local.section_hash("training")
