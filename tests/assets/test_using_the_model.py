@@ -53,6 +53,7 @@ def _wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout_s: flo
     pytest.fail(f"mlflow models serve did not answer {url} within {timeout_s} s: {log.read_text()[-2000:]}")
 
 
+@pytest.mark.slow  # about 50 s: keeps `make test` under 10 minutes with set-up on a slow day
 def test_the_champion_answers_as_evaluated_everywhere_carries_its_card_and_exports_to_gguf(
     prepared_home, instance, tmp_path, capsys, monkeypatch
 ):
