@@ -79,6 +79,7 @@ def test_sigkill_then_ctrl_c_then_rerun_redoes_nothing_upstream_and_resumes(home
     assert last["status"] == "failed" and "interrupted" in last["errors"][0]
     assert sorted(last["stale"]) == [
         "fine_tuned_model",
+        "gguf_model",  # downstream of the champion's evaluation, whether or not export.gguf is on
         "model_evaluation",
         "preference_model",
         "preference_pairs",
