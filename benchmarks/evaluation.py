@@ -35,7 +35,7 @@ from assets.evaluation import BASE_VARIANTS, BaselineCache  # noqa: E402
 from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
 from resources.tracking import MlflowTracking  # noqa: E402
 from stages.chat import IGNORE_INDEX  # noqa: E402
-from stages.evaluation import _batches, eval_items, few_shot_examples, score  # noqa: E402
+from stages.evaluation import _batches, eval_items, few_shot_examples, left_padded, score, scored_batch  # noqa: E402
 from stages.model_source import load_saved  # noqa: E402
 from stages.serving import decode_answer, decoding_config  # noqa: E402
 from stages.tables import read_rows  # noqa: E402
@@ -53,13 +53,7 @@ def before_score(
     seqs = [p + r for p, r in zip(p_ids, r_ids, strict=True)]
     total, count = 0.0, 0
     for batch in _batches([len(s) for s in seqs], batch_size, 8192):
-        width = max(len(seqs[i]) for i in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), IGNORE_INDEX)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n, p = len(seqs[i]), len(p_ids[i])
-            ids[row, :n], labels[row, p:n], mask[row, :n] = torch.tensor(seqs[i]), torch.tensor(r_ids[i]), 1
+        ids, labels, mask = scored_batch(tokenizer.pad_token_id, p_ids, r_ids, batch)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                        ignore_index=IGNORE_INDEX, reduction="sum"))  # fmt: skip
@@ -67,11 +61,8 @@ def before_score(
     g_ids = tokenizer([i.gen_prompt for i in items], add_special_tokens=False)["input_ids"]
     texts: list[str] = [""] * len(items)
     for batch in _batches([len(p) + max_new for p in g_ids], batch_size, 8192):
-        width = max(len(g_ids[i]) for i in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, width - len(g_ids[i]) :], mask[row, width - len(g_ids[i]) :] = torch.tensor(g_ids[i]), 1
+        ids, mask = left_padded(tokenizer.pad_token_id, g_ids, batch)
+        width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask,
                              generation_config=decoding_config(tokenizer, max_new, penalty))[:, width:]  # fmt: skip
         for row, i in enumerate(batch):

@@ -124,15 +124,7 @@ def text_nll(
     for batch in tqdm(
         list(_batches([len(s) for s in seqs], batch_size, token_budget)), desc=desc, leave=False
     ):
-        width = max(len(seqs[i]) for i in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), IGNORE_INDEX)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n, p = len(seqs[i]), len(p_ids[i])
-            ids[row, :n] = torch.tensor(seqs[i])
-            labels[row, p:n] = torch.tensor(r_ids[i])
-            mask[row, :n] = 1
+        ids, labels, mask = scored_batch(tokenizer.pad_token_id, p_ids, r_ids, batch)
         # Logits only where a token is scored: a few-shot prompt's tokens cost no 49k-wide projection.
         scored = label_positions(labels)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -141,6 +133,33 @@ def text_nll(
         total += float(F.cross_entropy(logits, targets, reduction="sum"))
         count += len(targets)
     return total, count
+
+
+def scored_batch(
+    pad_id: int, p_ids: list[list[int]], r_ids: list[list[int]], batch: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, labels, attention mask) of prompt + response rows, right-padded; only responses labelled."""
+    width = max(len(p_ids[i]) + len(r_ids[i]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), IGNORE_INDEX)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        p, n = len(p_ids[i]), len(p_ids[i]) + len(r_ids[i])
+        ids[row, :n] = torch.tensor(p_ids[i] + r_ids[i])
+        labels[row, p:n] = torch.tensor(r_ids[i])
+        mask[row, :n] = 1
+    return ids, labels, mask
+
+
+def left_padded(pad_id: int, p_ids: list[list[int]], batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of prompts left-padded, so every prompt ends where generation starts."""
+    width = max(len(p_ids[i]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        ids[row, width - len(p_ids[i]) :] = torch.tensor(p_ids[i])
+        mask[row, width - len(p_ids[i]) :] = 1
+    return ids, mask
 
 
 def generate(
@@ -177,12 +196,7 @@ def generate_text(
     out: list[dict[str, Any]] = [{} for _ in prompts]
     lengths = [len(p) + max_new_tokens for p in p_ids]
     for batch in tqdm(list(_batches(lengths, batch_size, token_budget)), desc=desc, leave=False):
-        width = max(len(p_ids[i]) for i in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding, so every prompt ends where generation starts
-            ids[row, width - len(p_ids[i]) :] = torch.tensor(p_ids[i])
-            mask[row, width - len(p_ids[i]) :] = 1
+        ids, mask = left_padded(tokenizer.pad_token_id, p_ids, batch)
         # The decoding the fine-tuned model is saved with (generation_config.json): serving matches.
         config = decoding_config(tokenizer, max_new_tokens, repetition_penalty)
         generated = greedy_until_eos(model, ids.to(device), mask.to(device), config)
