@@ -1,7 +1,6 @@
 """`augmented_corpus`: the final training records, plus the blocking data gates before training."""
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +12,10 @@ from assets.metadata import counts_table, md_table
 from assets.model import base_model
 from assets.sources import reads_config
 from assets.versions import latest_data_version
-from resources.settings import TunegraphSettings
+from resources.settings import Paths, TunegraphSettings
 from stages import pii
 from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
-from stages.config import DataConfig
+from stages.config import DataConfig, PipelineConfig
 from stages.content import content_hash
 from stages.decontamination import decontaminate, record_text
 from stages.dedup import residual_duplicates
@@ -28,6 +27,14 @@ from stages.tables import read_rows, write_json, write_rows
 
 MIN_TRAIN_EXAMPLES = 8
 MIN_EVAL_EXAMPLES = 2
+
+GATES = {
+    "no_eval_contamination": "No train record shares an n-gram or id with eval.",
+    "enough_examples": "Train and eval sets are big enough to learn from.",
+    "no_residual_pii": "No PII pattern survives into training data.",
+    "duplicate_rate": "Original train responses that (near-)duplicate an earlier one stay under data.max_duplicate_rate.",
+    "schema_valid": "Every record is a valid conversation ending with an answer.",
+}
 
 
 @dg.asset(
@@ -49,6 +56,11 @@ MIN_EVAL_EXAMPLES = 2
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Train records plus seeded instruction paraphrases (train only; capped share).",
+    # The gates run in the asset's own step, so every path that materialises it (automation
+    # included) evaluates them on what it wrote: tokenized_dataset's automation waits for them.
+    check_specs=[
+        dg.AssetCheckSpec(n, asset="augmented_corpus", blocking=True, description=d) for n, d in GATES.items()
+    ],
 )
 def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
     require_upstream_gates(context)
@@ -65,6 +77,8 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
         write_json(out / "summary.json", {"train_examples": len(rows), "methods": dict(methods)})
         version = content_hash(out / "train.parquet")
     context.log.info(f"{len(train)} train records + {len(new)} augmented")
+    # Judged on what the next stage will read: the published file, read back.
+    gates = training_data_gates(paths, cfg, read_rows(paths.latest("augmented_corpus") / "train.parquet"))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
@@ -78,6 +92,7 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
                 ["source_id", "prompt"],
             ),
         },
+        check_results=gates,
     )
 
 
@@ -100,31 +115,17 @@ def _with_model_paraphrases(
     return apply_model_paraphrases(new, train, paraphrases)
 
 
-GATES = {
-    "no_eval_contamination": "No train record shares an n-gram or id with eval.",
-    "enough_examples": "Train and eval sets are big enough to learn from.",
-    "no_residual_pii": "No PII pattern survives into training data.",
-    "duplicate_rate": "Original train responses that (near-)duplicate an earlier one stay under data.max_duplicate_rate.",
-    "schema_valid": "Every record is a valid conversation ending with an answer.",
-}
-
-
-@dg.multi_asset_check(
-    specs=[dg.AssetCheckSpec(n, asset=augmented_corpus, blocking=True, description=d) for n, d in GATES.items()],
-    description="The blocking gates before training, answered in one pass over the final records.",
-)  # fmt: skip
-def training_data_gates(settings: TunegraphSettings) -> Iterator[dg.AssetCheckResult]:
-    # One step, not five: each Dagster step costs ~50 ms of events, which a one-record fix notices.
-    paths = settings.paths()
-    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
+def training_data_gates(paths: Paths, cfg: PipelineConfig, train: list[dict]) -> list[dg.AssetCheckResult]:
+    """The blocking gates on the final train records, in one pass (one read of the eval sets)."""
     eval_dir = paths.latest("deduplicated_corpus") / "eval"
     eval_rows = [r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)]
-    cfg = settings.config()
-    yield _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram)
-    yield _enough_examples(train, eval_rows)
-    yield _no_residual_pii(paths.home, train, eval_rows)
-    yield _duplicate_rate(paths.home, train, cfg.data)
-    yield _schema_valid(train, eval_rows)
+    return [
+        _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram),
+        _enough_examples(train, eval_rows),
+        _no_residual_pii(paths.home, train, eval_rows),
+        _duplicate_rate(paths.home, train, cfg.data),
+        _schema_valid(train, eval_rows),
+    ]
 
 
 def _no_eval_contamination(

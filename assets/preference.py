@@ -54,6 +54,21 @@ DISABLED = {"enabled": False, "pairs": 0}
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"json"},
     description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
+    # Checked in the asset's own step, so automation's runs evaluate them too (see augmented_corpus).
+    check_specs=[
+        dg.AssetCheckSpec(
+            "pairs_well_formed",
+            asset="preference_pairs",
+            blocking=True,
+            description="Every pair has a prompt, two different non-empty answers, and there are enough of them.",
+        ),
+        dg.AssetCheckSpec(
+            "pairs_not_in_eval",
+            asset="preference_pairs",
+            blocking=True,
+            description="No pair (prompt, chosen or rejected answer) shares an n-gram with any evaluation set.",
+        ),
+    ],
 )
 def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
     require_upstream_gates(context)
@@ -63,7 +78,11 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
         with paths.publish("preference_pairs") as out:
             write_json(out / "summary.json", DISABLED)
             write_rows(out / "pairs.parquet", [])
-        return dg.MaterializeResult(data_version=dg.DataVersion("disabled"), metadata={"enabled": False})
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion("disabled"),
+            metadata={"enabled": False},
+            check_results=_checks(settings),
+        )
 
     files = paths.preference_files()
     keys = {path: path.relative_to(paths.landing).as_posix() for path in files}
@@ -137,18 +156,19 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
                 ["prompt", "chosen", "rejected"],
             ),
         },
+        check_results=_checks(settings),
     )
 
 
-@dg.asset_check(
-    asset=preference_pairs,
-    blocking=True,
-    description="Every pair has a prompt, two different non-empty answers, and there are enough of them.",
-)
+def _checks(settings: TunegraphSettings) -> list[dg.AssetCheckResult]:
+    """The blocking checks, on what this step published (read back, as preference_model reads it)."""
+    return [pairs_well_formed(settings), pairs_not_in_eval(settings)]
+
+
 def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
     out = settings.paths().latest("preference_pairs")
     if not read_json(out / "summary.json")["enabled"]:
-        return dg.AssetCheckResult(passed=True, metadata={"enabled": False})
+        return dg.AssetCheckResult(check_name="pairs_well_formed", passed=True, metadata={"enabled": False})
     pairs = read_rows(out / "pairs.parquet")
     problems = Counter()
     for p in pairs:
@@ -169,27 +189,24 @@ def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
         else f"add preference pairs (at least {minimum}) or lower preference.min_pairs"
     )  # fmt: skip
     return dg.AssetCheckResult(
+        check_name="pairs_well_formed",
         passed=passed,
         metadata={"pairs": len(pairs), "minimum": minimum, **problems, **({} if passed else {"fix": fix})},
     )
 
 
-@dg.asset_check(
-    asset=preference_pairs,
-    blocking=True,
-    description="No pair (prompt, chosen or rejected answer) shares an n-gram with any evaluation set.",
-)
 def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
     # Whether or not decontamination ran: this is the check that it did its job, or that it was needed.
     cfg, paths = settings.config(), settings.paths()
     out = paths.latest("preference_pairs")
     if not read_json(out / "summary.json")["enabled"]:
-        return dg.AssetCheckResult(passed=True, metadata={"enabled": False})
+        return dg.AssetCheckResult(check_name="pairs_not_in_eval", passed=True, metadata={"enabled": False})
     n = cfg.data.decontamination.ngram
     eval_dir = paths.latest("deduplicated_corpus") / "eval"
     grams = eval_ngrams([r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)], n)
     hits = [p for p in read_rows(out / "pairs.parquet") if ngrams(preferences.pair_text(p), n) & grams]
     return dg.AssetCheckResult(
+        check_name="pairs_not_in_eval",
         passed=not hits,
         metadata={
             "pairs": len(read_rows(out / "pairs.parquet")),

@@ -46,11 +46,6 @@ from resources.settings import DEFAULT_CONFIG, REPO_ROOT, TunegraphSettings  # n
 from stages.example_corpus import stdlib_records  # noqa: E402
 
 STAGES = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]
-# The augmented_corpus gates run as their own step; they guard that stage, so they count in it.
-STEP_STAGE = {
-    "augmented_corpus_training_data_gates": "augmented_corpus",
-    "training_data_gates": "augmented_corpus",
-}
 FILES = {10_000: 8, 100_000: 32, 1_000_000: 64}
 RATES = {"exact_copy": 0.02, "near_copy": 0.05, "email": 0.01, "ipv4": 0.005}
 EDIT_RATE, NEAR_EDIT_RATE = 0.4, 0.05
@@ -139,7 +134,7 @@ def stage_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, l
     steps: dict[str, list[tuple[float, float]]] = {s: [] for s in STAGES}
     for run_id in run_ids:
         for stat in instance.get_run_step_stats(run_id):
-            stage = STEP_STAGE.get(stat.step_key, stat.step_key)
+            stage = stat.step_key  # each stage's gates run in its own step
             if stage in steps and stat.start_time and stat.end_time:
                 steps[stage].append((stat.start_time, stat.end_time))
     return steps

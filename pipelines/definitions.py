@@ -6,14 +6,14 @@ pipeline YAML, default configs/default.yaml) when the code location loads.
 
 import dagster as dg
 
-from assets.augment import augmented_corpus, training_data_gates
+from assets.augment import augmented_corpus
 from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.export import gguf_model
 from assets.model import base_model, fine_tuned_model
 from assets.partitions import landing_files
-from assets.preference import pairs_not_in_eval, pairs_well_formed, preference_model, preference_pairs
+from assets.preference import preference_model, preference_pairs
 from assets.sources import SOURCES
 from assets.tokenize import tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
@@ -38,9 +38,6 @@ GLOBAL_ASSETS = [
 ]
 ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [
-    training_data_gates,
-    pairs_well_formed,
-    pairs_not_in_eval,
     candidate_promoted,
     generations_stop_at_eos,
 ]

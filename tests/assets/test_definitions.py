@@ -76,6 +76,11 @@ def test_data_checks_block_and_model_checks_hold_nothing_back():
         "preference_pairs:pairs_well_formed",
         "preference_pairs:pairs_not_in_eval",
     }
+    # Each gate runs in its asset's own step: a run of the asset (an automated one too) cannot
+    # leave the gates behind, which would hold everything below it back (#15's automation story).
+    for check in graph.asset_check_keys:
+        if graph.get_check_spec(check).blocking:
+            assert check in defs.get_assets_def(check.asset_key).check_keys, check.to_user_string()
     # Quality signals on the last assets: they warn (evaluation) or fail (a GGUF file that does not
     # reproduce the model) and hold nothing back.
     others = {k.to_user_string() for k in graph.asset_check_keys} - blocking

@@ -90,15 +90,14 @@ def test_the_daemon_ingests_sixteen_files_four_runs_at_a_time(home, on_postgres)
         assert_on_postgres(home, instance, on_postgres)
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
         ingest = dg.RunsFilter(tags={"dagster/sensor_name": "landing_sensor"})
-        # Automation follows the files with deduplicated_corpus and augmented_corpus. It stops there
-        # on a fresh instance: its run does not execute augmented_corpus's blocking gates
-        # (training_data_gates), so tokenized_dataset never has passed gates upstream (observed:
-        # 5 minutes of ticks requesting nothing). The UI's "Materialize" below runs them.
-        augmented = dg.AssetKey("augmented_corpus")
+        # Automation follows the files with deduplicated_corpus, augmented_corpus (its gates run in
+        # its own step) and, the gates passed, tokenized_dataset.
+        augmented, tokenized = dg.AssetKey("augmented_corpus"), dg.AssetKey("tokenized_dataset")
         deadline = time.time() + 600
         while True:
             ingested = instance.get_run_records(ingest)
             latest = instance.get_latest_materialization_event(augmented)
+            followed = instance.get_latest_materialization_event(tokenized)
             settled = (
                 len(ingested) == 16
                 and all(r.dagster_run.is_finished for r in ingested)
@@ -106,12 +105,15 @@ def test_the_daemon_ingests_sixteen_files_four_runs_at_a_time(home, on_postgres)
                 # automation followed the last file, not only the first ones
                 and latest is not None
                 and latest.timestamp > max(r.end_time for r in ingested)
+                and followed is not None
+                and followed.timestamp > latest.timestamp
             )
             if settled:
                 break
             assert time.time() < deadline, (
                 f"not settled in 10 min: {len(ingested)} ingest runs, "
-                f"{[r.dagster_run.status.value for r in ingested]}, augmented_corpus {latest is not None}"
+                f"{[r.dagster_run.status.value for r in ingested]}, augmented_corpus {latest is not None}, "
+                f"tokenized_dataset {followed is not None}"
             )
             time.sleep(2)
 
@@ -130,9 +132,9 @@ def test_the_daemon_ingests_sixteen_files_four_runs_at_a_time(home, on_postgres)
             assert any(m.startswith(MULTIPROCESS) for m in logs), record.dagster_run.run_id
         assert_accounting_holds(home, instance)
 
-        # Then the rest up to the fine-tune, as the UI's "Materialize" launches it (checks included).
+        # Then the fine-tune, as the UI's "Materialize" launches it (automation never trains).
         assert instance.get_latest_materialization_event(dg.AssetKey("base_model"))  # automation's too
-        status, errors = ui.materialize(["augmented_corpus", "tokenized_dataset", "fine_tuned_model"])
+        status, errors = ui.materialize(["fine_tuned_model"])
         assert status == "SUCCESS", errors
         # Automation may follow the fine-tune (preference_pairs, off in this config): let it finish.
         deadline = time.time() + 180
