@@ -10,7 +10,7 @@ from collections import Counter
 
 import dagster as dg
 
-from assets.automation import EAGER_BEHIND_GATES
+from assets.automation import FOLLOWS_THE_MODEL
 from assets.dedup import deduplicated_corpus
 from assets.gates import require_upstream_gates
 from assets.metadata import counts_table, md_table
@@ -51,7 +51,7 @@ DISABLED = {"enabled": False, "pairs": 0}
         ),
     ],  # fmt: skip
     code_version="preference-pairs-2",
-    automation_condition=EAGER_BEHIND_GATES,
+    automation_condition=FOLLOWS_THE_MODEL,
     kinds={"json"},
     description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
     # Checked in the asset's own step, so automation's runs evaluate them too (see augmented_corpus).

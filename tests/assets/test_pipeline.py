@@ -161,14 +161,21 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert Runner(lr, instance).run(select=data_assets, full=True)["status"] == "success"
     assert retrain_decision(instance, graph)[0] == []
 
-    # One shard edited and ingested (as the sensor and automation do): only that shard is re-read
-    # and re-cleaned, the model is stale, and the retrain schedule asks for it.
+    # One shard edited and ingested (as the sensor does): only that shard is re-read and
+    # re-cleaned; automation asks for the data assets together (each gate runs in its asset's
+    # step) and nothing that follows the model; the model is stale, and the retrain schedule asks.
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the daemon's view now
     lines = shards[1].read_text().splitlines()
     lines[0] = json.dumps({"id": "edited", "instruction": "Explain x.", "output": "A fixed answer for x."})
     shards[1].write_text("\n".join(lines) + "\n")
-    ingested = Runner(lr, instance).run(select=["raw_corpus", "clean_corpus", *data_assets])
+    ingested = Runner(lr, instance).run(select=["raw_corpus", "clean_corpus"])
     assert ingested["status"] == "success", ingested["errors"]
     assert ingested["partitions_processed"] == [shards[1].name]
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert [tick.get_num_requested(dg.AssetKey(a)) for a in data_assets] == [1, 1, 1]
+    assert tick.total_requested == 3  # not preference_pairs: it follows the model, not the corpus
+    followed = Runner(lr, instance).run(select=data_assets)  # what the automated run materialises
+    assert followed["status"] == "success", followed["errors"]
     retrain = ["fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation", "gguf_model"]
     assert retrain_decision(instance, graph)[0] == retrain
     schedule = defs.get_schedule_def("retrain_when_data_changed")
