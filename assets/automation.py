@@ -14,4 +14,6 @@ EAGER_BEHIND_GATES = dg.AutomationCondition.eager() & dg.AutomationCondition.all
 # (and the preference files and config), not each corpus change, which reaches them through the
 # retrained model. Following the corpus too would rebuild them with the model that the new data
 # has just made stale, in the same run as the tokenisation whose gate they need.
-FOLLOWS_THE_MODEL = EAGER_BEHIND_GATES.ignore(dg.AssetSelection.assets("deduplicated_corpus", "augmented_corpus"))
+FOLLOWS_THE_MODEL = EAGER_BEHIND_GATES.ignore(
+    dg.AssetSelection.assets("deduplicated_corpus", "augmented_corpus")
+)
