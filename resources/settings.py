@@ -141,8 +141,16 @@ class Paths:
 class TunegraphSettings(dg.ConfigurableResource):
     """Where state lives, which pipeline YAML declares this pipeline, and this run's overrides."""
 
-    home: str = Field(description="State folder ($TUNEGRAPH_HOME): landing files, outputs, MLflow, Dagster.")
-    config_path: str = Field(description="The pipeline YAML (configs/default.yaml unless overridden).")
+    # Defaults from the environment the code location loads in (as the Definitions' own values),
+    # so a launchpad config that sets only `overrides` is complete.
+    home: str = Field(
+        default=str(default_home()),
+        description="State folder ($TUNEGRAPH_HOME): landing files, outputs, MLflow, Dagster.",
+    )
+    config_path: str = Field(
+        default=str(default_config_path()),
+        description="The pipeline YAML ($TUNEGRAPH_CONFIG, configs/default.yaml unless set).",
+    )
     overrides: dict[str, str] = Field(
         default_factory=dict,
         description="Config keys to change for this run only, e.g. {training.max_steps: '10'}: validated "

@@ -22,6 +22,7 @@ LAUNCH = """mutation LaunchPipelineExecution($executionParams: ExecutionParams!)
     __typename
     ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
   }
 }"""
 RUN = """query Run($runId: ID!) {
