@@ -144,3 +144,12 @@ def test_two_runs_never_hold_the_gpu_pool_at_once(home, instance, tmp_path):
     _, first_end = json.loads(first_out.read_text())
     second_start, _ = json.loads(second_out.read_text())
     assert second_start >= first_end  # the second waited for the first to free the slot
+
+
+def test_a_launchpad_config_of_only_overrides_is_complete():
+    # What a user types in the launchpad: the state folder and YAML come from the code location.
+    job = defs.resolve_implicit_global_asset_job_def()
+    config = {"resources": {"settings": {"config": {"overrides": {"training.max_steps": "2"}}}}}
+    settings = dg.validate_run_config(job, config)["resources"]["settings"]["config"]
+    assert settings["overrides"] == {"training.max_steps": "2"}
+    assert Path(settings["home"]).is_absolute() and settings["config_path"].endswith(".yaml")
