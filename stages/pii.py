@@ -123,15 +123,37 @@ def _card(text: str, start: int, end: int) -> bool:
 
 
 def _email(text: str, start: int, end: int) -> bool:
-    """An email address, not a mail Message-ID or References entry (<local@host> in one of those
-    headers, or a local part of dotted numbers) nor an scp-style remote (git@github.com:org/repo)."""
-    local = text[start : text.index("@", start)]
-    if re.fullmatch(r"\d+(?:\.\d+)+", local) or re.match(r":[\w~/]", text[end : end + 2]):
+    """An email address, not a generated id (a mail Message-ID or References entry: <local@host> in
+    one of those headers, a local part of dotted numbers, a UUID or a long hex run, or one that
+    goes on past a `$`), nor an scp-style remote (git@github.com:org/repo), nor a file name."""
+    at = text.index("@", start)
+    local, domain = text[start:at], text[at + 1 : end].lower()
+    if (
+        re.fullmatch(r"\d+(?:\.\d+)+", local)
+        or _GENERATED_ID.fullmatch(local)
+        or text[start - 1 : start] == "$"
+        or re.match(r":[\w~/]", text[end : end + 2])
+        or _file_name(domain)
+    ):
         return False
     if text[start - 1 : start] == "<":
         headers = _HEADER.findall(text, max(0, start - 500), start)
         return not (headers and headers[-1].lower() in _MESSAGE_ID_HEADERS)
     return True
+
+
+# A UUID, or 16+ hex digits (dashes allowed): what mail and news software generates, no mailbox.
+_GENERATED_ID = re.compile(
+    r"(?i)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|(?=(?:[0-9a-f]-?){16,}$)[0-9a-f-]+"
+)
+# Paraguay's .py is also Python's file extension: it registers names only under these second
+# levels (com.py, ...), so `name@module.py` is a file name.
+_PY_SECOND_LEVEL = {"com", "org", "net", "edu", "gov", "mil", "coop", "una", "nic"}
+
+
+def _file_name(domain: str) -> bool:
+    labels = domain.split(".")
+    return labels[-1] == "py" and (len(labels) < 3 or labels[-2] not in _PY_SECOND_LEVEL)
 
 
 _HEADER = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9-]*):(?=\s)", re.MULTILINE)

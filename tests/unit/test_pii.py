@@ -38,6 +38,9 @@ def _jsonl(name: str) -> list[dict]:
         "Message-ID: <15090.61304.110929.45684@aaa.zzz.org>",
         "References: <foo@dom.ain> <bar@dom.ain>",
         "git clone git@github.com:org/repo.git",
+        'File "foo-bar@baz.py", line 7, in foo-bar@baz',
+        "<a4929a40-6328-491a-aaaf-cb79ed7309a2@q2g2000vbk.googlegroups.com>",
+        "<002001c144a6$8752e060$56104586@oxy.edu>",
     ],
 )
 def test_what_only_looks_like_pii_is_left_alone(text):
@@ -56,6 +59,11 @@ def test_global_addresses_and_every_kind_are_redacted_with_typed_placeholders():
     )
     assert counts == {"email": 1, "phone": 2, "ip_address": 2, "card_number": 1, "secret": 1}
     assert pii.find(text) == counts
+
+
+@pytest.mark.parametrize("address", ["info@uni.edu.py", "cafe@babe.com", "ada.lovelace+py@example.co.uk"])
+def test_addresses_that_resemble_generated_ids_or_file_names_are_still_found(address):
+    assert pii.redact(f"Write to {address} today.") == "Write to <EMAIL> today."
 
 
 def test_in_code_only_string_literals_and_comments_are_redacted():
@@ -88,15 +96,17 @@ def test_precision_on_the_hand_labelled_sample_meets_the_goal():
     for window in dict.fromkeys(lab["window"] for lab in labels):
         found = {(window, m.rule, m.start, m.end) for m in pii.find_matches(window)}
         in_window = {key for key in labelled if key[0] == window}
-        # The rules find exactly what was labelled: a rule change shows up here, to be relabelled
-        # with `python benchmarks/pii.py --sample-labels`.
-        assert found == in_window, f"matches differ from the labels in: {window[:200]!r}"
+        # Every match carries a label (a rule change that finds more shows up here, to be labelled
+        # with `python benchmarks/pii.py --sample-labels`), and every true one is still found; a
+        # false one the rules no longer find is a mistake fixed.
+        assert found <= in_window, f"unlabelled matches in: {window[:200]!r}"
+        assert {k for k in in_window if labelled[k]} <= found, f"a true match lost in: {window[:200]!r}"
         for key in found:
             verdicts.setdefault(key[1], Counter())[labelled[key]] += 1
     precision = {rule: c[True] / (c[True] + c[False]) for rule, c in verdicts.items()}
     assert set(precision) == {"email", "phone", "ipv4"}  # the rules that fire on real text
     assert all(p >= GOAL for p in precision.values()), precision
-    assert precision["email"] < 1.0  # the sample does hold mistakes (file names, Message-IDs)
+    assert any(lab["label"] is False for lab in labels)  # it holds look-alikes the rules must refuse
 
 
 def test_recall_on_the_planted_set_meets_the_goal_for_every_rule():
