@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.automation import EAGER_BEHIND_GATES
-from assets.dedup import deduplicated_corpus
+from assets.dedup import deduplicated_corpus, eval_records
 from assets.gates import require_upstream_gates
 from assets.metadata import counts_table, md_table
 from assets.model import base_model
@@ -117,8 +117,7 @@ def _with_model_paraphrases(
 
 def training_data_gates(paths: Paths, cfg: PipelineConfig, train: list[dict]) -> list[dg.AssetCheckResult]:
     """The blocking gates on the final train records, in one pass (one read of the eval sets)."""
-    eval_dir = paths.latest("deduplicated_corpus") / "eval"
-    eval_rows = [r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)]
+    eval_rows = eval_records(paths)
     return [
         _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram),
         _enough_examples(train, eval_rows),

@@ -125,6 +125,15 @@ def deduplicated_corpus(
 DATA_FILES = ("train.parquet", "duplicates.parquet", "near_duplicates.parquet", "contaminated.parquet")
 
 
+def eval_records(paths: Paths) -> list[dict]:
+    """Every held-out record of the latest deduplicated_corpus, all eval sets together."""
+    return [
+        r
+        for p in sorted((paths.latest("deduplicated_corpus") / "eval").glob("*.parquet"))
+        for r in read_rows(p)
+    ]
+
+
 def _clean_partition(paths: Paths, key: str) -> list[dict]:
     rows = read_rows(paths.latest("clean_corpus", key) / "records.parquet")
     if rows and "response_hash" not in rows[0]:

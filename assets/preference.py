@@ -11,7 +11,7 @@ from collections import Counter
 import dagster as dg
 
 from assets.automation import FOLLOWS_THE_MODEL
-from assets.dedup import deduplicated_corpus
+from assets.dedup import deduplicated_corpus, eval_records
 from assets.gates import require_upstream_gates
 from assets.metadata import counts_table, md_table
 from assets.model import fine_tuned_model
@@ -105,10 +105,8 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
     else:  # built from records that were cleaned as corpus; the model's answers were redacted
         kept, dropped, pii_counts = pairs, [], {}
     if cfg.data.decontamination.enabled:
-        eval_dir = paths.latest("deduplicated_corpus") / "eval"
-        eval_records = [r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)]
         kept, contaminated = decontaminate(
-            kept, eval_records, cfg.data.decontamination.ngram, text=preferences.pair_text
+            kept, eval_records(paths), cfg.data.decontamination.ngram, text=preferences.pair_text
         )
         dropped += [{"source_file": c["source_file"], "source_line": c["source_line"], "detail": c["id"],
                      "reason": "contaminated", "raw": c["shared_ngram"]} for c in contaminated]  # fmt: skip
@@ -202,14 +200,14 @@ def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
     if not read_json(out / "summary.json")["enabled"]:
         return dg.AssetCheckResult(check_name="pairs_not_in_eval", passed=True, metadata={"enabled": False})
     n = cfg.data.decontamination.ngram
-    eval_dir = paths.latest("deduplicated_corpus") / "eval"
-    grams = eval_ngrams([r for p in sorted(eval_dir.glob("*.parquet")) for r in read_rows(p)], n)
-    hits = [p for p in read_rows(out / "pairs.parquet") if ngrams(preferences.pair_text(p), n) & grams]
+    grams = eval_ngrams(eval_records(paths), n)
+    pairs = read_rows(out / "pairs.parquet")
+    hits = [p for p in pairs if ngrams(preferences.pair_text(p), n) & grams]
     return dg.AssetCheckResult(
         check_name="pairs_not_in_eval",
         passed=not hits,
         metadata={
-            "pairs": len(read_rows(out / "pairs.parquet")),
+            "pairs": len(pairs),
             "contaminated": len(hits),
             "ids": ", ".join(p["id"] for p in hits[:10]),
             **(

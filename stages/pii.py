@@ -142,10 +142,8 @@ def _email(text: str, start: int, end: int) -> bool:
     return True
 
 
-# A UUID, or 16+ hex digits (dashes allowed): what mail and news software generates, no mailbox.
-_GENERATED_ID = re.compile(
-    r"(?i)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|(?=(?:[0-9a-f]-?){16,}$)[0-9a-f-]+"
-)
+# 16+ hex digits, single dashes allowed (a UUID is one): what mail and news software generates.
+_GENERATED_ID = re.compile(r"(?i)[0-9a-f](?:-?[0-9a-f]){15,}")
 # Paraguay's .py is also Python's file extension: it registers names only under these second
 # levels (com.py, ...), so `name@module.py` is a file name.
 _PY_SECOND_LEVEL = {"com", "org", "net", "edu", "gov", "mil", "coop", "una", "nic"}
