@@ -7,9 +7,16 @@ BIN := $(VENV)/bin
 # download a multi-GB CUDA build. GPU users install their CUDA torch first; pip keeps it.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow ui lint postgres-server
+.PHONY: setup demo test test-slow ui lint postgres-server allocator
 
-setup: $(VENV)/.installed
+setup: allocator $(VENV)/.installed
+
+# tcmalloc for CPU training (stages/launch.py preloads it): with glibc's malloc a demo step took twice
+# as long here. Root installs Debian's package, as CI runs; without it training still runs, slower.
+allocator:
+	@/sbin/ldconfig -p | grep -q libtcmalloc_minimal || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4) || \
+	  echo "warning: libtcmalloc-minimal4 not installed: CPU training uses glibc's malloc, about 2x slower a step"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -47,6 +47,7 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "resumed_from_step": train.get("resumed_from_step"),
             "stopped_by_time_budget_at": train.get("stopped_by_time_budget_at"),  # training.max_minutes
             "precision": train.get("precision"),
+            "malloc": train.get("malloc"),  # tcmalloc roughly halves a CPU step here (stages/launch.py)
             "train_loss": train.get("train_loss"),
             "eval_loss": train.get("eval_loss"),  # held-out loss at the last training.eval_steps
             "effective_tokens_per_s": train.get("effective_tokens_per_s"),
@@ -106,7 +107,7 @@ def format_summary(report: dict[str, Any]) -> str:
         ),
         f"training: {t['steps']} steps{' (time budget reached)' if t['stopped_by_time_budget_at'] else ''}, "
         f"final loss {_f(t['train_loss'])}, held-out {_f(t['eval_loss'])}, "
-        f"{_f(t['effective_tokens_per_s'], 1)} label tokens/s ({'fp32' if t['precision'] in (None, 'no') else t['precision']}), MLflow run {t['mlflow_run_id']}",
+        f"{_f(t['effective_tokens_per_s'], 1)} label tokens/s ({'fp32' if t['precision'] in (None, 'no') else t['precision']}, malloc {t['malloc']}), MLflow run {t['mlflow_run_id']}",
         "evaluation (held-out):",
         f"  {'variant':<20} {'loss':>8} {'perplexity':>11} {'rouge_l':>8} {'exact':>6} {'stop@eos':>9}",
     ]

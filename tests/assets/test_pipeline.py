@@ -18,6 +18,7 @@ from pipelines.runner import PipelineError, Runner
 from pipelines.sensors import retrain_decision
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
+from stages.launch import cpu_allocator
 from stages.tables import read_json, read_rows, write_rows
 
 BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
@@ -53,6 +54,9 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert data["train_examples"] > 0 and data["eval_examples"] > 0 and data["train_tokens"] > 0
     assert report["training"]["steps"] == 6
     assert 0 < report["training"]["non_pad_fraction"] <= 1
+    # The training process ran on the allocator the launcher found (tcmalloc: ~2x a CPU step here).
+    found = cpu_allocator() or ""
+    assert report["training"]["malloc"] == next((m for m in ("tcmalloc", "jemalloc") if m in found), "system")
     for variant in ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned"):
         assert report["evaluation"][variant]["perplexity"] > 1
     assert report["evaluation"]["champion"] is None  # no champion before the first promotion

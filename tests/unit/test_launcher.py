@@ -10,7 +10,7 @@ from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR
 
 from resources.training import launch_command, pod_spec
 from stages.config import ConfigError, LauncherConfig, TrainingConfig, parse_config
-from stages.launch import training_command
+from stages.launch import preload, training_command
 
 HOME = "/data/tunegraph"
 SPEC = f"{HOME}/assets/fine_tuned_model/.tmp-v-1/spec.json"
@@ -102,6 +102,23 @@ def test_the_pod_decides_the_device_and_process_count():
     )
     with pytest.raises(ValueError, match="num_processes is 2 but 1 GPU"):
         training_command("stages.train", SPEC, two, gpus=1, cores=8)
+
+
+def test_cpu_training_gets_the_allocator_preloaded():
+    """tcmalloc goes into CPU training processes (glibc's malloc doubled a step here), never to a GPU pod."""
+    lib = "libtcmalloc_minimal.so.4"
+    one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2)
+    assert training_command("stages.train", SPEC, one, gpus=0, cores=2, allocator=lib)[1] == {
+        "LD_PRELOAD": lib
+    }
+    assert training_command("stages.train", SPEC, two, gpus=0, cores=8, allocator=lib)[1] == {
+        "TUNEGRAPH_TORCH_THREADS": "4", "LD_PRELOAD": lib,
+    }  # fmt: skip
+    assert training_command("stages.train", SPEC, two, gpus=2, cores=8, allocator=lib)[1] == {}
+    # Added to what the user preloads, once.
+    assert preload("", lib) == lib
+    assert preload("libfoo.so", lib) == f"libfoo.so {lib}"
+    assert preload(f"{lib} libfoo.so", lib) == f"{lib} libfoo.so"
 
 
 def test_the_launcher_is_configured_in_the_yaml_with_one_line_errors():
