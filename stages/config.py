@@ -203,9 +203,9 @@ class TrainingConfig(_Section):
     max_minutes: float | None = Field(
         None,
         gt=0,
-        description="Wall-clock budget: stop after the first step that ends past it, and save that model "
-        "(the report says at which step). None: max_steps alone decides. The learning-rate schedule is still "
-        "planned for max_steps.",
+        description="Wall-clock budget for training, sized by measurement: after each step the learning-rate "
+        "schedule ends at the last step the time left holds at the pace so far (never past max_steps), and "
+        "training stops there with the rate decayed (the report says at which step). None: max_steps decides.",
     )
     batch_size: int = Field(4, ge=1, description="Packed blocks per device per step.")
     gradient_accumulation_steps: int = Field(1, ge=1)

@@ -12,6 +12,7 @@ Under DDP every rank trains; only rank 0 talks to Dagster and MLflow and saves t
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -46,9 +47,23 @@ class CheckpointedTrainer(AtomicCheckpoints, Trainer):
     """The HF Trainer, with checkpoints renamed into place only once complete, and held-out batches
     collated apart from the training ones (the throughput counts training tokens only)."""
 
-    def __init__(self, *args: Any, eval_collator: Any = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, eval_collator: Any = None, budget: "TimeBudget | None" = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
+        self.budget = budget
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """HF's cosine schedule, or under a time budget the same curve ending where the budget says."""
+        if self.budget is None or self.budget.seconds is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup, budget = self.args.get_warmup_steps(num_training_steps), self.budget
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer or self.optimizer, lambda step: cosine_with_warmup(step, warmup, budget.end)
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         train_collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
@@ -75,28 +90,62 @@ class ParentWatch(TrainerCallback):
             ) from None
 
 
-class TimeBudget(TrainerCallback):
-    """Stop after the first step that ends past `training.max_minutes` (every rank at the same step)."""
+def budgeted_end(done: int, elapsed_s: float, budget_s: float, pace_s: float, end: int) -> int:
+    """The step a time budget ends training at: as many more steps as the time left holds at `pace_s`
+    a step, never later than the current `end` (so the learning rate never jumps back up), never
+    before `done`."""
+    return max(done, min(end, done + int((budget_s - elapsed_s) / pace_s)))
 
-    def __init__(self, minutes: float | None):
+
+def cosine_with_warmup(step: int, warmup: int, end: int) -> float:
+    """The learning-rate factor of HF's cosine schedule, for a schedule that ends at `end`."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, end - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class TimeBudget(TrainerCallback):
+    """Fit training into `training.max_minutes`, sized by measurement: after every step (from this
+    process's second on) the learning-rate schedule's end moves to the last step that the time left
+    holds at the pace measured so far, held-out evaluations included, never past max_steps.
+    Training stops there with a held-out evaluation, the learning rate decayed as planned: a slow
+    day trains fewer steps, not a half-decayed model."""
+
+    def __init__(self, minutes: float | None, max_steps: int, log: Any = print):
+        self.log = log
         self.seconds = None if minutes is None else minutes * 60
+        self.max_steps = max_steps
+        self.end = max_steps  # read by the learning-rate schedule (CheckpointedTrainer)
         self.start = time.perf_counter()
+        self.first: tuple[int, float] | None = None  # (step, time) at this process's first step end
         self.stopped_at: int | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.seconds is None or state.global_step >= state.max_steps:
+        if self.seconds is None or state.global_step >= self.max_steps:
             return
-        over = torch.tensor([float(time.perf_counter() - self.start > self.seconds)])
+        now, done = time.perf_counter(), state.global_step
+        if self.first is None:  # the first step also pays for warming up: not a pace
+            self.first = (done, now)
+            end = self.end if now - self.start <= self.seconds else done
+        else:
+            pace = (now - self.first[1]) / (done - self.first[0])
+            end = budgeted_end(done, now - self.start, self.seconds, pace, self.end)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(
-                over, op=torch.distributed.ReduceOp.MAX
-            )  # rank 0's clock is not enough
-        if over.item():
+            agreed = torch.tensor([end])  # every rank stops at the same step: the earliest planned
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            end = int(agreed.item())
+        if end != self.end:
+            self.log(f"time budget: training ends at step {end} of {self.max_steps} "
+                     f"({time.perf_counter() - self.start:.0f} s of {self.seconds:.0f} s used at step {done})")  # fmt: skip
+        self.end = end
+        if done >= self.end:
             control.should_training_stop = True
-            self.stopped_at = state.global_step
+            control.should_evaluate = args is not None and args.eval_strategy != "no"
+            self.stopped_at = done
 
 
 class PackedCollator:
@@ -156,6 +205,7 @@ class Telemetry(TrainerCallback):
         self.start = time.perf_counter()
         self.tracking_s = 0.0
         self.first_step = 0
+        self.budget: TimeBudget | None = None  # when set, progress counts to the step it plans to end at
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.first_step = state.global_step  # a resumed run starts past 0: its ETA counts from here
@@ -166,7 +216,7 @@ class Telemetry(TrainerCallback):
         if logs and "eval_loss" in logs:
             row = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
             self.evals.append(row)
-            self.log(f"step {row['step']}/{state.max_steps} eval_loss {row['eval_loss']:.4f}")
+            self.log(f"step {row['step']}/{self._end(state)} eval_loss {row['eval_loss']:.4f}")
             self.buffer.append(Metric("eval_loss", row["eval_loss"], int(time.time() * 1000), row["step"]))
             return
         if not logs or "loss" not in logs:
@@ -181,13 +231,16 @@ class Telemetry(TrainerCallback):
             f"{k} {row[k]:.4g}" for k in ("rewards/margins", "effective_tokens_per_s") if k in row
         )
         elapsed = time.perf_counter() - self.start
-        left = elapsed / max(state.global_step - self.first_step, 1) * (state.max_steps - state.global_step)
-        self.log(f"step {row['step']}/{state.max_steps} loss {row['loss']:.4f} {extra} "
+        left = elapsed / max(state.global_step - self.first_step, 1) * (self._end(state) - state.global_step)
+        self.log(f"step {row['step']}/{self._end(state)} loss {row['loss']:.4f} {extra} "
                  f"({elapsed:.0f} s, about {left:.0f} s left)")  # fmt: skip
         now = int(time.time() * 1000)
         self.buffer += [Metric(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
         if len(self.history) % self.flush_every == 0:
             self.flush()
+
+    def _end(self, state: Any) -> int:
+        return self.budget.end if self.budget else state.max_steps
 
     def flush(self) -> None:
         if self.client is None or not self.buffer:
@@ -387,7 +440,8 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         if held_out and cfg.early_stopping_patience
         else []
     )
-    budget = TimeBudget(cfg.max_minutes)
+    budget = TimeBudget(cfg.max_minutes, cfg.max_steps, log)
+    telemetry.budget = budget
     trainer = CheckpointedTrainer(
         model=model,
         args=args,
@@ -396,11 +450,13 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         data_collator=collator,
         eval_collator=PackedCollator(tokenizer.pad_token_id),
         callbacks=[telemetry, ParentWatch(spec.get("parent_pid")), budget, *stopping],
+        budget=budget,
     )
     result, wall_s = fit(trainer, spec, telemetry, log)
     if budget.stopped_at is not None:
         log(
-            f"stopped at step {budget.stopped_at}/{cfg.max_steps}: training.max_minutes {cfg.max_minutes} reached"
+            f"stopped at step {budget.stopped_at}/{cfg.max_steps}, the learning rate decayed by then: "
+            f"training.max_minutes {cfg.max_minutes} holds no more steps at the pace measured"
         )
     return save_and_summarise(
         model,

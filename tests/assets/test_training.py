@@ -194,3 +194,35 @@ def test_held_out_loss_is_measured_while_training_and_early_stopping_ends_a_run_
     assert unmeasured["eval_history"] == [] and unmeasured["eval_loss"] is None
     assert [h["loss"] for h in unmeasured["history"]] == [h["loss"] for h in learning["history"]]
     assert unmeasured["label_tokens"] == learning["label_tokens"]
+
+
+def test_a_time_budget_ends_the_learning_rate_schedule_where_training_stops(data_template, tmp_path):
+    """training.max_minutes on a real (tiny) run: it stops before max_steps, at the step its measured
+    pace planned, with the learning rate decayed to ~0 there and the held-out loss measured there."""
+    from stages.config import TrainingConfig
+    from stages.train import train
+
+    paths = TunegraphSettings(home=str(data_template), config_path="configs/tiny.yaml").paths()
+    tokens = paths.latest("tokenized_dataset")
+    cfg = TrainingConfig(method="full", max_steps=100_000, batch_size=2, logging_steps=1, save_steps=100_000,
+                         eval_steps=100_000, eval_examples=4, learning_rate=1e-3, warmup_steps=2,
+                         max_minutes=3 / 60)  # fmt: skip
+    lines: list[str] = []
+    summary = train(
+        {
+            "init_model_dir": str(paths.latest("base_model") / "model"),
+            "train_path": str(tokens / "train_blocks.parquet"),
+            "eval_path": str(tokens / "eval.parquet"),
+            "output_dir": str(tmp_path / "budget"),
+            "checkpoint_dir": str(tmp_path / "budget-checkpoints"),
+            "training": cfg.model_dump(mode="json"),
+        },
+        log=lines.append,
+    )
+    stopped = summary["stopped_by_time_budget_at"]
+    assert stopped is not None and 3 < stopped < 100_000 and summary["steps"] == stopped
+    assert summary["wall_s"] < 3 * 1.5
+    assert summary["history"][-1]["step"] == stopped and summary["history"][-1]["learning_rate"] < 1e-3 / 100
+    assert max(h["learning_rate"] for h in summary["history"]) > 1e-3 / 2  # it did warm up to the peak
+    assert [e["step"] for e in summary["eval_history"]] == [stopped]
+    assert any(line.startswith("time budget: training ends at step") for line in lines)
