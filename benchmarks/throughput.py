@@ -49,7 +49,7 @@ from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
 from stages.config import LoraSettings  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
-from stages.train import PackedCollator, lora_config  # noqa: E402
+from stages.train import PackedCollator, lora_config, malloc_in_use  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -237,6 +237,9 @@ def main() -> None:
     out |= {
         "method": args.method,
         "threads": torch.get_num_threads(),
+        # Training itself runs on tcmalloc where the machine has it (stages/launch.py): run this
+        # benchmark under the same LD_PRELOAD to measure what training gets.
+        "malloc": malloc_in_use(),
         "flops_per_token": f"{per_param}N, N = {n_matmul:,} matmul parameters (LM head {n_head:,})",
         "peak_flops": round(peak) if peak else None,
         "peak_source": peak_source,
