@@ -105,9 +105,14 @@ def cosine_with_warmup(step: int, warmup: int, end: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# Steps measured before the first plan: planned from one step, a demo run ended at step 14 of a
+# budget that held 22 (its second step took 6 s, the ones after it 4 s).
+PACE_STEPS = 3
+
+
 class TimeBudget(TrainerCallback):
-    """Fit training into `training.max_minutes`, sized by measurement: after every step (from this
-    process's second on) the learning-rate schedule's end moves to the last step that the time left
+    """Fit training into `training.max_minutes`, sized by measurement: after every step (once
+    PACE_STEPS steps after this process's first are measured) the learning-rate schedule's end moves to the last step that the time left
     holds at the pace measured so far, held-out evaluations included, never past max_steps.
     Training stops there with a held-out evaluation, the learning rate decayed as planned: a slow
     day trains fewer steps, not a half-decayed model."""
@@ -130,9 +135,13 @@ class TimeBudget(TrainerCallback):
         now, done = time.perf_counter(), state.global_step
         if self.first is None:  # the first step also pays for warming up: not a pace
             self.first = (done, now)
-            end = self.end if now - self.start <= self.seconds else done
+        measured = done - self.first[0]
+        if now - self.start > self.seconds:
+            end = done
+        elif measured < PACE_STEPS:
+            end = self.end
         else:
-            pace = (now - self.first[1]) / (done - self.first[0])
+            pace = (now - self.first[1]) / measured
             end = budgeted_end(done, now - self.start, self.seconds, pace, self.end)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             agreed = torch.tensor([end])  # every rank stops at the same step: the earliest planned

@@ -29,8 +29,11 @@ def test_a_slow_pace_ends_the_schedule_early_and_training_stops_there_with_an_ev
     budget.on_train_begin(args, TrainerState(), TrainerControl())
     budget.start -= 5.0  # the first step took 5 s (warm-up: not counted as the pace)
     assert not _step(budget, 1, args).should_training_stop and budget.end == 40
-    budget.start -= 10.0  # 2 s a step from here
-    budget.first = (1, budget.first[1] - 10.0)
+    budget.start -= 4.0  # then 2 s a step, but PACE_STEPS steps are measured before any plan
+    budget.first = (1, budget.first[1] - 4.0)
+    assert not _step(budget, 3, args).should_training_stop and budget.end == 40 and lines == []
+    budget.start -= 6.0
+    budget.first = (1, budget.first[1] - 6.0)
     control = _step(budget, 6, args)  # 15 s used, 45 s left at 2 s a step: 22 more steps
     assert budget.end == 28 and not control.should_training_stop
     assert lines == ["time budget: training ends at step 28 of 40 (15 s of 60 s used at step 6)"]
