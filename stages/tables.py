@@ -1,6 +1,7 @@
 """Parquet and JSON helpers for the files stages exchange (records keep nested messages)."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
+
+
+def record_batches(*paths: Path, batch_size: int = 8192) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each file in turn, `batch_size` at a time: never all of them as Python objects."""
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield batch.to_pylist()
 
 
 def write_json(path: Path, value: Any) -> None:

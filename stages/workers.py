@@ -5,9 +5,12 @@ Cleaning, PII scans and n-gram scans are pure Python per record, so one process 
 workers are forked for one call and end with it: forked, they need no imports and do not re-run
 the caller's `__main__` (spawned or forkserver workers would); per call, they hold nothing of an
 earlier run. A fork copies page tables, not memory: tens of milliseconds for a 2 GB process.
-Results come back in input order, so the output is the one a single process computes.
+Forked, they also inherit the function and its items: only the results are pickled back (a
+closure over a large set, such as the eval n-grams, costs nothing to hand over). Results come
+back in input order, so the output is the one a single process computes.
 """
 
+import gc
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -28,16 +31,32 @@ def cores() -> int:
     return max(1, min(available, int(os.environ.get("TUNEGRAPH_WORKERS", available))))
 
 
+_job: tuple[Callable, Sequence] | None = None  # what the forked workers run, inherited
+
+
+def _run_chunk(bounds: tuple[int, int]) -> object:
+    assert _job is not None, "a worker runs only inside map_chunks"
+    fn, items = _job
+    return fn(items[bounds[0] : bounds[1]])
+
+
 def map_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
     """[fn(chunk) for chunk in consecutive chunks of items], in order, on every core.
 
-    `fn` and its results must be picklable (a module-level function or a `partial` of one). With
-    one core, or few items, it runs here as one chunk.
+    `fn`'s results must be picklable; `fn` and `items` need not be. With one core, or few items,
+    it runs here as one chunk.
     """
+    global _job
     workers = cores()
-    if workers == 1 or len(items) < MIN_PARALLEL:
+    if workers == 1 or len(items) < MIN_PARALLEL or _job is not None:  # no workers of workers
         return [fn(items)]
     size = -(-len(items) // (workers * CHUNKS_PER_WORKER))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-        return list(pool.map(fn, chunks))
+    bounds = [(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+    _job = (fn, items)
+    try:
+        # gc.freeze: the workers' collections then leave the inherited heap alone; scanning it
+        # would write to every object and turn the shared pages into copies.
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=gc.freeze) as pool:
+            return list(pool.map(_run_chunk, bounds))  # type: ignore[arg-type]
+    finally:
+        _job = None
