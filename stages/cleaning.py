@@ -90,9 +90,11 @@ def clean_records(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
 
 
 def clean_all(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
-    """`clean_records` on every core (stages/workers.py): the same kept, dropped and counts, in order."""
+    """`clean_records` on every core (stages/workers.py): the same kept, dropped and counts, in order.
+
+    Called once per landing file, so its workers are kept from one file to the next."""
     result = CleanResult()
-    for part in map_chunks(partial(clean_records, rules=rules), records):
+    for part in map_chunks(partial(clean_records, rules=rules), records, keep_workers=True):
         result.kept += part.kept
         result.dropped += part.dropped
         result.pii.update(part.pii)

@@ -8,6 +8,11 @@ earlier run. A fork copies page tables, not memory: tens of milliseconds for a 2
 Forked, they also inherit the function and its items: only the results are pickled back (a
 closure over a large set, such as the eval n-grams, costs nothing to hand over). Results come
 back in input order, so the output is the one a single process computes.
+
+A stage called once per landing file (cleaning) keeps its workers instead (`keep_workers`): a
+worker forked from a large process copies every page it allocates into, and at 100k records those
+copies (~0.8 GB a worker, measured by benchmarks/scale.py) cost more than the parallel cleaning
+saved when paid once per file. Kept workers pay it once; their function and chunks are pickled.
 """
 
 import gc
@@ -32,6 +37,7 @@ def cores() -> int:
 
 
 _job: tuple[Callable, Sequence] | None = None  # what the forked workers run, inherited
+_kept: ProcessPoolExecutor | None = None
 
 
 def _run_chunk(bounds: tuple[int, int]) -> object:
@@ -40,18 +46,22 @@ def _run_chunk(bounds: tuple[int, int]) -> object:
     return fn(items[bounds[0] : bounds[1]])
 
 
-def map_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
+def map_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T], keep_workers: bool = False) -> list[R]:
     """[fn(chunk) for chunk in consecutive chunks of items], in order, on every core.
 
-    `fn`'s results must be picklable; `fn` and `items` need not be. With one core, or few items,
-    it runs here as one chunk.
+    `fn`'s results must be picklable; `fn` and `items` need not be, unless `keep_workers`. With one
+    core, or few items, it runs here as one chunk.
     """
-    global _job
+    global _job, _kept
     workers = cores()
     if workers == 1 or len(items) < MIN_PARALLEL or _job is not None:  # no workers of workers
         return [fn(items)]
     size = -(-len(items) // (workers * CHUNKS_PER_WORKER))
     bounds = [(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+    if keep_workers:
+        if _kept is None:
+            _kept = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=gc.freeze)
+        return list(_kept.map(fn, [items[a:b] for a, b in bounds]))
     _job = (fn, items)
     try:
         # gc.freeze: the workers' collections then leave the inherited heap alone; scanning it
