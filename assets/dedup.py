@@ -69,7 +69,7 @@ def deduplicated_corpus(
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
         cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz"
-        answers = responses(records.take(pa.array(kept, pa.int64())))
+        answers = responses(records.select(["messages"]).take(pa.array(kept, pa.int64())))
         near = {kept[i]: kept[j] for i, j in near_duplicate_of(answers, cache, nd.threshold, nd.ngram,
                                                                nd.num_perm, nd.min_words).items()}  # fmt: skip
         del answers
@@ -84,7 +84,7 @@ def deduplicated_corpus(
     contaminated: dict[int, str] = {}
     if cfg.data.decontamination.enabled:
         cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
-        texts = conversation_texts(records.take(pa.array(train, pa.int64())))
+        texts = conversation_texts(records.select(["messages"]).take(pa.array(train, pa.int64())))
         found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache)
         del texts
         contaminated = {train[i]: shared for i, shared in found.items()}
@@ -95,7 +95,7 @@ def deduplicated_corpus(
         train = train[: cfg.data.max_train_examples]
     duplicates = [{"id": ids[i], "duplicate_of": ids[j]} for i, j in exact.items()]
     sources = (
-        Counter(records.take(pa.array(train, pa.int64())).column("source_file").to_pylist()) if train else {}
+        Counter(records.column("source_file").take(pa.array(train, pa.int64())).to_pylist()) if train else {}
     )
     with paths.publish("deduplicated_corpus") as out:
         write_table(out / "train.parquet", _rows(records, train))
