@@ -13,6 +13,7 @@ A stage called once per landing file (cleaning) keeps its workers instead (`keep
 worker forked from a large process copies every page it allocates into, and at 100k records those
 copies (~0.8 GB a worker, measured by benchmarks/scale.py) cost more than the parallel cleaning
 saved when paid once per file. Kept workers pay it once; their function and chunks are pickled.
+They end when a call without `keep_workers` comes (the cross-file stages run after the per-file ones).
 """
 
 import gc
@@ -62,6 +63,9 @@ def map_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T], keep_workers:
         if _kept is None:
             _kept = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=gc.freeze)
         return list(_kept.map(fn, [items[a:b] for a, b in bounds]))
+    if _kept is not None:  # the per-file stages are done: their workers' memory goes back
+        _kept.shutdown()
+        _kept = None
     _job = (fn, items)
     try:
         # gc.freeze: the workers' collections then leave the inherited heap alone; scanning it
