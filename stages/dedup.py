@@ -134,22 +134,6 @@ def _at_least(min_words: int, texts: list[str]) -> list[bool]:
     return [len(words(text)) >= min_words for text in texts]
 
 
-def residual_duplicates(
-    records: list[dict[str, Any]],
-    cache_file: Path,
-    threshold: float,
-    ngram: int,
-    num_perm: int,
-    min_words: int,
-) -> list[dict[str, Any]]:
-    """Records whose response exactly or nearly duplicates an earlier one's, each naming it."""
-    pairs = residual_duplicate_of(
-        [r["response_hash"] for r in records], [r["messages"][-1]["content"] for r in records],
-        cache_file, threshold, ngram, num_perm, min_words,
-    )  # fmt: skip
-    return [{**records[i], "duplicate_of": records[j]["id"]} for i, j in pairs]
-
-
 def residual_duplicate_of(
     hashes: list[str],
     responses: list[str],
