@@ -1,9 +1,12 @@
 """`augmented_corpus`: the final training records, plus the blocking data gates before training."""
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import deduplicated_corpus, eval_records
@@ -14,16 +17,16 @@ from assets.sources import reads_config
 from assets.versions import latest_data_version
 from resources.settings import Paths, TunegraphSettings
 from stages import pii
-from stages.augmentation import apply_model_paraphrases, augment, model_paraphrases, paraphrase_sources
+from stages.augmentation import apply_model_paraphrases, augment_table, model_paraphrases, paraphrase_sources
 from stages.config import DataConfig, PipelineConfig
 from stages.content import content_hash
-from stages.decontamination import decontaminate, record_text
-from stages.dedup import residual_duplicates
+from stages.decontamination import contamination, record_text
+from stages.dedup import residual_duplicate_of
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
 from stages.scan_cache import CleanSet, source_salt
-from stages.tables import read_rows, write_json, write_rows
+from stages.tables import record_batches, with_new_records, write_json, write_table
 
 MIN_TRAIN_EXAMPLES = 8
 MIN_EVAL_EXAMPLES = 2
@@ -65,27 +68,35 @@ GATES = {
 def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
     require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
-    train = read_rows(paths.latest("deduplicated_corpus") / "train.parquet")
+    # As an Arrow table: only the records chosen for augmentation become Python dicts.
+    train = pq.read_table(paths.latest("deduplicated_corpus") / "train.parquet")
     aug = cfg.data.augmentation
-    new = augment(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
+    new = augment_table(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
     if aug.enabled and aug.model_paraphrase:
-        new = _with_model_paraphrases(context, settings, new, train)
-    rows = [{**r, "source_id": r["id"], "augmentation": "none"} for r in train] + new
-    methods = Counter(r["augmentation"] for r in rows)
+        new = _with_model_paraphrases(context, settings, new, train.to_pylist())
+    methods = Counter({"none": train.num_rows} if train.num_rows else {}) + Counter(
+        r["augmentation"] for r in new
+    )
     with paths.publish("augmented_corpus") as out:
-        write_rows(out / "train.parquet", rows)
-        write_json(out / "summary.json", {"train_examples": len(rows), "methods": dict(methods)})
+        write_table(out / "train.parquet", with_new_records(train, new))
+        write_json(
+            out / "summary.json", {"train_examples": train.num_rows + len(new), "methods": dict(methods)}
+        )
         version = content_hash(out / "train.parquet")
-    context.log.info(f"{len(train)} train records + {len(new)} augmented")
+    context.log.info(f"{train.num_rows} train records + {len(new)} augmented")
+    n_rows = train.num_rows + len(new)
+    del train
     # Judged on what the next stage will read: the published file, read back.
-    gates = training_data_gates(paths, cfg, read_rows(paths.latest("augmented_corpus") / "train.parquet"))
+    gates = training_data_gates(
+        paths, cfg, TrainColumns.read(paths.latest("augmented_corpus") / "train.parquet")
+    )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
-            "dagster/row_count": len(rows),
-            "train_examples": len(rows),
+            "dagster/row_count": n_rows,
+            "train_examples": n_rows,
             "augmented": len(new),
-            "augmented_share": round(len(new) / max(len(rows), 1), 4),
+            "augmented_share": round(len(new) / max(n_rows, 1), 4),
             "methods": counts_table(dict(methods), key="method"),
             "sample": md_table(
                 [{"source_id": r["source_id"], "prompt": r["messages"][-2]["content"]} for r in new],
@@ -115,7 +126,45 @@ def _with_model_paraphrases(
     return apply_model_paraphrases(new, train, paraphrases)
 
 
-def training_data_gates(paths: Paths, cfg: PipelineConfig, train: list[dict]) -> list[dg.AssetCheckResult]:
+@dataclass
+class TrainColumns:
+    """The final train records as the gates read them: a list per field, not a dict per record
+    (as dicts, read back whole, they were the largest part of this step's memory)."""
+
+    path: Path
+    texts: list[str]  # every message, what the PII and contamination scans read
+    ids: list[str]
+    source_ids: list[str]
+    originals: list[int]  # rows not made by augmentation
+    response_hashes: list[str]  # of the originals
+    responses: list[str]  # of the originals
+    problems: dict[int, str]  # row -> why it is not a valid conversation
+
+    @classmethod
+    def read(cls, path: Path) -> "TrainColumns":
+        cols = cls(path, [], [], [], [], [], [], {})
+        for batch in record_batches(path):
+            for r in batch:
+                i = len(cols.ids)
+                if (problem := schema_problem(r)) is not None:
+                    cols.problems[i] = problem
+                cols.ids.append(r.get("id"))
+                cols.source_ids.append(r.get("source_id"))
+                cols.texts.append(record_text(r) if problem is None or r.get("messages") else "")
+                if r.get("augmentation") == "none":
+                    cols.originals.append(i)
+                    cols.response_hashes.append(r["response_hash"])
+                    cols.responses.append(r["messages"][-1]["content"])
+        return cols
+
+    def rows(self, indices: list[int]) -> list[dict]:
+        """The records at these rows (in this order), read back for a gate's message."""
+        if not indices:
+            return []
+        return pq.read_table(self.path).take(pa.array(indices, pa.int64())).to_pylist()
+
+
+def training_data_gates(paths: Paths, cfg: PipelineConfig, train: TrainColumns) -> list[dg.AssetCheckResult]:
     """The blocking gates on the final train records, in one pass (one read of the eval sets)."""
     eval_rows = eval_records(paths)
     return [
@@ -128,12 +177,16 @@ def training_data_gates(paths: Paths, cfg: PipelineConfig, train: list[dict]) ->
 
 
 def _no_eval_contamination(
-    home: Path, train: list[dict], eval_rows: list[dict], n: int
+    home: Path, train: TrainColumns, eval_rows: list[dict], n: int
 ) -> dg.AssetCheckResult:
     # Only records not already found clean against this very eval set are scanned again.
-    _, leaked = decontaminate(train, eval_rows, n, home / "cache" / "contamination-clean.json")
+    found = contamination(train.texts, eval_rows, n, home / "cache" / "contamination-clean.json")
+    leaked = [
+        {**r, "shared_ngram": shared}
+        for r, shared in zip(train.rows(list(found)), found.values(), strict=True)
+    ]
     eval_ids = {r["id"] for r in eval_rows}
-    same_id = [r for r in train if r["source_id"] in eval_ids]
+    same_id = train.rows([i for i, source in enumerate(train.source_ids) if source in eval_ids])
     passed = not leaked and not same_id
     return dg.AssetCheckResult(
         check_name="no_eval_contamination",
@@ -163,13 +216,13 @@ def where(records: list[dict], shown: int = 3) -> str:
     return ", ".join(named) + more
 
 
-def _enough_examples(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
-    passed = len(train) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES
+def _enough_examples(train: TrainColumns, eval_rows: list[dict]) -> dg.AssetCheckResult:
+    passed = len(train.ids) >= MIN_TRAIN_EXAMPLES and len(eval_rows) >= MIN_EVAL_EXAMPLES
     return dg.AssetCheckResult(
         check_name="enough_examples",
         passed=passed,
         metadata={
-            "train": len(train),
+            "train": len(train.ids),
             "eval": len(eval_rows),
             "minimum_train": MIN_TRAIN_EXAMPLES,
             "minimum_eval": MIN_EVAL_EXAMPLES,
@@ -185,17 +238,19 @@ def _enough_examples(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckR
     )
 
 
-def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
-    records = train + eval_rows
+def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> dg.AssetCheckResult:
     # Texts already found clean by these very patterns are not scanned again.
     cache = CleanSet(home / "cache" / "pii-clean.json", source_salt(pii))
+    hits = cache.scan(train.texts + [record_text(r) for r in eval_rows], pii.find)
     found: Counter[str] = Counter()
-    offenders = []
-    for r, hits in zip(records, cache.scan([record_text(r) for r in records], pii.find), strict=True):
-        if hits:
-            found += hits
-            offenders.append({**{k: r.get(k) for k in ("id", "source_file", "source_line")},
-                              "types": ", ".join(sorted(hits))})  # fmt: skip
+    for hit in hits:
+        found += hit or Counter()
+    where_found = [i for i, hit in enumerate(hits) if hit]
+    records = train.rows([i for i in where_found if i < len(train.ids)]) + [
+        eval_rows[i - len(train.ids)] for i in where_found if i >= len(train.ids)
+    ]
+    offenders = [{**{k: r.get(k) for k in ("id", "source_file", "source_line")},
+                  "types": ", ".join(sorted(hits[i]))} for i, r in zip(where_found, records, strict=True)]  # fmt: skip
     return dg.AssetCheckResult(
         check_name="no_residual_pii",
         passed=not found,
@@ -214,11 +269,13 @@ def _no_residual_pii(home: Path, train: list[dict], eval_rows: list[dict]) -> dg
 DUPLICATE_CHECK_MIN_WORDS = 8  # below near dedup's 16: the check sees the short copies dedup leaves
 
 
-def _duplicate_rate(home: Path, train: list[dict], data: DataConfig) -> dg.AssetCheckResult:
-    originals = [r for r in train if r["augmentation"] == "none"]  # augmented copies repeat by design
+def _duplicate_rate(home: Path, train: TrainColumns, data: DataConfig) -> dg.AssetCheckResult:
+    originals = train.originals  # augmented copies repeat by design
     nd = data.near_dedup
-    duplicates = residual_duplicates(originals, home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz",
-                                     nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
+    pairs = residual_duplicate_of(train.response_hashes, train.responses,
+                                  home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz",
+                                  nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
+    duplicates = [{"id": train.ids[originals[i]], "duplicate_of": train.ids[originals[j]]} for i, j in pairs]
     rate = len(duplicates) / max(len(originals), 1)
     passed = rate <= data.max_duplicate_rate
     return dg.AssetCheckResult(
@@ -245,11 +302,13 @@ def _duplicate_rate(home: Path, train: list[dict], data: DataConfig) -> dg.Asset
     )
 
 
-def _schema_valid(train: list[dict], eval_rows: list[dict]) -> dg.AssetCheckResult:
+def _schema_valid(train: TrainColumns, eval_rows: list[dict]) -> dg.AssetCheckResult:
+    rows = train.rows(list(train.problems)) + eval_rows
+    problems = [*train.problems.values(), *(schema_problem(r) for r in eval_rows)]
     bad = [
         {**{k: r.get(k) for k in ("id", "source_file", "source_line")}, "problem": problem}
-        for r in train + eval_rows
-        if (problem := schema_problem(r)) is not None
+        for r, problem in zip(rows, problems, strict=True)
+        if problem is not None
     ]
     return dg.AssetCheckResult(
         check_name="schema_valid",

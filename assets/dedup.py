@@ -3,6 +3,8 @@
 from collections import Counter
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.corpus import clean_corpus
@@ -13,11 +15,11 @@ from assets.sources import reads_config
 from resources.settings import Paths, TunegraphSettings
 from stages.cleaning import Rules, clean_records
 from stages.content import content_hash
-from stages.decontamination import decontaminate
-from stages.dedup import exact_dedup, near_dedup
+from stages.decontamination import contamination
+from stages.dedup import conversation_texts, exact_duplicate_of, near_duplicate_of, responses, with_column
 from stages.readers import read_file
-from stages.split import split_records
-from stages.tables import read_rows, write_json, write_rows
+from stages.split import eval_score
+from stages.tables import read_rows, write_json, write_rows, write_table
 
 
 @dg.asset(
@@ -57,37 +59,66 @@ def deduplicated_corpus(
     keys = sorted(context.instance.get_dynamic_partitions(landing_files.name))
     if not keys:
         raise dg.Failure(f"no landing files registered: put files in {paths.landing} and run `tunegraph run`")
-    records = [r for key in keys for r in _clean_partition(paths, key)]
-    kept, duplicates = exact_dedup(records)
-    near = []
+    # One Arrow table, not a dict per record (those were ~2 KB each: 2 GB at 1M records); the
+    # decisions take lists of the columns they read, and the outputs are rows taken from it.
+    records = pa.concat_tables([_clean_partition(paths, key) for key in keys], promote_options="permissive")
+    ids = records.column("id").to_pylist() if records.num_rows else []
+    exact = exact_duplicate_of(records.column("response_hash").to_pylist() if records.num_rows else [])
+    kept = [i for i in range(records.num_rows) if i not in exact]
+    near: dict[int, int] = {}
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
         cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz"
-        kept, near = near_dedup(kept, cache, nd.threshold, nd.ngram, nd.num_perm, nd.min_words)
-    train, held_out = split_records(kept, cfg.data.eval_fraction, cfg.data.seed)
+        answers = responses(records.select(["messages"]).take(pa.array(kept, pa.int64())))
+        near = {kept[i]: kept[j] for i, j in near_duplicate_of(answers, cache, nd.threshold, nd.ngram,
+                                                               nd.num_perm, nd.min_words).items()}  # fmt: skip
+        del answers
+        kept = [i for i in kept if i not in near]
+    held = [eval_score(ids[i], cfg.data.seed) < cfg.data.eval_fraction for i in kept]
+    train = [i for i, h in zip(kept, held, strict=True) if not h]
+    held_out = records.take(
+        pa.array([i for i, h in zip(kept, held, strict=True) if h], pa.int64())
+    ).to_pylist()
     eval_sets = {"held_out": held_out, **_eval_files(cfg.data.eval_files, settings)}
     all_eval = [r for rows in eval_sets.values() for r in rows]
-    contaminated = []
+    contaminated: dict[int, str] = {}
     if cfg.data.decontamination.enabled:
         cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
-        train, contaminated = decontaminate(train, all_eval, cfg.data.decontamination.ngram, cache)
+        texts = conversation_texts(records.select(["messages"]).take(pa.array(train, pa.int64())))
+        found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache)
+        del texts
+        contaminated = {train[i]: shared for i, shared in found.items()}
+        train = [i for i in train if i not in contaminated]
     capped = 0
     if cfg.data.max_train_examples is not None:
         capped = max(0, len(train) - cfg.data.max_train_examples)
         train = train[: cfg.data.max_train_examples]
+    duplicates = [{"id": ids[i], "duplicate_of": ids[j]} for i, j in exact.items()]
+    sources = (
+        Counter(records.column("source_file").take(pa.array(train, pa.int64())).to_pylist()) if train else {}
+    )
     with paths.publish("deduplicated_corpus") as out:
-        write_rows(out / "train.parquet", train)
+        write_table(out / "train.parquet", _rows(records, train))
         (out / "eval").mkdir()
         for name, rows in eval_sets.items():
             write_rows(out / "eval" / f"{name}.parquet", rows)
-        write_rows(out / "duplicates.parquet", duplicates)
-        write_rows(out / "near_duplicates.parquet", near)
-        write_rows(out / "contaminated.parquet", contaminated)
+        write_table(
+            out / "duplicates.parquet",
+            _rows(records, list(exact), duplicate_of=[ids[j] for j in exact.values()]),
+        )
+        write_table(
+            out / "near_duplicates.parquet",
+            _rows(records, list(near), duplicate_of=[ids[j] for j in near.values()]),
+        )
+        write_table(
+            out / "contaminated.parquet",
+            _rows(records, list(contaminated), shared_ngram=list(contaminated.values())),
+        )
         write_json(
             out / "summary.json",
             {
                 "partitions": keys,
-                "records_in": len(records),
+                "records_in": records.num_rows,
                 "duplicates": len(duplicates),
                 "near_duplicates": len(near),
                 "contaminated": len(contaminated),
@@ -98,7 +129,7 @@ def deduplicated_corpus(
         )
         version = content_hash(*(out / f for f in DATA_FILES), out / "eval")
     context.log.info(
-        f"{len(records)} records from {len(keys)} files: {len(duplicates)} duplicates, "
+        f"{records.num_rows} records from {len(keys)} files: {len(duplicates)} duplicates, "
         f"{len(contaminated)} contaminated, {len(train)} train, {len(held_out)} held out"
     )
     return dg.MaterializeResult(
@@ -106,7 +137,7 @@ def deduplicated_corpus(
         metadata={
             "partitions": len(keys),
             "dagster/row_count": len(train),
-            "records_in": len(records),
+            "records_in": records.num_rows,
             "duplicates": len(duplicates),
             "near_duplicates": len(near),
             "contaminated": len(contaminated),
@@ -116,7 +147,7 @@ def deduplicated_corpus(
                 [{"id": d["id"], "duplicate_of": d["duplicate_of"]} for d in duplicates],
                 ["id", "duplicate_of"],
             ),
-            "sources": counts_table(dict(Counter(r["source_file"] for r in train)), key="landing file"),
+            "sources": counts_table(dict(sources), key="landing file"),
         },
         check_results=[_accounting_holds(paths)],
     )
@@ -134,14 +165,22 @@ def eval_records(paths: Paths) -> list[dict]:
     ]
 
 
-def _clean_partition(paths: Paths, key: str) -> list[dict]:
-    rows = read_rows(paths.latest("clean_corpus", key) / "records.parquet")
-    if rows and "response_hash" not in rows[0]:
+def _clean_partition(paths: Paths, key: str) -> pa.Table:
+    rows = pq.read_table(paths.latest("clean_corpus", key) / "records.parquet")
+    if rows.num_rows and "response_hash" not in rows.column_names:
         raise dg.Failure(
             f"clean_corpus[{key}] was written by an older tunegraph (no response_hash column): "
             "rematerialise clean_corpus for it (`tunegraph run` does, or 'Materialize unsynced' in the UI)"
         )
-    return rows
+    return rows if rows.num_rows else pa.table({})
+
+
+def _rows(records: pa.Table, at: list[int], **columns: list[str]) -> pa.Table:
+    """The records at these rows, with extra string columns (duplicate_of, shared_ngram) after."""
+    table = records.take(pa.array(at, pa.int64()))
+    for name, values in columns.items():
+        table = with_column(table, name, values)
+    return table
 
 
 def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list[dict]]:

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
@@ -17,10 +16,10 @@ from assets.model import base_model
 from assets.sources import reads_config
 from resources.settings import TunegraphSettings
 from stages import plots
-from stages.chat import record_key, tokenize_cached, tokenizer_fingerprint
+from stages.chat import tokenize_cached, tokenizer_fingerprint
 from stages.content import content_hash
-from stages.packing import count_blocks_without_labels, pack_bfd
-from stages.tables import read_json, read_rows, write_json
+from stages.packing import count_blocks_without_labels, write_packed
+from stages.tables import read_json, record_batches, write_json
 
 
 @dg.asset(
@@ -43,22 +42,25 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     tokenizer = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
-    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
-    held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
+    train_file = paths.latest("augmented_corpus") / "train.parquet"
+    held_out_file = paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"
     fingerprint = tokenizer_fingerprint(tokenizer)
-    records = train + held_out  # one token cache for both; eval rows are never packed
-    keys = [record_key(r) for r in records]
-    tokenized, fresh = tokenize_cached(
-        tokenizer, records, keys, paths.home / "cache" / f"tokens-{fingerprint}"
+    # One token cache for both; eval rows are never packed. Read a batch at a time: as Python
+    # dicts all at once, the records were most of this step's memory (benchmarks/scale.py).
+    tokens, fresh = tokenize_cached(
+        tokenizer,
+        record_batches(train_file, held_out_file),
+        paths.home / "cache" / f"token-ids-{fingerprint}",
     )
-    examples, eval_examples = tokenized.slice(0, len(train)), tokenized.slice(len(train))
-    blocks, stats = pack_bfd(examples, cfg.data.block_size)
-    lengths = pc.list_value_length(examples.column("input_ids")).to_numpy()
+    n_train = pq.read_metadata(train_file).num_rows
+    examples, eval_examples = tokens.slice(0, n_train), tokens.slice(n_train).table()
     with paths.publish("tokenized_dataset") as out:
-        pq.write_table(blocks, out / "train_blocks.parquet")
+        stats = write_packed(examples, cfg.data.block_size, out / "train_blocks.parquet")
         labels_check = _blocks_have_labels(out / "train_blocks.parquet")
         pq.write_table(eval_examples, out / "eval.parquet")
-        plots.histogram(lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example")
+        plots.histogram(
+            examples.lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example"
+        )
         summary = {
             **stats.__dict__,
             "block_size": cfg.data.block_size,
@@ -69,7 +71,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
         write_json(out / "summary.json", summary)
         hist = png(out / "lengths.png", "example lengths")
         methods = read_json(paths.latest("augmented_corpus") / "summary.json")["methods"]
-        card = card_markdown(corpus_accounting(paths), summary, len(train), methods)
+        card = card_markdown(corpus_accounting(paths), summary, n_train, methods)
         (out / "dataset_card.md").write_text(card)
         version = content_hash(out / "train_blocks.parquet", out / "eval.parquet")
     context.log.info(
@@ -88,7 +90,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "non_pad_fraction": round(stats.non_pad_fraction, 4),
             "eval_examples": eval_examples.num_rows,
             "tokenized_now": fresh,
-            "reused_from_cache": tokenized.num_rows - fresh,
+            "reused_from_cache": len(tokens) - fresh,
             "tokenizer_fingerprint": fingerprint,
             "length_histogram": hist,
             "dataset_card": dg.MetadataValue.md(card),

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 # {instruction} is the original user turn; the response is unchanged.
 PARAPHRASE_TEMPLATES = (
     "{instruction}",
@@ -33,16 +35,31 @@ def augment(
     record instead gets k other train examples as earlier turns (the prompt-engineering few-shot
     technique, used as training data so the model also learns to read such prompts).
     """
+    chosen = choose([r["id"] for r in train], [r["schema"] for r in train], max_share, seed)
     eligible = [r for r in train if r["schema"] != "text"]
-    budget = int(max_share * len(train) / (1 - max_share)) if max_share < 1 else len(eligible)
-    chosen = sorted(eligible, key=lambda r: _rank(seed, r["id"]))[: min(budget, len(eligible))]
-    new = []
-    for i, record in enumerate(chosen):
-        if few_shot_k > 0 and i % 2 == 1 and len(eligible) > few_shot_k:
-            new.append(_few_shot(record, eligible, few_shot_k, seed))
-        else:
-            new.append(_paraphrase(record, seed))
-    return new
+    return [
+        _few_shot(train[c], eligible, few_shot_k, seed)
+        if few_shot_k > 0 and i % 2 == 1 and len(eligible) > few_shot_k
+        else _paraphrase(train[c], seed)
+        for i, c in enumerate(chosen)
+    ]
+
+
+def augment_table(train: pa.Table, max_share: float, seed: int, few_shot_k: int = 0) -> list[dict[str, Any]]:
+    """`augment` of a table's rows; only the chosen rows become Python dicts (without few-shot)."""
+    if few_shot_k > 0 or train.num_rows == 0:  # few-shot draws its shots from every record
+        return augment(train.to_pylist(), max_share, seed, few_shot_k)
+    chosen = choose(train.column("id").to_pylist(), train.column("schema").to_pylist(), max_share, seed)
+    rows = train.take(pa.array(chosen, pa.int64())).to_pylist()
+    return [_paraphrase(r, seed) for r in rows]
+
+
+def choose(ids: list[str], schemas: list[str], max_share: float, seed: int) -> list[int]:
+    """Indices of the records to augment, in augmentation order: len(new) / (len(train) + len(new))
+    <= max_share; `text` records have no instruction to paraphrase."""
+    eligible = [i for i, schema in enumerate(schemas) if schema != "text"]
+    budget = int(max_share * len(ids) / (1 - max_share)) if max_share < 1 else len(eligible)
+    return sorted(eligible, key=lambda i: _rank(seed, ids[i]))[: min(budget, len(eligible))]
 
 
 def _paraphrase(record: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -11,11 +11,18 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from stages.workers import map_chunks
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 
@@ -221,65 +228,178 @@ def record_key(record: dict[str, Any]) -> str:
 
 
 COMPACT_AFTER = 16  # cache parts; past this, one compacted part replaces them
-TOKENIZE_BATCH = 4096  # records tokenised, then held as Python lists, at a time
+TOKENIZE_BATCH = 4096  # records tokenised, then held as Python lists, at a time (per worker)
+TOKENIZE_PENDING = 32768  # new records handed to the workers at a time
+# Token ids as int32 and which tokens are learnt as one bool each: 5 bytes a token, where int64
+# ids and labels took 16 (at 1M records, ~150M tokens: 0.75 GB instead of 2.4 GB, held twice).
 _CACHE_SCHEMA = pa.schema(
-    [("key", pa.string()), ("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64()))]
+    [("key", pa.string()), ("input_ids", pa.list_(pa.int32())), ("learnt", pa.list_(pa.bool_()))]
 )
 
 
+@dataclass
+class Tokens:
+    """Tokenised examples as flat arrays: example i is `ids[starts[i]:starts[i] + lengths[i]]`.
+
+    Its labels are its ids where `learnt`, IGNORE_INDEX elsewhere (what `tokenize_records` gives).
+    Slicing shares the arrays; `table()` builds the (input_ids, labels) rows the files hold.
+    """
+
+    ids: np.ndarray  # int32, every stored example end to end
+    learnt: np.ndarray  # bool, one per token
+    starts: np.ndarray  # int64, one per example
+    lengths: np.ndarray  # int64, one per example
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def slice(self, start: int, stop: int | None = None) -> "Tokens":
+        return Tokens(self.ids, self.learnt, self.starts[start:stop], self.lengths[start:stop])
+
+    def take(self, rows: np.ndarray | list[int]) -> "Tokens":
+        return Tokens(self.ids, self.learnt, self.starts[rows], self.lengths[rows])
+
+    def gather(self) -> np.ndarray:
+        """Positions in `ids` of every token of every example, in example order."""
+        return ranges(self.starts, self.lengths)
+
+    def table(self) -> pa.Table:
+        """The examples as rows of input_ids and labels (int64 lists, as tokenize_records gives)."""
+        at = self.gather()
+        ids = self.ids[at].astype(np.int64)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(self.lengths)]), pa.int32())
+        return pa.table(
+            {
+                "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
+                "labels": pa.ListArray.from_arrays(
+                    offsets, pa.array(np.where(self.learnt[at], ids, IGNORE_INDEX))
+                ),
+            }
+        )
+
+    @classmethod
+    def from_examples(cls, examples: list[dict]) -> "Tokens":
+        """From tokenize_records' rows; a label that is neither its id nor IGNORE_INDEX is refused."""
+        lengths = np.array([len(e["input_ids"]) for e in examples], dtype=np.int64)
+        ids = np.fromiter((t for e in examples for t in e["input_ids"]), np.int64, int(lengths.sum()))
+        labels = np.fromiter((t for e in examples for t in e["labels"]), np.int64, len(ids))
+        return cls._checked(ids, labels, lengths)
+
+    @classmethod
+    def from_table(cls, examples: pa.Table) -> "Tokens":
+        """From a table of input_ids and labels lists (any offsets, slices included)."""
+        ids_col = examples.column("input_ids").combine_chunks()
+        labels_col = examples.column("labels").combine_chunks()
+        lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = pc.list_flatten(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        labels = pc.list_flatten(labels_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        return cls._checked(ids, labels, lengths)
+
+    @classmethod
+    def _checked(cls, ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> "Tokens":
+        learnt = labels != IGNORE_INDEX
+        if len(labels) != len(ids) or not np.array_equal(labels[learnt], ids[learnt]):
+            raise ValueError("every label must be its token's id or IGNORE_INDEX (-100): the examples are not "
+                             "tokenize_records' output")  # fmt: skip
+        if len(ids) and (ids.min() < 0 or ids.max() >= 2**31):
+            raise ValueError("token ids must fit in int32")
+        starts = (np.cumsum(lengths) - lengths).astype(np.int64)
+        return cls(ids.astype(np.int32), learnt, starts, lengths)
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[0]..starts[0]+lengths[0]-1, starts[1].., end to end (int64), without a Python loop."""
+    total = int(lengths.sum())
+    begin = np.cumsum(lengths) - lengths  # where each range starts in the output
+    return np.repeat(starts - begin, lengths) + np.arange(total, dtype=np.int64)
+
+
 def tokenize_cached(
-    tokenizer: Any, records: list[dict[str, Any]], keys: list[str], cache_dir: Path
-) -> tuple[pa.Table, int]:
-    """`tokenize_records` as an Arrow table (input_ids, labels) in the order of `records`, reusing
-    the token ids of records seen before; returns (table, newly tokenised). `keys` are the
-    records' `record_key`s.
+    tokenizer: Any, batches: Iterable[list[dict[str, Any]]], cache_dir: Path
+) -> tuple[Tokens, int]:
+    """`tokenize_records` over record batches, in order, reusing the tokens of records seen before;
+    returns (tokens, newly tokenised records).
 
     The cache is a folder for one tokenizer fingerprint (put it in the folder name) of Parquet
-    parts keyed by each record's content. A data fix re-tokenises only the records it changed and
-    writes them as a small new part, rather than rewriting every record's ids.
+    parts keyed by each record's `record_key`. A data fix re-tokenises only the records it changed
+    and writes them as a small new part, rather than rewriting every record's ids. Records come
+    in batches (Arrow record batches as lists) so that all of them are never Python objects at once.
     """
     parts = sorted(cache_dir.glob("part-*.parquet"))
-    cache = (
-        pa.concat_tables([pq.read_table(p, schema=_CACHE_SCHEMA) for p in parts])
-        if parts
-        else _CACHE_SCHEMA.empty_table()
+    ids, learnt, lengths = [], [], []  # arrays per cache part, then per batch tokenised now
+    index: dict[str, int] = {}  # record key -> example number in the arrays
+    stored = 0
+    for part in parts:
+        table = pq.read_table(part, schema=_CACHE_SCHEMA)
+        for i, key in enumerate(table.column("key").to_pylist()):
+            index.setdefault(key, stored + i)  # two runs may have written the same record
+        stored += table.num_rows
+        for out, name in ((ids, "input_ids"), (learnt, "learnt")):
+            out.append(pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False))
+        lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False))
+        del table
+    examples: list[int] = []  # example number of each record, in order
+    fresh_keys: list[str] = []
+    pending: list[dict[str, Any]] = []  # new records not tokenised yet
+
+    def tokenize_pending() -> None:
+        if not pending:
+            return
+        for new in map_chunks(partial(_tokenize_chunk, tokenizer), pending):  # on every core
+            ids.append(new.ids)
+            learnt.append(new.learnt)
+            lengths.append(new.lengths)
+        pending.clear()
+
+    for records in batches:
+        keys = [record_key(r) for r in records]
+        for k, r in zip(keys, records, strict=True):
+            if k not in index:
+                index[k] = stored + len(fresh_keys)
+                fresh_keys.append(k)
+                pending.append(r)
+        examples += [index[k] for k in keys]
+        if len(pending) >= TOKENIZE_PENDING:
+            tokenize_pending()
+    tokenize_pending()
+    all_lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+    store = Tokens(
+        np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32),
+        np.concatenate(learnt).astype(bool) if learnt else np.zeros(0, bool),
+        np.cumsum(all_lengths) - all_lengths,
+        all_lengths,
     )
-    row_of = dict(zip(cache.column("key").to_pylist(), range(cache.num_rows), strict=True))
-    missing = {k: r for k, r in zip(keys, records, strict=True) if k not in row_of}
-    if missing:
-        # Into Arrow one batch at a time: as Python lists, the ids took ~15 KB a record (1.4 GB more
-        # peak memory at 100k records, benchmarks/scale.py); as Arrow they take ~2 KB.
-        fresh_keys, fresh_records = list(missing), list(missing.values())
-        new = pa.concat_tables(
-            [_cache_table(fresh_keys[i : i + TOKENIZE_BATCH],
-                          tokenize_records(tokenizer, fresh_records[i : i + TOKENIZE_BATCH]))
-             for i in range(0, len(fresh_records), TOKENIZE_BATCH)]
-        )  # fmt: skip
-        row_of.update(zip(missing, range(cache.num_rows, cache.num_rows + new.num_rows), strict=True))
-        cache = pa.concat_tables([cache, new])
+    for arrays in (ids, learnt, lengths):  # the store holds them now
+        arrays.clear()
+    if fresh_keys:
         if len(parts) + 1 > COMPACT_AFTER:
-            cache = cache.take(sorted(row_of.values()))  # one row per key
-            row_of = dict(zip(cache.column("key").to_pylist(), range(cache.num_rows), strict=True))
-            _write_part(cache_dir, cache)
+            kept = sorted(index.values())  # one row per key
+            keys_of = {n: k for k, n in index.items()}
+            _write_part(cache_dir, [keys_of[n] for n in kept], store.take(kept))
             for part in parts:
                 part.unlink()
         else:
-            _write_part(cache_dir, new)
-    return cache.take([row_of[k] for k in keys]).select(["input_ids", "labels"]), len(missing)
+            _write_part(cache_dir, fresh_keys, store.slice(stored))
+    return store.take(np.array(examples, dtype=np.int64)), len(fresh_keys)
 
 
-def _cache_table(keys: list[str], examples: list[dict]) -> pa.Table:
-    columns = {
-        "key": keys,
-        "input_ids": [e["input_ids"] for e in examples],
-        "labels": [e["labels"] for e in examples],
-    }
-    return pa.table(columns, schema=_CACHE_SCHEMA)
+def _tokenize_chunk(tokenizer: Any, records: list[dict[str, Any]]) -> Tokens:
+    return Tokens.from_examples(tokenize_records(tokenizer, records))
 
 
-def _write_part(cache_dir: Path, part: pa.Table) -> None:
+def _write_part(cache_dir: Path, keys: list[str], tokens: Tokens) -> None:
+    at = tokens.gather()
+    offsets = pa.array(np.concatenate([[0], np.cumsum(tokens.lengths)]), pa.int32())
+    part = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(tokens.ids[at], pa.int32())),
+            "learnt": pa.ListArray.from_arrays(offsets, pa.array(tokens.learnt[at], pa.bool_())),
+        },
+        schema=_CACHE_SCHEMA,
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha1("".join(sorted(part.column("key").to_pylist())).encode()).hexdigest()[:16]
+    name = hashlib.sha1("".join(sorted(keys)).encode()).hexdigest()[:16]
     tmp = cache_dir / f".tmp-{name}-{os.getpid()}"  # two runs tokenising the same records at once
     pq.write_table(part, tmp)
     tmp.replace(cache_dir / f"part-{time.time_ns()}-{name}.parquet")  # sorted = written order

@@ -8,11 +8,13 @@ import html
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import ftfy
 
 from stages import pii
+from stages.workers import map_chunks
 
 _WORD = re.compile(r"\w+")
 _TAG = re.compile(r"</?(?:[a-zA-Z][a-zA-Z0-9]*)(?:\s[^<>]*)?/?>")
@@ -84,6 +86,18 @@ def clean_records(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
             result.kept.append(cleaned)
         else:
             result.dropped.append({**_provenance(cleaned), "reason": reason, "raw": response[:500]})
+    return result
+
+
+def clean_all(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
+    """`clean_records` on every core (stages/workers.py): the same kept, dropped and counts, in order.
+
+    Called once per landing file, so its workers are kept from one file to the next."""
+    result = CleanResult()
+    for part in map_chunks(partial(clean_records, rules=rules), records, keep_workers=True):
+        result.kept += part.kept
+        result.dropped += part.dropped
+        result.pii.update(part.pii)
     return result
 
 

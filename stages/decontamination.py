@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.scan_cache import CleanSet, digest
+from stages.workers import map_chunks
 
 _WORD = re.compile(r"\w+")
 
@@ -30,6 +31,48 @@ def eval_ngrams(eval_records: Iterable[dict[str, Any]], n: int) -> set[tuple[str
     return grams
 
 
+def _hashes(text: str, n: int) -> set[int]:
+    return {hash(g) for g in ngrams(text, n)}
+
+
+def contamination(
+    texts: list[str], eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
+) -> dict[int, str]:
+    """{index of a text sharing an n-gram with an eval record: the first shared n-gram}.
+
+    The eval n-grams are held as hashes (an int each, where tuples of words took ~200 bytes: ~1 GB
+    for 50k eval records), and the texts are scanned on every core; texts whose hashes meet the
+    eval set's are then checked word for word, so a hash collision never counts. With
+    `cache_file`, texts already found clean against this very eval set are not scanned again.
+    """
+    eval_texts = [record_text(r) for r in eval_records]
+    grams: set[int] = set()
+    for text in eval_texts:
+        grams |= _hashes(text, n)
+
+    def shared_hashes(text: str) -> set[int]:
+        return _hashes(text, n) & grams
+
+    if cache_file is None:
+        scan: CleanSet | None = None
+        hits = [
+            h for part in map_chunks(lambda chunk: [shared_hashes(t) for t in chunk], texts) for h in part
+        ]
+    else:
+        scan = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(eval_texts)))}")
+        hits = scan.scan(texts, shared_hashes)
+    candidates = {i: hit for i, hit in enumerate(hits) if hit}
+    if not candidates:
+        return {}
+    wanted = set().union(*candidates.values())
+    exact = {g for text in eval_texts for g in ngrams(text, n) if hash(g) in wanted}
+    found = {}
+    for i in candidates:
+        if shared := ngrams(texts[i], n) & exact:
+            found[i] = " ".join(min(shared))
+    return found
+
+
 def decontaminate(
     train: list[dict[str, Any]],
     eval_records: list[dict[str, Any]],
@@ -43,21 +86,7 @@ def decontaminate(
     `cache_file`, train texts already found clean against this very eval set are not scanned
     again, and the ones found clean now are remembered for the next run.
     """
-    grams = eval_ngrams(eval_records, n)
-    texts = [text(r) for r in train]
-
-    def shared_ngrams(text: str) -> set[tuple[str, ...]]:
-        return ngrams(text, n) & grams
-
-    if cache_file is None:
-        hits: list[set[tuple[str, ...]] | None] = [shared_ngrams(t) for t in texts]
-    else:
-        eval_digest = digest(chr(0).join(sorted(record_text(r) for r in eval_records)))
-        hits = CleanSet(cache_file, f"{n}:{eval_digest}").scan(texts, shared_ngrams)
-    clean, contaminated = [], []
-    for record, shared in zip(train, hits, strict=True):
-        if shared:
-            contaminated.append({**record, "shared_ngram": " ".join(min(shared))})
-        else:
-            clean.append(record)
+    found = contamination([text(r) for r in train], eval_records, n, cache_file)
+    clean = [r for i, r in enumerate(train) if i not in found]
+    contaminated = [{**train[i], "shared_ngram": shared} for i, shared in sorted(found.items())]
     return clean, contaminated

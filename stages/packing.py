@@ -6,6 +6,8 @@ and use_cache=False; see the parity test). Examples longer than a block are trun
 """
 
 import bisect
+import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.chat import IGNORE_INDEX
+from stages.chat import IGNORE_INDEX, Tokens, ranges
+
+BLOCKS_PER_GROUP = 4096  # blocks built and written at a time (a Parquet row group each)
+_SCAN = 1 << 16  # examples whose tokens are looked at at a time
+_LIST = pa.list_(pa.int64())
+BLOCK_SCHEMA = pa.schema([("input_ids", _LIST), ("labels", _LIST), ("position_ids", _LIST)])
 
 
 @dataclass
@@ -29,78 +36,112 @@ class PackStats:
 
 
 def pack_bfd(examples: pa.Table, block_size: int) -> tuple[pa.Table, PackStats]:
-    """Pack `examples` (columns input_ids, labels) into blocks (input_ids, labels, position_ids).
+    """Pack `examples` (columns input_ids, labels) into blocks (input_ids, labels, position_ids)."""
+    tokens = Tokens.from_table(examples)
+    blocks, stats = plan(tokens, block_size)
+    batches = list(_blocks(tokens, blocks, block_size, stats))
+    return pa.Table.from_batches(batches, BLOCK_SCHEMA).combine_chunks(), stats
 
-    Only the choice of block is a Python loop (one integer per example); the token ids move as
-    NumPy gathers, so a one-record fix repacks ~4k examples in a few tens of milliseconds.
+
+def write_packed(tokens: Tokens, block_size: int, path: Path) -> PackStats:
+    """`pack_bfd` of `tokens` straight into a Parquet file, BLOCKS_PER_GROUP blocks at a time.
+
+    Built whole, the blocks' three int64 columns took 24 bytes a token (~3.6 GB at 1M records,
+    benchmarks/scale.py); written a row group at a time they take a row group's worth.
     """
-    ids_col = examples.column("input_ids").combine_chunks()
-    labels_col = examples.column("labels").combine_chunks()
-    lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = ids_col.offsets.to_numpy()[:-1].astype(np.int64)
-    # Token-sized arrays are what this function's memory is made of (~14 M tokens at 100k records):
-    # the ids are used as Arrow holds them (no int64 copy), and which examples keep a response
-    # token is read off one running count rather than per-token owner/offset arrays (measured by
-    # benchmarks/scale.py: the packing step was the peak of the data stages).
-    ids = ids_col.values.to_numpy(zero_copy_only=False)
-    labels = labels_col.values.to_numpy(zero_copy_only=False)
-    used = np.minimum(lengths, block_size)  # longer examples are truncated to one block
-    learnable_before = np.concatenate([[0], np.cumsum(labels != IGNORE_INDEX)])
-    # An example whose kept part has no response token (the prompt filled the block) is dropped.
-    has_labels = learnable_before[starts + used] - learnable_before[starts] > 0
-    del learnable_before
-    kept = np.flatnonzero(has_labels)
+    blocks, stats = plan(tokens, block_size)
+    with pq.ParquetWriter(path, BLOCK_SCHEMA) as writer:
+        for batch in _blocks(tokens, blocks, block_size, stats):
+            writer.write_batch(batch)
+    return stats
 
-    # Longest first; each goes to the fullest block it still fits in (remaining space kept sorted).
+
+def plan(tokens: Tokens, block_size: int) -> tuple[list[list[int]], PackStats]:
+    """Which examples go in which block, longest first, each in the fullest block it still fits.
+
+    Blocks are kept in buckets by their free space (at most block_size + 1 of them), so a choice
+    costs a bisect over the distinct free sizes; one sorted list of every block, as before, made
+    each insert move the whole list (quadratic: minutes at 1M records).
+    """
+    used = np.minimum(tokens.lengths, block_size)  # longer examples are truncated to one block
+    # An example whose kept part has no response token (the prompt filled the block) is dropped.
+    kept = np.flatnonzero(_has_labels(tokens, used))
     blocks: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (remaining space, block index), ascending
+    by_space: list[list[int]] = [[] for _ in range(block_size + 1)]  # free space -> heap of block indices
+    spaces: list[int] = []  # free sizes that have blocks, ascending
     for e in kept[np.argsort(-used[kept], kind="stable")].tolist():
         n = int(used[e])
-        i = bisect.bisect_left(free, (n, -1))
-        if i == len(free):
+        i = bisect.bisect_left(spaces, n)
+        if i == len(spaces):
+            b, space = len(blocks), block_size - n
             blocks.append([e])
-            bisect.insort(free, (block_size - n, len(blocks) - 1))
         else:
-            space, b = free.pop(i)
+            # The smallest space that fits; among blocks with it, the one opened first.
+            fits = spaces[i]
+            b, space = heapq.heappop(by_space[fits]), fits - n
+            if not by_space[fits]:
+                spaces.pop(i)
             blocks[b].append(e)
-            bisect.insort(free, (space - n, b))
-
-    order = np.array([e for block in blocks for e in block], dtype=np.int64)
-    n_tokens = used[order]
-    first = np.cumsum(n_tokens) - n_tokens  # where each example starts in the packed stream
-    position_ids = np.arange(int(n_tokens.sum())) - np.repeat(first, n_tokens)
-    gather = np.repeat(starts[order], n_tokens) + position_ids
-    block_labels = labels[gather]
-    # The first token of an example is never predicted from inside it; masking it keeps the
-    # previous example's last logit from being scored on it (the shift crosses the boundary).
-    block_labels[first] = IGNORE_INDEX
-    block_sizes = np.array([used[b].sum() for b in blocks], dtype=np.int64)
-    block_offsets = pa.array(np.concatenate([[0], np.cumsum(block_sizes)]), pa.int32())
-    packed = pa.table(
-        {
-            name: pa.ListArray.from_arrays(block_offsets, pa.array(values))
-            for name, values in [
-                ("input_ids", ids[gather]),
-                ("labels", block_labels),
-                ("position_ids", position_ids),
-            ]
-        }
-    )
+        if not by_space[space]:
+            bisect.insort(spaces, space)
+        heapq.heappush(by_space[space], b)
+    n_tokens = int(used[kept].sum())
     stats = PackStats(
         examples=len(kept),
         blocks=len(blocks),
-        tokens=len(gather),
-        label_tokens=int((block_labels != IGNORE_INDEX).sum()),
-        truncated=int((lengths > block_size).sum()),
-        dropped_no_labels=len(lengths) - len(kept),
-        non_pad_fraction=len(gather) / (len(blocks) * block_size) if blocks else 0.0,
+        tokens=n_tokens,
+        label_tokens=0,  # counted as the blocks are built
+        truncated=int((tokens.lengths > block_size).sum()),
+        dropped_no_labels=len(tokens) - len(kept),
+        non_pad_fraction=n_tokens / (len(blocks) * block_size) if blocks else 0.0,
     )
-    return packed, stats
+    return blocks, stats
+
+
+def _has_labels(tokens: Tokens, used: np.ndarray) -> np.ndarray:
+    """Whether each example's first `used` tokens include a learnt one, _SCAN examples at a time."""
+    out = np.zeros(len(used), dtype=bool)
+    for a in range(0, len(used), _SCAN):
+        u = used[a : a + _SCAN]
+        learnt = tokens.learnt[ranges(tokens.starts[a : a + _SCAN], u)]
+        owner = np.repeat(np.arange(len(u)), u)
+        out[a : a + len(u)] = np.bincount(owner, weights=learnt, minlength=len(u)) > 0
+    return out
+
+
+def _blocks(
+    tokens: Tokens, blocks: list[list[int]], block_size: int, stats: PackStats
+) -> Iterator[pa.RecordBatch]:
+    """The blocks as record batches, token ids moved by NumPy gathers; adds label_tokens to stats."""
+    used = np.minimum(tokens.lengths, block_size)
+    for g in range(0, max(len(blocks), 1), BLOCKS_PER_GROUP):
+        group = blocks[g : g + BLOCKS_PER_GROUP]
+        order = np.array([e for block in group for e in block], dtype=np.int64)
+        n_tokens = used[order]
+        first = np.cumsum(n_tokens) - n_tokens  # where each example starts in the group's stream
+        position_ids = np.arange(int(n_tokens.sum()), dtype=np.int64) - np.repeat(first, n_tokens)
+        gather = np.repeat(tokens.starts[order], n_tokens) + position_ids
+        ids = tokens.ids[gather].astype(np.int64)
+        labels = np.where(tokens.learnt[gather], ids, IGNORE_INDEX)
+        # The first token of an example is never predicted from inside it; masking it keeps the
+        # previous example's last logit from being scored on it (the shift crosses the boundary).
+        labels[first] = IGNORE_INDEX
+        stats.label_tokens += int((labels != IGNORE_INDEX).sum())
+        sizes = np.array([used[b].sum() for b in group], dtype=np.int64)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+        yield pa.record_batch(
+            [pa.ListArray.from_arrays(offsets, pa.array(values)) for values in (ids, labels, position_ids)],
+            schema=BLOCK_SCHEMA,
+        )
 
 
 def count_blocks_without_labels(path: Path) -> tuple[int, int]:
-    """(blocks, blocks whose labels are all IGNORE_INDEX) in a packed Parquet file, read as Arrow."""
-    labels = pq.read_table(path, columns=["labels"]).column("labels").combine_chunks()
-    learnable = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX)
-    with_labels = len(pc.unique(pc.filter(pc.list_parent_indices(labels), learnable)))
-    return len(labels), len(labels) - with_labels
+    """(blocks, blocks whose labels are all IGNORE_INDEX) in a packed Parquet file, a batch at a time."""
+    blocks = empty = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["labels"]):
+        labels = batch.column(0)
+        learnable = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX)
+        with_labels = len(pc.unique(pc.filter(pc.list_parent_indices(labels), learnable)))
+        blocks += len(labels)
+        empty += len(labels) - with_labels
+    return blocks, empty

@@ -9,8 +9,11 @@ verdict depends on (the scanner's source, the eval set), so any change of rules 
 import hashlib
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
+
+from stages.workers import map_chunks
 
 T = TypeVar("T")
 
@@ -28,16 +31,25 @@ class CleanSet:
         self.clean: set[str] = set(saved.get("clean", [])) if saved.get("salt") == salt else set()
 
     def scan(self, texts: list[str], find: Callable[[str], T]) -> list[T | None]:
-        """`find(text)` for each text not known clean (None for those known clean); then keep
-        exactly the hashes of this scan's clean texts (a falsy result), so old records drop out."""
+        """`find(text)` where it is truthy, None elsewhere (texts known clean are not scanned, on
+        every core); then keep exactly the hashes of this scan's clean texts, so old records drop out."""
         digests = [digest(t) for t in texts]
-        hits = [None if d in self.clean else find(t) for t, d in zip(texts, digests, strict=True)]
+        todo = [i for i, d in enumerate(digests) if d not in self.clean]
+        hits: list[T | None] = [None] * len(texts)
+        for i, hit in (pair for part in map_chunks(partial(_found, find), [(i, texts[i]) for i in todo])
+                       for pair in part):  # fmt: skip
+            hits[i] = hit
         self.clean = {d for d, hit in zip(digests, hits, strict=True) if not hit}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean)}))
         tmp.replace(self.path)
         return hits
+
+
+def _found(find: Callable[[str], T], indexed: list[tuple[int, str]]) -> list[tuple[int, T]]:
+    """(index, result) for the texts where `find` finds something: only those travel back."""
+    return [(i, hit) for i, text in indexed if (hit := find(text))]
 
 
 def source_salt(*modules: object) -> str:

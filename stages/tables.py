@@ -1,6 +1,7 @@
 """Parquet and JSON helpers for the files stages exchange (records keep nested messages)."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,35 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     pq.write_table(table, path)
 
 
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write a table as `write_rows` writes its rows (an empty one as a column-less file)."""
+    pq.write_table(table if table.num_rows else pa.table({}), path)
+
+
+def with_new_records(train: pa.Table, new: list[dict[str, Any]]) -> pa.Table:
+    """Train rows marked as originals (source_id = id, augmentation "none"), then the new records:
+    what `write_rows` of the same records as dicts writes, built without a dict per train row."""
+    if not train.num_rows:
+        return pa.Table.from_pylist(new) if new else pa.table({})
+    originals = train.append_column("source_id", train.column("id")).append_column(
+        "augmentation", pa.array(["none"] * train.num_rows, pa.string())
+    )
+    return (
+        pa.concat_tables([originals, pa.Table.from_pylist(new, schema=originals.schema)])
+        if new
+        else originals
+    )
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
+
+
+def record_batches(*paths: Path, batch_size: int = 8192) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each file in turn, `batch_size` at a time: never all of them as Python objects."""
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield batch.to_pylist()
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -7,10 +7,10 @@ test_pipeline.py's worse-model test.)
 import dagster as dg
 from conftest import write_config, write_example_shards, write_jsonl
 
-from assets.augment import _no_residual_pii, _schema_valid
+from assets.augment import TrainColumns, _no_residual_pii, _schema_valid
 from pipelines.runner import Runner
 from resources.settings import TunegraphSettings
-from stages.tables import read_json, read_rows, write_json
+from stages.tables import read_json, read_rows, write_json, write_rows
 
 DATA = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus"]
 
@@ -103,13 +103,15 @@ def test_preference_gates_fail_on_contaminated_and_too_few_pairs(prepared_home, 
 def test_pii_and_schema_gates_fail_on_records_that_slipped_through(tmp_path):
     leaked = {"id": "r1", "source_file": "a.jsonl", "source_line": 3, "messages": [
         {"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Mail ada@example.org."}]}  # fmt: skip
-    pii = _no_residual_pii(tmp_path, [leaked], [])
+    write_rows(tmp_path / "leaked.parquet", [leaked])
+    pii = _no_residual_pii(tmp_path, TrainColumns.read(tmp_path / "leaked.parquet"), [])
     assert (
         not pii.passed
         and pii.metadata["fix"].text == "remove the personal data from r1 (a.jsonl:3); redaction missed it"
     )
     no_answer = {**leaked, "messages": [{"role": "user", "content": "Who?"}]}
-    schema = _schema_valid([no_answer], [])
+    write_rows(tmp_path / "no_answer.parquet", [no_answer])
+    schema = _schema_valid(TrainColumns.read(tmp_path / "no_answer.parquet"), [])
     assert not schema.passed
     assert schema.metadata["fix"].text == (
         "fix or remove r1 (a.jsonl:3) (the last message must be a non-empty assistant answer)"

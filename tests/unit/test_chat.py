@@ -9,7 +9,6 @@ from stages.chat import (
     DEFAULT_CHAT_TEMPLATE,
     IGNORE_INDEX,
     ensure_chat_template,
-    record_key,
     render_prompts,
     tokenize_cached,
     tokenize_records,
@@ -46,11 +45,11 @@ def test_token_cache_reuses_unchanged_records_and_follows_the_tokenizer(tmp_path
     tok = _smollm2_tokenizer()
     records = [_rec(f"Explain thing {i}.", f"Thing {i} does this.") for i in range(5)]
     cache = tmp_path / f"tokens-{tokenizer_fingerprint(tok)}"
-    first, fresh = tokenize_cached(tok, records, [record_key(r) for r in records], cache)
-    assert fresh == 5 and first.to_pylist() == tokenize_records(tok, records)
+    first, fresh = tokenize_cached(tok, [records[:2], records[2:]], cache)  # batches, in order
+    assert fresh == 5 and first.table().to_pylist() == tokenize_records(tok, records)
     records[2] = _rec("Explain thing 2.", "Thing 2 was fixed.")
-    second, fresh = tokenize_cached(tok, records, [record_key(r) for r in records], cache)
-    assert fresh == 1 and second.to_pylist() == tokenize_records(tok, records)
+    second, fresh = tokenize_cached(tok, [records + records[:1]], cache)  # a repeated record: tokenised once
+    assert fresh == 1 and second.table().to_pylist() == tokenize_records(tok, records + records[:1])
     parts = sorted(cache.glob("part-*.parquet"))
     assert [pq.read_metadata(p).num_rows for p in parts] == [5, 1]  # the fix added one record, rewrote none
     other = copy.deepcopy(tok)
@@ -64,8 +63,8 @@ def test_token_cache_compacts_its_parts(tmp_path, monkeypatch):
     records = [_rec(f"Explain thing {i}.", f"Thing {i} does this.") for i in range(3)]
     for fix in range(3):  # three runs, each fixing one record
         records[fix] = _rec(f"Explain thing {fix}.", f"Thing {fix} was fixed.")
-        examples, _ = tokenize_cached(tok, records, [record_key(r) for r in records], tmp_path)
-    assert examples.to_pylist() == tokenize_records(tok, records)
+        examples, _ = tokenize_cached(tok, [records], tmp_path)
+    assert examples.table().to_pylist() == tokenize_records(tok, records)
     parts = list(tmp_path.glob("part-*.parquet"))
     assert len(parts) == 1 and pq.read_metadata(parts[0]).num_rows == 3 + 2  # every version seen, once
 

@@ -1,5 +1,7 @@
 """Packing: best-fit-decreasing fill, position ids, and loss parity with unpacked examples."""
 
+import bisect
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -7,8 +9,8 @@ import pyarrow.parquet as pq
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from stages.chat import IGNORE_INDEX
-from stages.packing import PackStats, count_blocks_without_labels, pack_bfd
+from stages.chat import IGNORE_INDEX, Tokens
+from stages.packing import PackStats, count_blocks_without_labels, pack_bfd, plan, write_packed
 from stages.train import PackedCollator
 
 
@@ -126,3 +128,42 @@ def test_a_sliced_table_packs_like_its_rows():
     sliced, stats = pack_bfd(table.slice(12, 20), block_size=16)
     assert sliced.to_pylist() == _pack(rows[12:32], block_size=16)[0]
     assert stats.examples == 20
+
+
+def _reference_bfd(lengths: list[int], block_size: int) -> list[list[int]]:
+    """Best fit decreasing as first written: one sorted list of (free space, block) for every block."""
+    blocks: list[list[int]] = []
+    free: list[tuple[int, int]] = []
+    for e in sorted(range(len(lengths)), key=lambda e: -min(lengths[e], block_size)):
+        n = min(lengths[e], block_size)
+        i = bisect.bisect_left(free, (n, -1))
+        if i == len(free):
+            blocks.append([e])
+            bisect.insort(free, (block_size - n, len(blocks) - 1))
+        else:
+            space, b = free.pop(i)
+            blocks[b].append(e)
+            bisect.insort(free, (space - n, b))
+    return blocks
+
+
+def test_bucketed_plan_chooses_the_blocks_of_a_sorted_list_bfd():
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(2, 40), rng.randint(40, 70)]) for _ in range(3000)]
+    examples = [_example(1, n - 1) for n in lengths]  # every example has labels
+    blocks, stats = plan(Tokens.from_examples(examples), block_size=64)
+    assert blocks == _reference_bfd(lengths, 64)
+    assert stats.truncated == sum(n > 64 for n in lengths) and stats.examples == 3000
+
+
+def test_written_blocks_equal_pack_bfd_in_several_row_groups(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("stages.packing.BLOCKS_PER_GROUP", 3)
+    rng = random.Random(1)
+    examples = [_example(rng.randint(1, 9), rng.randint(1, 12), offset=i) for i in range(60)]
+    expected, expected_stats = pack_bfd(pa.Table.from_pylist(examples), block_size=24)
+    stats = write_packed(Tokens.from_examples(examples), 24, tmp_path / "blocks.parquet")
+    written = pq.read_table(tmp_path / "blocks.parquet")
+    assert pq.ParquetFile(tmp_path / "blocks.parquet").metadata.num_row_groups == -(-stats.blocks // 3) > 1
+    assert written.to_pylist() == expected.to_pylist() and written.schema == expected.schema
+    assert stats == expected_stats and stats.label_tokens > 0
+    assert count_blocks_without_labels(tmp_path / "blocks.parquet") == (stats.blocks, 0)

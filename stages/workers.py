@@ -1,0 +1,76 @@
+"""Per-record stage work on every core: a function mapped over chunks of a list in worker processes.
+
+Cleaning, PII scans and n-gram scans are pure Python per record, so one process uses one core
+(benchmarks/scale.py: at 100k records they were most of the data stages' time on 2 cores). The
+workers are forked for one call and end with it: forked, they need no imports and do not re-run
+the caller's `__main__` (spawned or forkserver workers would); per call, they hold nothing of an
+earlier run. A fork copies page tables, not memory: tens of milliseconds for a 2 GB process.
+Forked, they also inherit the function and its items: only the results are pickled back (a
+closure over a large set, such as the eval n-grams, costs nothing to hand over). Results come
+back in input order, so the output is the one a single process computes.
+
+A stage called once per landing file (cleaning) keeps its workers instead (`keep_workers`): a
+worker forked from a large process copies every page it allocates into, and at 100k records those
+copies (~0.8 GB a worker, measured by benchmarks/scale.py) cost more than the parallel cleaning
+saved when paid once per file. Kept workers pay it once; their function and chunks are pickled.
+They end when a call without `keep_workers` comes (the cross-file stages run after the per-file ones).
+"""
+
+import gc
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Below this many items a chunk's pickling round trip and the fork cost more than they save.
+MIN_PARALLEL = 2_000
+CHUNKS_PER_WORKER = 4  # chunks finish at different times; a few each keeps every core busy
+
+
+def cores() -> int:
+    """Cores this process may run on; `TUNEGRAPH_WORKERS` caps it (1 runs everything in-process)."""
+    available = len(os.sched_getaffinity(0))
+    return max(1, min(available, int(os.environ.get("TUNEGRAPH_WORKERS", available))))
+
+
+_job: tuple[Callable, Sequence] | None = None  # what the forked workers run, inherited
+_kept: ProcessPoolExecutor | None = None
+
+
+def _run_chunk(bounds: tuple[int, int]) -> object:
+    assert _job is not None, "a worker runs only inside map_chunks"
+    fn, items = _job
+    return fn(items[bounds[0] : bounds[1]])
+
+
+def map_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T], keep_workers: bool = False) -> list[R]:
+    """[fn(chunk) for chunk in consecutive chunks of items], in order, on every core.
+
+    `fn`'s results must be picklable; `fn` and `items` need not be, unless `keep_workers`. With one
+    core, or few items, it runs here as one chunk.
+    """
+    global _job, _kept
+    workers = cores()
+    if workers == 1 or len(items) < MIN_PARALLEL or _job is not None:  # no workers of workers
+        return [fn(items)]
+    size = -(-len(items) // (workers * CHUNKS_PER_WORKER))
+    bounds = [(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+    if keep_workers:
+        if _kept is None:
+            _kept = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=gc.freeze)
+        return list(_kept.map(fn, [items[a:b] for a, b in bounds]))
+    if _kept is not None:  # the per-file stages are done: their workers' memory goes back
+        _kept.shutdown()
+        _kept = None
+    _job = (fn, items)
+    try:
+        # gc.freeze: the workers' collections then leave the inherited heap alone; scanning it
+        # would write to every object and turn the shared pages into copies.
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=gc.freeze) as pool:
+            return list(pool.map(_run_chunk, bounds))  # type: ignore[arg-type]
+    finally:
+        _job = None
