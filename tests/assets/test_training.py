@@ -76,6 +76,7 @@ def latest_summary(settings: TunegraphSettings) -> dict:
     return read_json(settings.paths().latest("fine_tuned_model") / "train_summary.json")
 
 
+@pytest.mark.slow  # about 45 s: keeps `make test` under 10 minutes on a slow day (make test-slow runs it)
 def test_killed_training_is_retried_into_resume_and_matches_an_uninterrupted_run(
     prepared_home, instance, tmp_path
 ):
