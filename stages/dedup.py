@@ -15,14 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stages.decontamination import record_text
 from stages.near_dedup import lsh_join, minhash_signatures, words
 from stages.workers import map_chunks
 
 _NON_WORD = re.compile(r"[\W_]+")
-
-
-def conversation_text(record: dict[str, Any]) -> str:
-    return "\n".join(m["content"] for m in record["messages"])
 
 
 def normalised_hash(text: str) -> str:
@@ -164,9 +161,9 @@ def responses(table: pa.Table) -> list[str]:
 
 
 def conversation_texts(table: pa.Table) -> list[str]:
-    """`conversation_text` of every row, a batch of rows at a time."""
+    """`record_text` of every row, a batch of rows at a time."""
     messages = table.select(["messages"])
-    return [conversation_text(r) for batch in messages.to_batches(8192) for r in batch.to_pylist()]
+    return [record_text(r) for batch in messages.to_batches(8192) for r in batch.to_pylist()]
 
 
 def with_column(table: pa.Table, name: str, values: list[Any]) -> pa.Table:
