@@ -1,11 +1,9 @@
 """`augmented_corpus`: the final training records, plus the blocking data gates before training."""
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
@@ -17,7 +15,13 @@ from assets.sources import reads_config
 from assets.versions import latest_data_version
 from resources.settings import Paths, TunegraphSettings
 from stages import pii
-from stages.augmentation import apply_model_paraphrases, augment_table, model_paraphrases, paraphrase_sources
+from stages.augmentation import (
+    TrainColumns,
+    apply_model_paraphrases,
+    augment_table,
+    model_paraphrases,
+    paraphrase_sources,
+)
 from stages.config import DataConfig, PipelineConfig
 from stages.content import content_hash
 from stages.decontamination import contamination, record_text
@@ -26,7 +30,7 @@ from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
 from stages.scan_cache import CleanSet, source_salt
-from stages.tables import record_batches, with_new_records, write_json, write_table
+from stages.tables import with_new_records, write_json, write_table
 
 MIN_TRAIN_EXAMPLES = 8
 MIN_EVAL_EXAMPLES = 2
@@ -124,44 +128,6 @@ def _with_model_paraphrases(
     cache = paths.home / "cache" / f"paraphrases-{latest_data_version(context.instance, base_model.key)}.json"
     paraphrases = model_paraphrases(paraphrase_sources(new, train), rewrite, cache)
     return apply_model_paraphrases(new, train, paraphrases)
-
-
-@dataclass
-class TrainColumns:
-    """The final train records as the gates read them: a list per field, not a dict per record
-    (as dicts, read back whole, they were the largest part of this step's memory)."""
-
-    path: Path
-    texts: list[str]  # every message, what the PII and contamination scans read
-    ids: list[str]
-    source_ids: list[str]
-    originals: list[int]  # rows not made by augmentation
-    response_hashes: list[str]  # of the originals
-    responses: list[str]  # of the originals
-    problems: dict[int, str]  # row -> why it is not a valid conversation
-
-    @classmethod
-    def read(cls, path: Path) -> "TrainColumns":
-        cols = cls(path, [], [], [], [], [], [], {})
-        for batch in record_batches(path):
-            for r in batch:
-                i = len(cols.ids)
-                if (problem := schema_problem(r)) is not None:
-                    cols.problems[i] = problem
-                cols.ids.append(r.get("id"))
-                cols.source_ids.append(r.get("source_id"))
-                cols.texts.append(record_text(r) if problem is None or r.get("messages") else "")
-                if r.get("augmentation") == "none":
-                    cols.originals.append(i)
-                    cols.response_hashes.append(r["response_hash"])
-                    cols.responses.append(r["messages"][-1]["content"])
-        return cols
-
-    def rows(self, indices: list[int]) -> list[dict]:
-        """The records at these rows (in this order), read back for a gate's message."""
-        if not indices:
-            return []
-        return pq.read_table(self.path).take(pa.array(indices, pa.int64())).to_pylist()
 
 
 def training_data_gates(paths: Paths, cfg: PipelineConfig, train: TrainColumns) -> list[dg.AssetCheckResult]:

@@ -7,10 +7,16 @@ augmented records in the final training set is capped by `data.augmentation.max_
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.decontamination import record_text
+from stages.readers import schema_problem
+from stages.tables import record_batches
 
 # {instruction} is the original user turn; the response is unchanged.
 PARAPHRASE_TEMPLATES = (
@@ -145,3 +151,41 @@ def paraphrase_sources(new: list[dict[str, Any]], train: list[dict[str, Any]]) -
     """The original instructions behind the template paraphrases (what the model rewrites)."""
     by_id = {r["id"]: r for r in train}
     return [_user_turn(by_id[r["source_id"]]) for r in new if r["augmentation"] == "paraphrase_template"]
+
+
+@dataclass
+class TrainColumns:
+    """The final train records as the gates read them: a list per field, not a dict per record
+    (as dicts, read back whole, they were the largest part of this step's memory)."""
+
+    path: Path
+    texts: list[str]  # every message, what the PII and contamination scans read
+    ids: list[str]
+    source_ids: list[str]
+    originals: list[int]  # rows not made by augmentation
+    response_hashes: list[str]  # of the originals
+    responses: list[str]  # of the originals
+    problems: dict[int, str]  # row -> why it is not a valid conversation
+
+    @classmethod
+    def read(cls, path: Path) -> "TrainColumns":
+        cols = cls(path, [], [], [], [], [], [], {})
+        for batch in record_batches(path):
+            for r in batch:
+                i = len(cols.ids)
+                if (problem := schema_problem(r)) is not None:
+                    cols.problems[i] = problem
+                cols.ids.append(r.get("id"))
+                cols.source_ids.append(r.get("source_id"))
+                cols.texts.append(record_text(r) if problem is None or r.get("messages") else "")
+                if r.get("augmentation") == "none":
+                    cols.originals.append(i)
+                    cols.response_hashes.append(r["response_hash"])
+                    cols.responses.append(r["messages"][-1]["content"])
+        return cols
+
+    def rows(self, indices: list[int]) -> list[dict]:
+        """The records at these rows (in this order), read back for a gate's message."""
+        if not indices:
+            return []
+        return pq.read_table(self.path).take(pa.array(indices, pa.int64())).to_pylist()

@@ -7,9 +7,10 @@ test_pipeline.py's worse-model test.)
 import dagster as dg
 from conftest import write_config, write_example_shards, write_jsonl
 
-from assets.augment import TrainColumns, _no_residual_pii, _schema_valid
+from assets.augment import _no_residual_pii, _schema_valid
 from pipelines.runner import Runner
 from resources.settings import TunegraphSettings
+from stages.augmentation import TrainColumns
 from stages.tables import read_json, read_rows, write_json, write_rows
 
 DATA = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus"]
