@@ -54,7 +54,10 @@ class MlflowTracking(dg.ConfigurableResource):
             artifacts = Path(self.home) / "mlflow" / "artifacts"
             artifacts.mkdir(parents=True, exist_ok=True)
             try:
-                client.create_experiment(name, artifact_location=artifacts.as_uri())
+                # Tagged as it is created: two processes tagging a new experiment afterwards both
+                # inserted the tag and one failed (UNIQUE constraint, seen on a clean-clone make test).
+                client.create_experiment(name, artifact_location=artifacts.as_uri(),
+                                         tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})  # fmt: skip
             except MlflowException as err:
                 # Another process created it between our lookup and create (two runs starting at once).
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
