@@ -269,6 +269,7 @@ def test_unknown_model_base_is_a_clear_error(home, instance, tmp_path):
     assert any("model.base './no/such/model' is not a model directory" in e for e in record["errors"])
 
 
+@pytest.mark.slow  # about 37 s: keeps `make test` near 10 minutes on a slow afternoon (make test-slow runs it)
 def test_a_worse_model_is_not_promoted(prepared_home, instance, settings, tmp_path):
     home = prepared_home
     first = Runner(settings, instance).run()
