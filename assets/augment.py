@@ -29,7 +29,7 @@ from stages.dedup import residual_duplicate_of
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
-from stages.scan_cache import CleanSet, source_salt
+from stages.scan_cache import CleanSet, Texts, source_salt
 from stages.tables import with_new_records, write_json, write_table
 
 MIN_TRAIN_EXAMPLES = 8
@@ -59,7 +59,7 @@ GATES = {
             "evaluation.max_new_tokens",
         ),
     ],  # fmt: skip
-    code_version="augment-3",
+    code_version="augment-4",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Train records plus seeded instruction paraphrases (train only; capped share).",
@@ -207,7 +207,7 @@ def _enough_examples(train: TrainColumns, eval_rows: list[dict]) -> dg.AssetChec
 def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> dg.AssetCheckResult:
     # Texts already found clean by these very patterns are not scanned again.
     cache = CleanSet(home / "cache" / "pii-clean.json", source_salt(pii))
-    hits = cache.scan(train.texts + [record_text(r) for r in eval_rows], pii.find)
+    hits = cache.scan(train.texts + Texts.of([record_text(r) for r in eval_rows]), pii.find)
     found: Counter[str] = Counter()
     for hit in hits:
         found += hit or Counter()
@@ -239,7 +239,7 @@ def _duplicate_rate(home: Path, train: TrainColumns, data: DataConfig) -> dg.Ass
     originals = train.originals  # augmented copies repeat by design
     nd = data.near_dedup
     pairs = residual_duplicate_of(train.response_hashes, train.responses,
-                                  home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz",
+                                  home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}",
                                   nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
     duplicates = [{"id": train.ids[originals[i]], "duplicate_of": train.ids[originals[j]]} for i, j in pairs]
     rate = len(duplicates) / max(len(originals), 1)

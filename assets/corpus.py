@@ -11,7 +11,7 @@ from resources.settings import TunegraphSettings
 from stages import pii
 from stages.cleaning import Rules, clean_all
 from stages.content import content_hash, file_hash
-from stages.dedup import with_response_hash
+from stages.dedup import with_keys
 from stages.readers import ReadResult, read_file
 from stages.tables import read_rows, write_json, write_rows
 
@@ -79,7 +79,7 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     group_name="data",
     partitions_def=landing_files,
     deps=[raw_corpus, reads_config("data.cleaning")],
-    code_version="clean-3",
+    code_version="clean-4",
     kinds={"parquet"},
     description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
 )
@@ -90,7 +90,7 @@ def clean_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings)
     result = clean_all(records, Rules(**cfg.data.cleaning.model_dump()))
     dropped = Counter(d["reason"] for d in result.dropped)
     with paths.publish("clean_corpus", key) as out:
-        write_rows(out / "records.parquet", with_response_hash(result.kept))
+        write_rows(out / "records.parquet", with_keys(result.kept))
         write_rows(out / "quarantine.parquet", result.dropped)
         write_json(
             out / "summary.json",

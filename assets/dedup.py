@@ -14,10 +14,12 @@ from assets.partitions import landing_files
 from assets.sources import reads_config
 from resources.settings import Paths, TunegraphSettings
 from stages.cleaning import Rules, clean_records
+from stages.columns import last_contents, record_keys, record_texts
 from stages.content import content_hash
 from stages.decontamination import contamination
-from stages.dedup import conversation_texts, exact_duplicate_of, near_duplicate_of, responses, with_column
+from stages.dedup import exact_duplicate_of, near_duplicate_of, with_column
 from stages.readers import read_file
+from stages.scan_cache import Texts
 from stages.split import eval_score
 from stages.tables import read_rows, write_json, write_rows, write_table
 
@@ -38,7 +40,7 @@ from stages.tables import read_rows, write_json, write_rows, write_table
             "data.decontamination",
         ),
     ],  # fmt: skip
-    code_version="dedup-3",
+    code_version="dedup-4",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",
@@ -68,8 +70,8 @@ def deduplicated_corpus(
     near: dict[int, int] = {}
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
-        cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}.npz"
-        answers = responses(records.select(["messages"]).take(pa.array(kept, pa.int64())))
+        cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}"
+        answers = last_contents(records.select(["messages"]).take(pa.array(kept, pa.int64())))
         near = {kept[i]: kept[j] for i, j in near_duplicate_of(answers, cache, nd.threshold, nd.ngram,
                                                                nd.num_perm, nd.min_words).items()}  # fmt: skip
         del answers
@@ -84,9 +86,12 @@ def deduplicated_corpus(
     contaminated: dict[int, str] = {}
     if cfg.data.decontamination.enabled:
         cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
-        texts = conversation_texts(records.select(["messages"]).take(pa.array(train, pa.int64())))
+        scanned = records.select([c for c in ("messages", "record_key") if c in records.column_names]).take(
+            pa.array(train, pa.int64())
+        )
+        texts = Texts(record_keys(scanned), record_texts(scanned))  # only unseen keys' texts are read
         found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache)
-        del texts
+        del texts, scanned
         contaminated = {train[i]: shared for i, shared in found.items()}
         train = [i for i in train if i not in contaminated]
     capped = 0

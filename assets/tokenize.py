@@ -19,7 +19,7 @@ from stages import plots
 from stages.chat import tokenize_cached, tokenizer_fingerprint
 from stages.content import content_hash
 from stages.packing import count_blocks_without_labels, write_packed
-from stages.tables import read_json, record_batches, write_json
+from stages.tables import arrow_batches, read_json, write_json
 
 
 @dg.asset(
@@ -49,7 +49,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     # dicts all at once, the records were most of this step's memory (benchmarks/scale.py).
     tokens, fresh = tokenize_cached(
         tokenizer,
-        record_batches(train_file, held_out_file),
+        arrow_batches(train_file, held_out_file),
         paths.home / "cache" / f"token-ids-{fingerprint}",
     )
     n_train = pq.read_metadata(train_file).num_rows

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.decontamination import record_text
-from stages.readers import schema_problem
-from stages.tables import record_batches
+from stages.columns import last_contents, record_keys, record_texts, schema_problems
+from stages.scan_cache import Texts, digest
 
 # {instruction} is the original user turn; the response is unchanged.
 PARAPHRASE_TEMPLATES = (
@@ -155,11 +155,12 @@ def paraphrase_sources(new: list[dict[str, Any]], train: list[dict[str, Any]]) -
 
 @dataclass
 class TrainColumns:
-    """The final train records as the gates read them: a list per field, not a dict per record
-    (as dicts, read back whole, they were the largest part of this step's memory)."""
+    """The final train records as the gates read them: a list per field, read from the Arrow
+    columns (as dicts, read back whole, they were the largest part of this step's memory, and
+    building them most of a one-record fix's time in it)."""
 
     path: Path
-    texts: list[str]  # every message, what the PII and contamination scans read
+    texts: Texts  # every message of each row, keyed by its record_key: what the scans read
     ids: list[str]
     source_ids: list[str]
     originals: list[int]  # rows not made by augmentation
@@ -169,23 +170,34 @@ class TrainColumns:
 
     @classmethod
     def read(cls, path: Path) -> "TrainColumns":
-        cols = cls(path, [], [], [], [], [], [], {})
-        for batch in record_batches(path):
-            for r in batch:
-                i = len(cols.ids)
-                if (problem := schema_problem(r)) is not None:
-                    cols.problems[i] = problem
-                cols.ids.append(r.get("id"))
-                cols.source_ids.append(r.get("source_id"))
-                cols.texts.append(record_text(r) if problem is None or r.get("messages") else "")
-                if r.get("augmentation") == "none":
-                    cols.originals.append(i)
-                    cols.response_hashes.append(r["response_hash"])
-                    cols.responses.append(r["messages"][-1]["content"])
-        return cols
+        table = pq.read_table(path)
+        problems = schema_problems(table)
+        texts, keys = record_texts(table), record_keys(table)
+        if problems:  # refused by schema_valid; the scans read them as ''
+            texts = pc.if_else(
+                pa.array([i in problems for i in range(table.num_rows)], pa.bool_()), "", texts
+            )
+            keys = [digest("") if i in problems else k for i, k in enumerate(keys)]
+        originals = [i for i, how in enumerate(_column(table, "augmentation")) if how == "none"]
+        at = pa.array(originals, pa.int64())
+        return cls(
+            path,
+            Texts(keys, texts),
+            _column(table, "id"),
+            _column(table, "source_id"),
+            originals,
+            table.column("response_hash").take(at).to_pylist() if originals else [],
+            last_contents(table.take(at)),
+            problems,
+        )
 
     def rows(self, indices: list[int]) -> list[dict]:
         """The records at these rows (in this order), read back for a gate's message."""
         if not indices:
             return []
         return pq.read_table(self.path).take(pa.array(indices, pa.int64())).to_pylist()
+
+
+def _column(table: pa.Table, name: str) -> list:
+    """A column as a list; None for every row of a table without it (as `record.get` would give)."""
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows

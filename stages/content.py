@@ -6,7 +6,9 @@ keeps its version and leaves everything downstream up to date.
 """
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20
 
@@ -41,3 +43,12 @@ def content_hash(*paths: Path, ignore: tuple[str, ...] = ()) -> str:
                     digest.update(chunk)
             digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+def record_key(record: dict[str, Any]) -> str:
+    """What a record's tokens and scan verdicts depend on: a hash of its messages (roles and texts).
+
+    Set where a record's messages are made (clean_corpus, augmentation: the `record_key` column),
+    so the cross-file stages look their caches up by it instead of re-reading every record.
+    """
+    return hashlib.sha1(json.dumps(record["messages"], sort_keys=True).encode()).hexdigest()

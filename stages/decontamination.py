@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from stages.scan_cache import CleanSet, digest
+from stages.scan_cache import CleanSet, Texts, digest
 from stages.workers import map_chunks
 
 _WORD = re.compile(r"\w+")
@@ -36,7 +36,7 @@ def _hashes(text: str, n: int) -> set[int]:
 
 
 def contamination(
-    texts: list[str], eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
+    texts: Texts, eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
 ) -> dict[int, str]:
     """{index of a text sharing an n-gram with an eval record: the first shared n-gram}.
 
@@ -54,21 +54,23 @@ def contamination(
         return _hashes(text, n) & grams
 
     if cache_file is None:
-        scan: CleanSet | None = None
         hits = [
-            h for part in map_chunks(lambda chunk: [shared_hashes(t) for t in chunk], texts) for h in part
-        ]
+            h
+            for part in map_chunks(lambda chunk: [shared_hashes(t) for t in chunk], texts.take(list(range(len(texts)))))
+            for h in part
+        ]  # fmt: skip
     else:
-        scan = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(eval_texts)))}")
-        hits = scan.scan(texts, shared_hashes)
+        hits = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(eval_texts)))}").scan(
+            texts, shared_hashes
+        )
     candidates = {i: hit for i, hit in enumerate(hits) if hit}
     if not candidates:
         return {}
     wanted = set().union(*candidates.values())
     exact = {g for text in eval_texts for g in ngrams(text, n) if hash(g) in wanted}
     found = {}
-    for i in candidates:
-        if shared := ngrams(texts[i], n) & exact:
+    for i, text in zip(candidates, texts.take(list(candidates)), strict=True):
+        if shared := ngrams(text, n) & exact:
             found[i] = " ".join(min(shared))
     return found
 
@@ -86,7 +88,7 @@ def decontaminate(
     `cache_file`, train texts already found clean against this very eval set are not scanned
     again, and the ones found clean now are remembered for the next run.
     """
-    found = contamination([text(r) for r in train], eval_records, n, cache_file)
+    found = contamination(Texts.of([text(r) for r in train]), eval_records, n, cache_file)
     clean = [r for i, r in enumerate(train) if i not in found]
     contaminated = [{**train[i], "shared_ngram": shared} for i, shared in sorted(found.items())]
     return clean, contaminated

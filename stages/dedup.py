@@ -6,16 +6,17 @@ Near duplicates are found by MinHash LSH (stages/near_dedup.py) with signatures 
 """
 
 import hashlib
+import os
 import re
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from stages.decontamination import record_text
+from stages.content import record_key
 from stages.near_dedup import lsh_join, minhash_signatures, words
 from stages.workers import map_chunks
 
@@ -27,11 +28,14 @@ def normalised_hash(text: str) -> str:
     return hashlib.sha1(folded.encode()).hexdigest()
 
 
-def with_response_hash(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records with `response_hash`, the exact-dedup key: the answers (every assistant turn of a
-    dialogue, the one answer otherwise). Set per landing file (clean_corpus), so a data fix
-    re-hashes only the records of its own file."""
-    return [{**r, "response_hash": normalised_hash(_answers(r))} for r in records]
+def with_keys(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with `response_hash`, the exact-dedup key (a hash of the answers: every assistant
+    turn of a dialogue, the one answer otherwise), and `record_key` (stages/content.py), what the
+    cross-file stages' caches are keyed by. Set per landing file (clean_corpus), so a data fix
+    hashes only the records of its own file."""
+    return [
+        {**r, "response_hash": normalised_hash(_answers(r)), "record_key": record_key(r)} for r in records
+    ]
 
 
 def _answers(record: dict[str, Any]) -> str:
@@ -41,7 +45,7 @@ def _answers(record: dict[str, Any]) -> str:
 def exact_dedup(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(kept, duplicates); each duplicate names the id it duplicates. Input order is the keep order.
 
-    The response alone is hashed (`with_response_hash`): two prompts with the same answer teach the
+    The response alone is hashed (`with_keys`): two prompts with the same answer teach the
     same thing twice.
     """
     first = exact_duplicate_of([r["response_hash"] for r in records])
@@ -61,37 +65,71 @@ def exact_duplicate_of(hashes: list[str]) -> dict[int, int]:
     return duplicate_of
 
 
-def content_key(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
+SIGNATURE_PARTS = 16  # cache parts; past this, one compacted part replaces them
 
 
-def cached_signatures(texts: list[str], cache_file: Path, num_perm: int, ngram: int) -> np.ndarray:
-    """MinHash signatures, computed only for texts not seen before (cache keyed by content hash).
+def cached_signatures(
+    texts: list[str], cache_dir: Path, num_perm: int, ngram: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(MinHash signatures, word counts) of `texts`, computed only for texts not seen before.
 
-    A data fix that edits one record recomputes one signature; the LSH join still runs over all.
+    The cache is a folder of parts, each the sha1 of its texts (raw 20 bytes), their word counts and
+    signatures; a run adds one part with what it computed. One file rewritten whole on every miss
+    cost a one-record fix ~1 s at 100k records (and a 160-byte unicode key a text), and the word
+    counts, kept with the signatures, spare counting every response's words again.
     """
-    keys = [content_key(t) for t in texts]
-    stored_keys, stored = np.zeros(0, dtype="<U40"), np.zeros((0, num_perm), dtype=np.uint32)
-    if cache_file.is_file():
-        with np.load(cache_file) as cached:
-            stored_keys, stored = cached["keys"], cached["signatures"]
+    keys = [hashlib.sha1(t.encode()).digest() for t in texts]
+    parts = sorted(cache_dir.glob("part-*.npz"))
+    stored_keys, stored_words, stored = [], [], []
+    for part in parts:
+        with np.load(part) as cached:
+            stored_keys.append(cached["keys"])
+            stored_words.append(cached["words"])
+            stored.append(cached["signatures"])
+    all_keys = np.concatenate([np.zeros(0, "S20"), *stored_keys])
+    words_of = np.concatenate([np.zeros(0, np.int64), *stored_words])
+    signatures = np.concatenate([np.zeros((0, num_perm), np.uint32), *stored])
+    del stored_keys, stored_words, stored
     # Rows of one array, not a dict of row views (1M views took ~200 MB more, benchmarks/scale.py).
-    row_of = dict(zip(stored_keys.tolist(), range(len(stored_keys)), strict=True))
+    row_of: dict[bytes, int] = {}
+    for i, k in enumerate(all_keys.tolist()):
+        row_of.setdefault(k, i)
     missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in row_of}
     if missing:
         order = sorted(missing)
-        sign = partial(minhash_signatures, num_perm=num_perm, ngram=ngram)  # per text: on every core
-        fresh = np.concatenate(
-            [np.zeros((0, num_perm), np.uint32), *map_chunks(sign, [missing[k] for k in order])]
-        )
-        row_of.update(zip(order, range(len(stored_keys), len(stored_keys) + len(order)), strict=True))
-        stored_keys = np.concatenate([stored_keys, np.array(order)])
-        stored = np.concatenate([stored, fresh])
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=stored_keys, signatures=stored)
-        tmp.replace(cache_file)
-    return stored[np.array([row_of[k] for k in keys], dtype=np.int64)]
+        fresh_texts = [missing[k] for k in order]
+        sign = partial(_signed, num_perm=num_perm, ngram=ngram)  # per text: on every core
+        done = map_chunks(sign, fresh_texts)
+        fresh = np.concatenate([np.zeros((0, num_perm), np.uint32), *(s for s, _ in done)])
+        fresh_words = np.concatenate([np.zeros(0, np.int64), *(w for _, w in done)])
+        fresh_keys = np.array(order, dtype="S20")
+        row_of.update(zip(order, range(len(all_keys), len(all_keys) + len(order)), strict=True))
+        all_keys = np.concatenate([all_keys, fresh_keys])
+        words_of = np.concatenate([words_of, fresh_words])
+        signatures = np.concatenate([signatures, fresh])
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if len(parts) + 1 > SIGNATURE_PARTS:
+            _write_signatures(cache_dir, all_keys, words_of, signatures)
+            for part in parts:
+                part.unlink()
+        else:
+            _write_signatures(cache_dir, fresh_keys, fresh_words, fresh)
+    rows = np.array([row_of[k] for k in keys], dtype=np.int64)
+    return signatures[rows], words_of[rows]
+
+
+def _signed(texts: list[str], num_perm: int, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    return minhash_signatures(texts, num_perm=num_perm, ngram=ngram), np.array(
+        [len(words(t)) for t in texts], dtype=np.int64
+    )
+
+
+def _write_signatures(
+    cache_dir: Path, keys: np.ndarray, words_of: np.ndarray, signatures: np.ndarray
+) -> None:
+    tmp = cache_dir / f".tmp-{os.getpid()}.npz"  # two runs may add parts at once
+    np.savez(tmp, keys=keys, words=words_of, signatures=signatures)
+    tmp.replace(cache_dir / f"part-{time.time_ns()}.npz")  # sorted = written order
 
 
 def near_dedup(
@@ -112,23 +150,17 @@ def near_dedup(
 
 
 def near_duplicate_of(
-    responses: list[str], cache_file: Path, threshold: float, ngram: int, num_perm: int, min_words: int
+    responses: list[str], cache_dir: Path, threshold: float, ngram: int, num_perm: int, min_words: int
 ) -> dict[int, int]:
     """{index: index of the kept response it near-duplicates}, in index order (MinHash LSH).
 
     Responses under `min_words` words are left to exact dedup: "10% of the words edited" is not a
     near-duplicate of a five-word answer, it is a different answer.
     """
-    long_enough = [ok for part in map_chunks(partial(_at_least, min_words), responses) for ok in part]
-    eligible = [i for i, ok in enumerate(long_enough) if ok]
-    duplicate_of = lsh_join(
-        cached_signatures([responses[i] for i in eligible], cache_file, num_perm, ngram), threshold
-    )
-    return {eligible[j]: eligible[d] for j, d in enumerate(duplicate_of) if d is not None}
-
-
-def _at_least(min_words: int, texts: list[str]) -> list[bool]:
-    return [len(words(text)) >= min_words for text in texts]
+    signatures, n_words = cached_signatures(responses, cache_dir, num_perm, ngram)
+    eligible = np.flatnonzero(n_words >= min_words)
+    duplicate_of = lsh_join(signatures[eligible], threshold)
+    return {int(eligible[j]): int(eligible[d]) for j, d in enumerate(duplicate_of) if d is not None}
 
 
 def residual_duplicate_of(
@@ -149,21 +181,6 @@ def residual_duplicate_of(
     kept = [i for i in range(len(hashes)) if i not in exact]
     near = near_duplicate_of([responses[i] for i in kept], cache_file, threshold, ngram, num_perm, min_words)
     return list(exact.items()) + [(kept[i], kept[j]) for i, j in near.items()]
-
-
-def responses(table: pa.Table) -> list[str]:
-    """The last message's content of every row (the response dedup compares), read from Arrow."""
-    if not table.num_rows:
-        return []
-    messages = table.column("messages").combine_chunks()
-    last = pc.subtract(messages.offsets[1:], 1)
-    return messages.values.field("content").take(last).to_pylist()
-
-
-def conversation_texts(table: pa.Table) -> list[str]:
-    """`record_text` of every row, a batch of rows at a time."""
-    messages = table.select(["messages"])
-    return [record_text(r) for batch in messages.to_batches(8192) for r in batch.to_pylist()]
 
 
 def with_column(table: pa.Table, name: str, values: list[Any]) -> pa.Table:

@@ -136,12 +136,22 @@ def _blocks(
 
 
 def count_blocks_without_labels(path: Path) -> tuple[int, int]:
-    """(blocks, blocks whose labels are all IGNORE_INDEX) in a packed Parquet file, a batch at a time."""
+    """(blocks, blocks whose labels are all IGNORE_INDEX) in a packed Parquet file, a row group at a time.
+
+    Counted with NumPy over the flat labels (a block has labels when its count of learnt tokens is
+    non-zero): Arrow's unique-of-parent-indices took 3.8 s of a 100k-record fix's 30 s.
+    """
     blocks = empty = 0
-    for batch in pq.ParquetFile(path).iter_batches(columns=["labels"]):
-        labels = batch.column(0)
-        learnable = pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX)
-        with_labels = len(pc.unique(pc.filter(pc.list_parent_indices(labels), learnable)))
+    file = pq.ParquetFile(path)
+    for group in range(file.num_row_groups):
+        labels = file.read_row_group(group, columns=["labels"]).column(0).combine_chunks()
+        learnt = pc.list_flatten(labels).to_numpy() != IGNORE_INDEX
+        offsets = labels.offsets.to_numpy()
+        offsets = offsets - offsets[0]  # list_flatten starts at the first block's first label
+        lengths = np.diff(offsets)
+        # reduceat sums each block's span; an empty block would get its neighbour's value instead,
+        # so it counts by its length (the appended False keeps an index at the end in range).
+        has = np.add.reduceat(np.append(learnt, False), offsets[:-1]) if len(labels) else np.zeros(0, bool)
         blocks += len(labels)
-        empty += len(labels) - with_labels
+        empty += int(np.count_nonzero(~has.astype(bool) | (lengths == 0)))
     return blocks, empty

@@ -2,16 +2,21 @@
 
 The blocking checks re-scan every training record on every run (PII patterns, eval n-gram
 overlap). After a one-record edit, all but that record were scanned before with the same rules:
-their content hashes are kept in a small file under the state folder, salted with what the
-verdict depends on (the scanner's source, the eval set), so any change of rules starts afresh.
+their keys are kept in a small file under the state folder, salted with what the verdict depends
+on (the scanner's source, the eval set), so any change of rules starts afresh. A text's key is
+its content hash, or for a record its `record_key` (stages/content.py), which the record carries:
+then the texts already found clean are never built or hashed again.
 """
 
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
+
+import pyarrow as pa
 
 from stages.workers import map_chunks
 
@@ -22,6 +27,28 @@ def digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
 
 
+@dataclass
+class Texts:
+    """Texts to scan, held in Arrow, with the key a scan remembers each by (it changes with the text)."""
+
+    keys: list[str]
+    array: pa.StringArray
+
+    @classmethod
+    def of(cls, texts: list[str]) -> "Texts":
+        """Plain texts, each keyed by its content hash."""
+        return cls([digest(t) for t in texts], pa.array(texts, pa.string()))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __add__(self, other: "Texts") -> "Texts":
+        return Texts(self.keys + other.keys, pa.concat_arrays([self.array, other.array]))
+
+    def take(self, rows: list[int]) -> list[str]:
+        return self.array.take(pa.array(rows, pa.int64())).to_pylist()
+
+
 class CleanSet:
     """Content hashes of texts a scan found clean under `salt`, kept in a small JSON file."""
 
@@ -30,20 +57,22 @@ class CleanSet:
         saved = json.loads(path.read_text()) if path.is_file() else {}
         self.clean: set[str] = set(saved.get("clean", [])) if saved.get("salt") == salt else set()
 
-    def scan(self, texts: list[str], find: Callable[[str], T]) -> list[T | None]:
-        """`find(text)` where it is truthy, None elsewhere (texts known clean are not scanned, on
-        every core); then keep exactly the hashes of this scan's clean texts, so old records drop out."""
-        digests = [digest(t) for t in texts]
-        todo = [i for i, d in enumerate(digests) if d not in self.clean]
+    def scan(self, texts: Texts, find: Callable[[str], T]) -> list[T | None]:
+        """`find(text)` where it is truthy, None elsewhere (texts known clean are neither built nor
+        scanned; the rest on every core); then keep exactly the keys of this scan's clean texts,
+        so old records drop out."""
+        todo = [i for i, key in enumerate(texts.keys) if key not in self.clean]
         hits: list[T | None] = [None] * len(texts)
-        for i, hit in (pair for part in map_chunks(partial(_found, find), [(i, texts[i]) for i in todo])
+        for i, hit in (pair for part in map_chunks(partial(_found, find), list(zip(todo, texts.take(todo), strict=True)))
                        for pair in part):  # fmt: skip
             hits[i] = hit
-        self.clean = {d for d, hit in zip(digests, hits, strict=True) if not hit}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean)}))
-        tmp.replace(self.path)
+        clean = {key for key, hit in zip(texts.keys, hits, strict=True) if not hit}
+        if clean != self.clean:  # a fix changes a few keys; rewriting an unchanged file costs ~1 s at 1M
+            self.clean = clean
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean)}))
+            tmp.replace(self.path)
         return hits
 
 

@@ -9,6 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.content import record_key
+
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows as Parquet; an empty list still writes a readable (column-less) file."""
@@ -23,7 +25,11 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 def with_new_records(train: pa.Table, new: list[dict[str, Any]]) -> pa.Table:
     """Train rows marked as originals (source_id = id, augmentation "none"), then the new records:
-    what `write_rows` of the same records as dicts writes, built without a dict per train row."""
+    what `write_rows` of the same records as dicts writes, built without a dict per train row.
+
+    A new record's messages are its own, so its `record_key` is computed here, never copied from
+    the record it was made from (the token cache would hand it its source's tokens)."""
+    new = [{**r, "record_key": record_key(r)} for r in new]
     if not train.num_rows:
         return pa.Table.from_pylist(new) if new else pa.table({})
     originals = train.append_column("source_id", train.column("id")).append_column(
@@ -45,6 +51,12 @@ def record_batches(*paths: Path, batch_size: int = 8192) -> Iterator[list[dict[s
     for path in paths:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             yield batch.to_pylist()
+
+
+def arrow_batches(*paths: Path, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+    """`record_batches` as Arrow record batches: for readers that need a few rows as dicts."""
+    for path in paths:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
 
 
 def write_json(path: Path, value: Any) -> None:

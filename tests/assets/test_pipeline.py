@@ -18,6 +18,7 @@ from pipelines.runner import PipelineError, Runner
 from pipelines.sensors import retrain_decision
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
+from stages.content import record_key
 from stages.launch import cpu_allocator
 from stages.tables import read_json, read_rows, write_rows
 
@@ -52,6 +53,14 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert data["dropped"]["invalid_json"] == 1 and data["dropped"]["empty"] > 0
     assert data["pii"] == {"email": 1, "phone": 1, "secret": 1}
     assert data["train_examples"] > 0 and data["eval_examples"] > 0 and data["train_tokens"] > 0
+    # The caches trust each record's record_key: it is the hash of its own messages everywhere,
+    # augmented records (whose messages were rewritten) included.
+    paths = settings.paths()
+    for file in (paths.latest("augmented_corpus") / "train.parquet",
+                 paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"):  # fmt: skip
+        rows = read_rows(file)
+        assert rows and all(r["record_key"] == record_key(r) for r in rows)
+    assert any(r["augmentation"] != "none" for r in read_rows(paths.latest("augmented_corpus") / "train.parquet"))
     assert report["training"]["steps"] == 6
     assert 0 < report["training"]["non_pad_fraction"] <= 1
     # The training process ran on the allocator the launcher found (tcmalloc: ~2x a CPU step here).

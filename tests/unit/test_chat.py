@@ -2,6 +2,7 @@
 
 import copy
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,6 +15,7 @@ from stages.chat import (
     tokenize_records,
     tokenizer_fingerprint,
 )
+from stages.content import record_key
 from stages.model_source import _smollm2_tokenizer
 
 
@@ -45,10 +47,14 @@ def test_token_cache_reuses_unchanged_records_and_follows_the_tokenizer(tmp_path
     tok = _smollm2_tokenizer()
     records = [_rec(f"Explain thing {i}.", f"Thing {i} does this.") for i in range(5)]
     cache = tmp_path / f"tokens-{tokenizer_fingerprint(tok)}"
-    first, fresh = tokenize_cached(tok, [records[:2], records[2:]], cache)  # batches, in order
+    first, fresh = tokenize_cached(
+        tok, [_table(records[:2]), _table(records[2:])], cache
+    )  # batches, in order
     assert fresh == 5 and first.table().to_pylist() == tokenize_records(tok, records)
     records[2] = _rec("Explain thing 2.", "Thing 2 was fixed.")
-    second, fresh = tokenize_cached(tok, [records + records[:1]], cache)  # a repeated record: tokenised once
+    second, fresh = tokenize_cached(
+        tok, [_table(records + records[:1])], cache
+    )  # a repeated record: tokenised once
     assert fresh == 1 and second.table().to_pylist() == tokenize_records(tok, records + records[:1])
     parts = sorted(cache.glob("part-*.parquet"))
     assert [pq.read_metadata(p).num_rows for p in parts] == [5, 1]  # the fix added one record, rewrote none
@@ -57,13 +63,35 @@ def test_token_cache_reuses_unchanged_records_and_follows_the_tokenizer(tmp_path
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)
 
 
+def test_token_cache_looks_records_up_by_their_record_key_column(tmp_path):
+    """The key column decides what is reused: rows are read only where the cache lacks their key."""
+    tok = _smollm2_tokenizer()
+    records = [{**r, "record_key": record_key(r)} for r in (_rec(f"Q {i}?", f"A {i}.") for i in range(4))]
+    tokenize_cached(tok, [_table(records)], tmp_path)
+    fixed = {**records[1], "messages": _rec("Q 1?", "A 1, fixed.")["messages"]}
+    fixed["record_key"] = record_key(fixed)
+    tokens, fresh = tokenize_cached(tok, [_table([records[0], fixed, *records[2:]])], tmp_path)
+    assert fresh == 1 and tokens.table().to_pylist() == tokenize_records(
+        tok, [records[0], fixed, *records[2:]]
+    )
+    # A key that does not change with its messages is trusted: that is why only the stages that make
+    # a record's messages set it (clean_corpus, with_new_records), and test_pipeline checks them all.
+    stale = {**fixed, "messages": _rec("Q 1?", "A 1, fixed again.")["messages"]}
+    _, fresh = tokenize_cached(tok, [_table([stale])], tmp_path)
+    assert fresh == 0
+
+
+def _table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records)
+
+
 def test_token_cache_compacts_its_parts(tmp_path, monkeypatch):
     monkeypatch.setattr("stages.chat.COMPACT_AFTER", 2)
     tok = _smollm2_tokenizer()
     records = [_rec(f"Explain thing {i}.", f"Thing {i} does this.") for i in range(3)]
     for fix in range(3):  # three runs, each fixing one record
         records[fix] = _rec(f"Explain thing {fix}.", f"Thing {fix} was fixed.")
-        examples, _ = tokenize_cached(tok, [records], tmp_path)
+        examples, _ = tokenize_cached(tok, [_table(records)], tmp_path)
     assert examples.table().to_pylist() == tokenize_records(tok, records)
     parts = list(tmp_path.glob("part-*.parquet"))
     assert len(parts) == 1 and pq.read_metadata(parts[0]).num_rows == 3 + 2  # every version seen, once

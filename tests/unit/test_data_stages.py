@@ -5,7 +5,7 @@ from pathlib import Path
 
 from stages.augmentation import augment
 from stages.decontamination import decontaminate, record_text
-from stages.dedup import exact_dedup, with_response_hash
+from stages.dedup import exact_dedup, with_keys
 from stages.scan_cache import digest
 from stages.split import split_records
 
@@ -22,7 +22,7 @@ def _rec(rid: str, response: str, prompt: str = "Explain.") -> dict:
 
 def test_exact_dedup_keeps_first_and_folds_case_and_punctuation():
     kept, dups = exact_dedup(
-        with_response_hash(
+        with_keys(
             [_rec("os.stat", "Perform a stat system call."), _rec("posix.stat", "perform a STAT system call")]
         )
     )

@@ -4,6 +4,7 @@ import bisect
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -167,3 +168,17 @@ def test_written_blocks_equal_pack_bfd_in_several_row_groups(tmp_path: Path, mon
     assert written.to_pylist() == expected.to_pylist() and written.schema == expected.schema
     assert stats == expected_stats and stats.label_tokens > 0
     assert count_blocks_without_labels(tmp_path / "blocks.parquet") == (stats.blocks, 0)
+
+
+def test_blocks_without_labels_are_counted_in_every_row_group_and_edge(tmp_path: Path):
+    """The NumPy count agrees with a per-block count: first and last blocks, empty blocks, row groups."""
+    rng = np.random.default_rng(0)
+    labels = []
+    for i in range(50):
+        n = 0 if i % 17 == 3 else int(rng.integers(1, 9))
+        learnt = rng.random(n) < (0.0 if i % 5 == 0 else 0.3)
+        labels.append([7 if x else IGNORE_INDEX for x in learnt])
+    labels[0], labels[-1] = [IGNORE_INDEX] * 4, [IGNORE_INDEX, 5]
+    pq.write_table(pa.table({"labels": labels}), tmp_path / "blocks.parquet", row_group_size=8)
+    expected = sum(1 for block in labels if all(t == IGNORE_INDEX for t in block))
+    assert count_blocks_without_labels(tmp_path / "blocks.parquet") == (50, expected)

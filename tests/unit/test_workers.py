@@ -2,6 +2,7 @@
 
 import os
 
+import pyarrow as pa
 import pytest
 
 from stages.chat import tokenize_cached, tokenize_records
@@ -47,7 +48,9 @@ def test_cleaning_tokenising_and_decontamination_match_one_process(parallel, tmp
     assert many.pii["email"] == 39 and len(many.dropped) == 1
 
     tok = _smollm2_tokenizer()
-    tokens, fresh = tokenize_cached(tok, [one.kept[:10], one.kept[10:]], tmp_path / "tokens")
+    tokens, fresh = tokenize_cached(
+        tok, [pa.Table.from_pylist(one.kept[:10]), pa.Table.from_pylist(one.kept[10:])], tmp_path / "tokens"
+    )
     assert fresh == 39 and tokens.table().to_pylist() == tokenize_records(tok, one.kept)
 
     passage = " ".join(f"w{i}" for i in range(13))
