@@ -71,7 +71,8 @@ def deduplicated_corpus(
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
         cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}"
-        answers = last_contents(records.select(["messages"]).take(pa.array(kept, pa.int64())))
+        answers = last_contents(records)  # of every row, then picked: a take of nested rows cost more
+        answers = [answers[i] for i in kept]
         near = {kept[i]: kept[j] for i, j in near_duplicate_of(answers, cache, nd.threshold, nd.ngram,
                                                                nd.num_perm, nd.min_words).items()}  # fmt: skip
         del answers
@@ -86,12 +87,11 @@ def deduplicated_corpus(
     contaminated: dict[int, str] = {}
     if cfg.data.decontamination.enabled:
         cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
-        scanned = records.select([c for c in ("messages", "record_key") if c in records.column_names]).take(
-            pa.array(train, pa.int64())
-        )
-        texts = Texts(record_keys(scanned), record_texts(scanned))  # only unseen keys' texts are read
+        every_key = record_keys(records)
+        # Texts of unseen keys only are read back from the array (C++ joins, no dict per record).
+        texts = Texts([every_key[i] for i in train], record_texts(records).take(pa.array(train, pa.int64())))
         found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache)
-        del texts, scanned
+        del texts, every_key
         contaminated = {train[i]: shared for i, shared in found.items()}
         train = [i for i in train if i not in contaminated]
     capped = 0

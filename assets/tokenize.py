@@ -25,7 +25,7 @@ from stages.tables import arrow_batches, read_json, write_json
 @dg.asset(
     group_name="data",
     deps=[augmented_corpus, deduplicated_corpus, base_model, reads_config("data.block_size")],
-    code_version="tokenize-3",
+    code_version="tokenize-4",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Examples rendered with the base model's chat template, labels on responses only, BFD-packed.",
@@ -49,7 +49,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     # dicts all at once, the records were most of this step's memory (benchmarks/scale.py).
     tokens, fresh = tokenize_cached(
         tokenizer,
-        arrow_batches(train_file, held_out_file),
+        arrow_batches(train_file, held_out_file, columns=["messages", "record_key"]),
         paths.home / "cache" / f"token-ids-{fingerprint}",
     )
     n_train = pq.read_metadata(train_file).num_rows

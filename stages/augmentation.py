@@ -180,6 +180,7 @@ class TrainColumns:
             keys = [digest("") if i in problems else k for i, k in enumerate(keys)]
         originals = [i for i, how in enumerate(_column(table, "augmentation")) if how == "none"]
         at = pa.array(originals, pa.int64())
+        answers = last_contents(table)  # of every row, then picked: taking nested rows costs more
         return cls(
             path,
             Texts(keys, texts),
@@ -187,7 +188,7 @@ class TrainColumns:
             _column(table, "source_id"),
             originals,
             table.column("response_hash").take(at).to_pylist() if originals else [],
-            last_contents(table.take(at)),
+            [answers[i] for i in originals],
             problems,
         )
 

@@ -20,7 +20,9 @@ from stages.chat import IGNORE_INDEX, Tokens, ranges
 
 BLOCKS_PER_GROUP = 4096  # blocks built and written at a time (a Parquet row group each)
 _SCAN = 1 << 16  # examples whose tokens are looked at at a time
-_LIST = pa.list_(pa.int64())
+# int32: token ids, labels (-100) and positions all fit, and the file (~150M tokens at 1M records)
+# is half the int64 size to write and read back; the collator makes int64 tensors either way.
+_LIST = pa.list_(pa.int32())
 BLOCK_SCHEMA = pa.schema([("input_ids", _LIST), ("labels", _LIST), ("position_ids", _LIST)])
 
 
@@ -46,7 +48,7 @@ def pack_bfd(examples: pa.Table, block_size: int) -> tuple[pa.Table, PackStats]:
 def write_packed(tokens: Tokens, block_size: int, path: Path) -> PackStats:
     """`pack_bfd` of `tokens` straight into a Parquet file, BLOCKS_PER_GROUP blocks at a time.
 
-    Built whole, the blocks' three int64 columns took 24 bytes a token (~3.6 GB at 1M records,
+    Built whole, the blocks' three columns took 24 bytes a token as int64 (~3.6 GB at 1M records,
     benchmarks/scale.py); written a row group at a time they take a row group's worth.
     """
     blocks, stats = plan(tokens, block_size)
@@ -121,8 +123,9 @@ def _blocks(
         first = np.cumsum(n_tokens) - n_tokens  # where each example starts in the group's stream
         position_ids = np.arange(int(n_tokens.sum()), dtype=np.int64) - np.repeat(first, n_tokens)
         gather = np.repeat(tokens.starts[order], n_tokens) + position_ids
-        ids = tokens.ids[gather].astype(np.int64)
-        labels = np.where(tokens.learnt[gather], ids, IGNORE_INDEX)
+        position_ids = position_ids.astype(np.int32)
+        ids = tokens.ids[gather]
+        labels = np.where(tokens.learnt[gather], ids, np.int32(IGNORE_INDEX))
         # The first token of an example is never predicted from inside it; masking it keeps the
         # previous example's last logit from being scored on it (the shift crosses the boundary).
         labels[first] = IGNORE_INDEX

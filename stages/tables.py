@@ -53,10 +53,12 @@ def record_batches(*paths: Path, batch_size: int = 8192) -> Iterator[list[dict[s
             yield batch.to_pylist()
 
 
-def arrow_batches(*paths: Path, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
-    """`record_batches` as Arrow record batches: for readers that need a few rows as dicts."""
+def arrow_batches(*paths: Path, columns: list[str] | None = None, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+    """`record_batches` as Arrow record batches, of the given columns where a file has them."""
     for path in paths:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+        file = pq.ParquetFile(path)
+        present = [c for c in columns if c in file.schema_arrow.names] if columns else None
+        yield from file.iter_batches(batch_size=batch_size, columns=present)
 
 
 def write_json(path: Path, value: Any) -> None:
