@@ -145,7 +145,8 @@ def training_data_gates(paths: Paths, cfg: PipelineConfig, train: TrainColumns) 
 def _no_eval_contamination(
     home: Path, train: TrainColumns, eval_rows: list[dict], n: int
 ) -> dg.AssetCheckResult:
-    # Only records not already found clean against this very eval set are scanned again.
+    # Only records not already found clean against this very eval set are scanned again (by this
+    # gate or by deduplicated_corpus's decontamination, which shares the file).
     found = contamination(train.texts, eval_rows, n, home / "cache" / "contamination-clean.json")
     leaked = [
         {**r, "shared_ngram": shared}

@@ -86,7 +86,9 @@ def deduplicated_corpus(
     all_eval = [r for rows in eval_sets.values() for r in rows]
     contaminated: dict[int, str] = {}
     if cfg.data.decontamination.enabled:
-        cache = paths.home / "cache" / "decontaminated-train.json"  # texts found clean, kept for a rerun
+        # Texts found clean, kept for a rerun; shared with the no_eval_contamination gate, which asks
+        # the same question of the same eval sets (the salt), so it scans only augmented records.
+        cache = paths.home / "cache" / "contamination-clean.json"
         every_key = record_keys(records)
         # Texts of unseen keys only are read back from the array (C++ joins, no dict per record).
         texts = Texts([every_key[i] for i in train], record_texts(records).take(pa.array(train, pa.int64())))

@@ -10,6 +10,7 @@ then the texts already found clean are never built or hashed again.
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -59,18 +60,24 @@ class CleanSet:
 
     def scan(self, texts: Texts, find: Callable[[str], T]) -> list[T | None]:
         """`find(text)` where it is truthy, None elsewhere (texts known clean are neither built nor
-        scanned; the rest on every core); then keep exactly the keys of this scan's clean texts,
-        so old records drop out."""
+        scanned; the rest on every core); then remember this scan's clean keys too.
+
+        Two scans share a file when they ask the same question (train against the eval sets, in
+        dedup and again in the gate), so the file keeps what both found clean; once it holds more
+        than twice this scan's clean texts, it keeps only those (edited records drop out)."""
         todo = [i for i, key in enumerate(texts.keys) if key not in self.clean]
         hits: list[T | None] = [None] * len(texts)
         for i, hit in (pair for part in map_chunks(partial(_found, find), list(zip(todo, texts.take(todo), strict=True)))
                        for pair in part):  # fmt: skip
             hits[i] = hit
         clean = {key for key, hit in zip(texts.keys, hits, strict=True) if not hit}
-        if clean != self.clean:  # a fix changes a few keys; rewriting an unchanged file costs ~1 s at 1M
-            self.clean = clean
+        merged = self.clean | clean
+        if len(merged) > 2 * max(len(clean), 1):
+            merged = clean
+        if merged != self.clean:  # a fix changes a few keys; rewriting an unchanged file costs ~1 s at 1M
+            self.clean = merged
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
+            tmp = self.path.with_suffix(f".tmp-{os.getpid()}")  # two steps may scan at once
             tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean)}))
             tmp.replace(self.path)
         return hits

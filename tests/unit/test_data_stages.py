@@ -109,3 +109,26 @@ def test_model_paraphrases_are_cached_and_replace_template_paraphrases(tmp_path)
     assert all(
         r["messages"][-1] == next(t for t in train if t["id"] == r["source_id"])["messages"][-1] for r in out
     )
+
+
+def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_hit(tmp_path: Path):
+    from stages.scan_cache import CleanSet, Texts
+
+    scanned: list[str] = []
+
+    def find(text: str) -> bool:
+        scanned.append(text)
+        return "leak" in text
+
+    originals = Texts.of([f"clean {i}" for i in range(6)] + ["a leak"])
+    augmented = Texts.of([f"clean {i}, rephrased" for i in range(2)])
+    assert CleanSet(tmp_path / "c.json", "s").scan(originals, find)[-1] is True  # dedup's scan
+    scanned.clear()
+    CleanSet(tmp_path / "c.json", "s").scan(originals + augmented, find)  # the gate's: only new texts
+    assert scanned == ["a leak", "clean 0, rephrased", "clean 1, rephrased"]
+    scanned.clear()
+    CleanSet(tmp_path / "c.json", "s").scan(originals, find)  # dedup again: the augmented are still known
+    assert scanned == ["a leak"]
+    assert digest("a leak") not in json.loads((tmp_path / "c.json").read_text())["clean"]
+    CleanSet(tmp_path / "c.json", "s").scan(Texts.of(["clean 0"]), find)  # far fewer: old keys drop out
+    assert json.loads((tmp_path / "c.json").read_text())["clean"] == [digest("clean 0")]
