@@ -132,3 +132,19 @@ def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_hit(tmp_pat
     assert digest("a leak") not in json.loads((tmp_path / "c.json").read_text())["clean"]
     CleanSet(tmp_path / "c.json", "s").scan(Texts.of(["clean 0"]), find)  # far fewer: old keys drop out
     assert json.loads((tmp_path / "c.json").read_text())["clean"] == [digest("clean 0")]
+
+
+def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_path: Path):
+    import numpy as np
+
+    from stages.dedup import cached_signatures
+    from stages.near_dedup import minhash_signatures
+
+    texts = [f"answer number {i} about the os module and its stat call" for i in range(5)]
+    signatures, n_words = cached_signatures(texts, tmp_path, 16, 3)
+    texts[2] = "a fixed answer"
+    again, n_again = cached_signatures(texts, tmp_path, 16, 3)
+    assert np.array_equal(again, minhash_signatures(texts, num_perm=16, ngram=3))
+    assert n_again.tolist() == [11, 11, 3, 11, 11] and np.array_equal(again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]])
+    parts = sorted(tmp_path.glob("part-*"))
+    assert [len(np.load(p / "keys.npy")) for p in parts] == [5, 1]
