@@ -37,6 +37,7 @@ from transformers import (
 
 from stages.chat import IGNORE_INDEX, label_positions
 from stages.checkpoints import AtomicCheckpoints
+from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -44,8 +45,9 @@ WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class CheckpointedTrainer(AtomicCheckpoints, Trainer):
-    """The HF Trainer, with checkpoints renamed into place only once complete, and held-out batches
-    collated apart from the training ones (the throughput counts training tokens only)."""
+    """The HF Trainer, with checkpoints renamed into place only once complete, held-out batches
+    collated apart from the training ones (the throughput counts training tokens only), and the loss
+    of PackedCollator batches computed a chunk of logits at a time (stages/chunked_loss.py)."""
 
     def __init__(
         self, *args: Any, eval_collator: Any = None, budget: "TimeBudget | None" = None, **kwargs: Any
@@ -64,6 +66,20 @@ class CheckpointedTrainer(AtomicCheckpoints, Trainer):
         )
         self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        """The chunked loss where the model's head allows it (plain_head), else the model's own."""
+        head = plain_head(self.accelerator.unwrap_model(model))
+        custom = self.compute_loss_func is not None or self.label_smoother is not None
+        if head is None or "shift_labels" not in inputs or custom:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = scored_loss(model, inputs, head, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens, DDP averages the ranks.
+            loss = loss * self.accelerator.num_processes
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         train_collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
@@ -419,8 +435,10 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     malloc = malloc_in_use()
+    loss_path = f"chunked, {CHUNK_ROWS} rows of logits at a time" if plain_head(model) else "full logits"
     log(
-        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, malloc {malloc}): {trainable:,} trainable parameters"
+        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, malloc {malloc}, loss {loss_path}): "
+        f"{trainable:,} trainable parameters"
     )
 
     dataset = Dataset.from_parquet(spec["train_path"])
@@ -477,6 +495,7 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         label_tokens=collator.label_tokens,
         precision=precision,
         malloc=malloc,
+        loss_path=loss_path,
         stopped_by_time_budget_at=budget.stopped_at,
         wall_s=wall_s,
         effective_tokens_per_s=collator.label_tokens * WORLD_SIZE / wall_s,
