@@ -91,7 +91,9 @@ def chunked_cross_entropy(
     """The summed cross-entropy of `hidden @ weight.T` against `targets`, never holding more than
     `chunk_rows` rows of logits. Every target must be a real token id (pass only scored rows)."""
     if hidden.shape[0] != targets.shape[0]:
-        raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets: pass one target per row")
+        raise ValueError(
+            f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets: pass one target per row"
+        )
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps both in the graph (DDP expects every grad)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, torch.is_grad_enabled())

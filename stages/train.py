@@ -39,6 +39,7 @@ from stages.chat import IGNORE_INDEX, label_positions
 from stages.checkpoints import AtomicCheckpoints
 from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
+from stages.packed_attention import PACKED_SDPA, use_packed_sdpa
 
 RANK = int(os.environ.get("RANK", "0"))
 WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
@@ -372,6 +373,8 @@ def save_and_summarise(
         model = model.merge_and_unload()
     out_dir = Path(spec["output_dir"])
     model.config.use_cache = True
+    if model.config._attn_implementation == PACKED_SDPA:  # a training-only attention: saved models use SDPA
+        model.set_attn_implementation("sdpa")
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
@@ -428,6 +431,8 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     model.config.use_cache = False  # with a KV cache, packed examples would attend to each other
+    # One SDPA call per packed example instead of a masked one over the block: 6 % of a demo step here.
+    attention = "per example (packed_sdpa)" if use_packed_sdpa(model) else model.config._attn_implementation
     if cfg.method == "lora":
         from peft import get_peft_model
 
@@ -437,8 +442,8 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
     malloc = malloc_in_use()
     loss_path = f"chunked, {CHUNK_ROWS} rows of logits at a time" if plain_head(model) else "full logits"
     log(
-        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, malloc {malloc}, loss {loss_path}): "
-        f"{trainable:,} trainable parameters"
+        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, malloc {malloc}, loss {loss_path}, "
+        f"attention {attention}): {trainable:,} trainable parameters"
     )
 
     dataset = Dataset.from_parquet(spec["train_path"])
