@@ -3,8 +3,9 @@
     python benchmarks/profile_step.py [--model default|tiny] [--method lora|full] [--bf16] [--steps 3]
 
 The batches are PackedCollator's (4 blocks of 512 tokens, logits only where a token is scored), the
-loss and attention the trainer's (the chunked LM head, stages/chunked_loss.py; one SDPA call per packed
-example, stages/packed_attention.py), the model and LoRA settings the demo's. Prints the operators by self CPU time, after one untimed step.
+loss and attention the trainer's (the chunked LM head, stages/chunked_loss.py; in fp32 one SDPA call
+per packed example, stages/packed_attention.py), the model and LoRA settings the demo's. Prints the
+operators by self CPU time, after one untimed step.
 """
 
 import sys
@@ -21,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from benchmarks.throughput import build_model, packed_batches, trainer_loss  # noqa: E402
 from stages.chat import tokenize_records  # noqa: E402
-from stages.packed_attention import use_packed_sdpa  # noqa: E402
+from stages.train import training_attention  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     batches = packed_batches(examples, 512, 4, tokenizer.pad_token_id)[: args.steps + 1]
     model = build_model(args.model, len(tokenizer), args.method).train()
     model.config.use_cache = False
-    use_packed_sdpa(model)
+    training_attention(model, "bf16" if args.bf16 else "no")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch: dict) -> None:

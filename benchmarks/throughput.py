@@ -11,8 +11,9 @@ the same number of label tokens:
             loss over the logits of every scored position at once (the trainer's loss before the chunked one)
   packed    the same blocks as the trainer runs them: its loss (CheckpointedTrainer.compute_loss), the LM
             head and cross-entropy applied to the scored positions a chunk of rows at a time
-            (stages/chunked_loss.py), and its attention, one causal SDPA call per packed example
-            (stages/packed_attention.py) instead of a block-diagonal mask over the block
+            (stages/chunked_loss.py), and its attention (stages.train.training_attention): in fp32 on a
+            CPU one causal SDPA call per packed example (stages/packed_attention.py) instead of a
+            block-diagonal mask over the block
 Reported: effective label tokens/s (label tokens that count in the loss, per second of
 forward + backward + optimizer step), each path's non-pad fraction, and the speedup. Packing can
 at best recover what padding wastes, so the goal is speedup >= 0.9 / baseline non-pad fraction.
@@ -57,9 +58,9 @@ from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
 from stages.chunked_loss import plain_head, scored_loss  # noqa: E402
 from stages.config import LoraSettings  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
-from stages.packed_attention import use_packed_sdpa  # noqa: E402
+from stages.packed_attention import PACKED_SDPA, example_spans  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
-from stages.train import PackedCollator, lora_config, malloc_in_use  # noqa: E402
+from stages.train import PackedCollator, lora_config, malloc_in_use, training_attention  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -152,9 +153,29 @@ def trainer_loss(model: Any, batch: dict) -> torch.Tensor:
     return scored_loss(model, batch, head)[0] if head is not None else model(**batch).loss
 
 
-def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict[str, float]:
-    """Seconds, label tokens, real tokens, slots and attention slots (rows x width^2) over all
-    batches, after one untimed warm-up pass."""
+# Untimed full steps (forward, backward, optimizer step) before the timed pass. Measured on 2 cores:
+# the first two steps of a process pay for its memory (the optimizer's state, the allocator's heap
+# growing; 280k page faults and 10-15 s of system time in the second step) and then ~0 faults a step.
+# With one untimed forward + backward, as before, those ~10 s were a fifth of a 6-step timed pass.
+WARMUP_STEPS = 2
+
+
+def example_lengths(batch: dict, real: torch.Tensor) -> list[int]:
+    """Real tokens of each example in the batch: a packed row's examples (position_ids restart), else
+    each row; padding is no example."""
+    if "position_ids" not in batch:
+        return [int(n) for n in real.sum(dim=1)]
+    return [
+        int(real[r, s:e].sum())
+        for r, spans in enumerate(example_spans(batch["position_ids"]))
+        for s, e in spans
+    ]
+
+
+def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict[str, dict[str, float]]:
+    """Over the WARMUP_STEPS untimed steps ("warmup") and over all batches after them ("timed"):
+    seconds, label tokens, real tokens, slots, squared example lengths (attention's model FLOPs) and
+    attention slots executed (rows x width^2 with a mask; squared span lengths with packed_sdpa)."""
     model.to(device).train()
     model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -163,12 +184,10 @@ def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict
         if device == "cuda"
         else torch.autocast("cpu", enabled=False)
     )
-    warm = {k: v.to(device) for k, v in batches[0].items() if k != "real"}
-    with autocast:
-        loss_of(model, warm).backward()
-    optimizer.zero_grad(set_to_none=True)
-    totals = dict.fromkeys(("seconds", "labels", "real", "slots", "attention_slots"), 0.0)
-    for batch in batches:
+    per_example = model.config._attn_implementation == PACKED_SDPA
+    keys = ("seconds", "labels", "real", "slots", "example_sq", "attention_slots")
+    totals = {phase: dict.fromkeys(keys, 0.0) for phase in ("warmup", "timed")}
+    for phase, batch in [("warmup", b) for b in batches[:WARMUP_STEPS]] + [("timed", b) for b in batches]:
         real_mask = batch.get("real", batch.get("attention_mask"))
         batch = {k: v.to(device) for k, v in batch.items() if k != "real"}
         if device == "cuda":
@@ -181,12 +200,15 @@ def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict
         optimizer.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
-        totals["seconds"] += time.perf_counter() - start
-        totals["labels"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        totals["real"] += int(real_mask.sum())
+        t = totals[phase]
+        t["seconds"] += time.perf_counter() - start
+        t["labels"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        t["real"] += int(real_mask.sum())
         rows, width = batch["input_ids"].shape
-        totals["slots"] += rows * width
-        totals["attention_slots"] += rows * width**2
+        t["slots"] += rows * width
+        t["example_sq"] += sum(n * n for n in example_lengths(batch, real_mask.cpu()))
+        spans = example_spans(batch["position_ids"].cpu()) if per_example else [[(0, width)]] * rows
+        t["attention_slots"] += sum((e - s) ** 2 for row in spans for s, e in row)
     return totals
 
 
@@ -239,17 +261,19 @@ def main() -> None:
     results, totals = {}, {}
     for name, batches, loss_of in paths:
         model = build_model(args.model, len(tokenizer), args.method)
-        if loss_of is trainer_loss:  # the trainer's attention too (stages.train.train)
-            use_packed_sdpa(model)
+        if loss_of is trainer_loss:  # the trainer's attention too (fp32 here, bf16 autocast on CUDA)
+            training_attention(model, "bf16" if args.device == "cuda" else "no")
         n_matmul, n_head = matmul_parameters(model)
         layers, width = attention_width(model)
-        totals[name] = t = train_on(model, batches, args.device, loss_of)
+        totals[name] = train_on(model, batches, args.device, loss_of)
+        t = totals[name]["timed"]
         results[name] = {
             "tokens_per_s": t["labels"] / t["seconds"],
             "processed_tokens_per_s": t["real"] / t["seconds"],
             "non_pad_fraction": t["real"] / t["slots"],
             "label_tokens": t["labels"],
             "seconds": t["seconds"],
+            "warmup_seconds": totals[name]["warmup"]["seconds"],
         }
         del model
     speedup = results["packed"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
@@ -257,9 +281,10 @@ def main() -> None:
         "model": args.model,
         "device": args.device,
         "examples": len(examples),
+        "warmup_steps": WARMUP_STEPS,
         **{name: {k: round(v, 4) for k, v in results[name].items()} for name, _, _ in paths},
         "speedup": round(speedup, 3),
-        "chunked_loss_speedup": round(
+        "speedup_over_full_logits": round(
             results["packed"]["tokens_per_s"] / results["packed_full_logits"]["tokens_per_s"], 3
         ),
         "recovered_fraction": round(speedup * results["baseline"]["non_pad_fraction"], 3),
@@ -267,18 +292,23 @@ def main() -> None:
     # Model FLOPs, the same on every path (the same examples): 6N (4N with LoRA) per real token plus
     # attention, 12 L d T per token with T its example's length, so 12 L d len^2 per example.
     per_param = 6 if args.method == "full" else 4
-    lengths = [len(e["input_ids"]) for e in examples]
-    model_flops = per_param * n_matmul * sum(lengths) + 12 * layers * width * sum(n * n for n in lengths)
+
+    def model_flops(t: dict[str, float]) -> float:
+        return per_param * n_matmul * t["real"] + 12 * layers * width * t["example_sq"]
+
     peak, peak_source = peak_flops(args.device)
 
-    def mfu(name: str) -> float | None:
-        return round(model_flops / totals[name]["seconds"] / peak, 3) if peak else None
+    def mfu(name: str, phases: tuple[str, ...] = ("timed",)) -> float | None:
+        flops = sum(model_flops(totals[name][p]) for p in phases)
+        seconds = sum(totals[name][p]["seconds"] for p in phases)
+        return round(flops / seconds / peak, 3) if peak else None
 
-    t = totals["packed"]
+    t = totals["packed"]["timed"]
     executed = (
         per_param * ((n_matmul - n_head) * t["slots"] + n_head * t["labels"])
         + 12 * layers * width * t["attention_slots"]
     )
+    attention_share = 12 * layers * width * t["example_sq"] / model_flops(t)
     out |= {
         "method": args.method,
         "threads": torch.get_num_threads(),
@@ -287,14 +317,14 @@ def main() -> None:
         "malloc": malloc_in_use(),
         "flops_per_token": (
             f"{per_param}N + 12 L d T, N = {n_matmul:,} matmul parameters (LM head {n_head:,}), L = {layers}, "
-            f"d = {width}, T = the token's example length (mean {sum(n * n for n in lengths) / sum(lengths):.0f}"
-            f" weighted by tokens): attention {12 * layers * width * sum(n * n for n in lengths) / model_flops:.1%}"
-            " of the model FLOPs"
+            f"d = {width}, T = the token's own example length (token-weighted mean {t['example_sq'] / t['real']:.0f}):"
+            f" attention {attention_share:.1%} of the model FLOPs"
         ),
         "peak_flops": round(peak) if peak else None,
         "peak_source": peak_source,
-        "achieved_flops": round(model_flops / t["seconds"]),
+        "achieved_flops": round(model_flops(t) / t["seconds"]),
         "mfu": mfu("packed"),
+        "mfu_including_warmup": mfu("packed", ("warmup", "timed")),
         "hardware_flops_fraction": round(executed / t["seconds"] / peak, 3) if peak else None,
         "mfu_full_logits": mfu("packed_full_logits"),
         "baseline_mfu": mfu("baseline"),
@@ -318,8 +348,9 @@ def main() -> None:
         print(
             f"packed: {out['achieved_flops'] / 1e9:.1f} GFLOP/s ({out['flops_per_token']}) of a "
             f"{out['peak_flops'] / 1e9:.1f} GFLOP/s peak ({out['peak_source']}): MFU {out['mfu']}, "
-            f"executed {out['hardware_flops_fraction']}; full-logits loss MFU {out['mfu_full_logits']}, "
-            f"padded baseline MFU {out['baseline_mfu']}"
+            f"executed {out['hardware_flops_fraction']}, with the {WARMUP_STEPS} warm-up steps "
+            f"{out['mfu_including_warmup']}; before (full logits, masked attention) MFU "
+            f"{out['mfu_full_logits']}; padded baseline MFU {out['baseline_mfu']}"
         )
 
 
