@@ -3,7 +3,9 @@
     python benchmarks/profile_step.py [--model default|tiny] [--method lora|full] [--bf16] [--steps 3]
 
 The batches are PackedCollator's (4 blocks of 512 tokens, logits only where a token is scored), the
-model and LoRA settings the demo's. Prints the operators by self CPU time, after one untimed step.
+loss and attention the trainer's (the chunked LM head, stages/chunked_loss.py; in fp32 one SDPA call
+per packed example, stages/packed_attention.py), the model and LoRA settings the demo's. Prints the
+operators by self CPU time, after one untimed step.
 """
 
 import sys
@@ -18,8 +20,9 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
-from benchmarks.throughput import build_model, packed_batches  # noqa: E402
+from benchmarks.throughput import build_model, packed_batches, trainer_loss  # noqa: E402
 from stages.chat import tokenize_records  # noqa: E402
+from stages.train import training_attention  # noqa: E402
 
 
 def main() -> None:
@@ -38,11 +41,12 @@ def main() -> None:
     batches = packed_batches(examples, 512, 4, tokenizer.pad_token_id)[: args.steps + 1]
     model = build_model(args.model, len(tokenizer), args.method).train()
     model.config.use_cache = False
+    training_attention(model, "bf16" if args.bf16 else "no")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch: dict) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(**{k: v for k, v in batch.items() if k != "real"}).loss
+            loss = trainer_loss(model, {k: v for k, v in batch.items() if k != "real"})
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

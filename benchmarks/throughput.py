@@ -6,8 +6,14 @@ In one process, the same model (fresh copy per path, same seed) trains on the sa
 the same number of label tokens:
   baseline  random batches of --batch-size examples, padded to the longest in the batch,
             attention_mask on the padding
-  packed    the tokenized_dataset path: best-fit-decreasing blocks of --block-size tokens,
-            position_ids restarting per example, no attention mask, use_cache=False
+  packed_full_logits  the tokenized_dataset path: best-fit-decreasing blocks of --block-size tokens,
+            position_ids restarting per example, no attention mask, use_cache=False; the model's own
+            loss over the logits of every scored position at once (the trainer's loss before the chunked one)
+  packed    the same blocks as the trainer runs them: its loss (CheckpointedTrainer.compute_loss), the LM
+            head and cross-entropy applied to the scored positions a chunk of rows at a time
+            (stages/chunked_loss.py), and its attention (stages.train.training_attention): in fp32 on a
+            CPU one causal SDPA call per packed example (stages/packed_attention.py) instead of a
+            block-diagonal mask over the block
 Reported: effective label tokens/s (label tokens that count in the loss, per second of
 forward + backward + optimizer step), each path's non-pad fraction, and the speedup. Packing can
 at best recover what padding wastes, so the goal is speedup >= 0.9 / baseline non-pad fraction.
@@ -18,10 +24,13 @@ MFU, the packed path's model FLOP/s as a fraction of the machine's peak:
   FLOPs     per processed token, 6 N for a full fine-tune (forward 2N, backward 2N for activations and
             2N for weights) and 4 N for LoRA (frozen weights get no gradient; the adapters are < 1 %),
             N = the matmul parameters: every nn.Linear of the model, the LM head included, not the
-            embedding lookup. Attention scores are not counted (under 12 % of 6N at 512 tokens).
-The packed path computes logits only where a token is scored (PackedCollator's logits_to_keep), so
-part of the LM head's counted FLOPs is never executed: `hardware_flops_fraction` counts the head only
-for scored tokens, the work actually done.
+            embedding lookup; plus attention, 12 L d T (PaLM, appendix B: QK^T and AV, forward and
+            backward, the full T x T matrix), L layers, d = heads x head size, T = the length of the
+            token's own example (what the model needs; packing's other examples and padding are waste).
+            The same examples on every path, so the same model FLOPs: MFU ratios are speed ratios.
+`hardware_flops_fraction` counts the work actually executed instead: every slot of the batch (padding
+too) through the matmuls, the LM head only where a token is scored (PackedCollator's logits_to_keep),
+attention over each row's full width (an explicit mask, so SDPA computes the whole matrix).
 
 --model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores).
 --model default: SmolLM2-135M-Instruct, full fine-tune on a slice of the corpus (about 3 minutes);
@@ -46,10 +55,12 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
+from stages.chunked_loss import plain_head, scored_loss  # noqa: E402
 from stages.config import LoraSettings  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
+from stages.packed_attention import PACKED_SDPA, example_spans  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
-from stages.train import PackedCollator, lora_config, malloc_in_use  # noqa: E402
+from stages.train import PackedCollator, lora_config, malloc_in_use, training_attention  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -131,8 +142,40 @@ def padded_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int
     return batches
 
 
-def train_on(model: Any, batches: list[dict], device: str) -> tuple[float, int, int, int]:
-    """(seconds, label tokens, real tokens, slots) over all batches, after one untimed warm-up pass."""
+def model_loss(model: Any, batch: dict) -> torch.Tensor:
+    """The model's own loss: logits for every scored position at once (all positions without a mask)."""
+    return model(**batch).loss
+
+
+def trainer_loss(model: Any, batch: dict) -> torch.Tensor:
+    """CheckpointedTrainer.compute_loss's: the chunked LM-head loss where the head allows it."""
+    head = plain_head(model)
+    return scored_loss(model, batch, head)[0] if head is not None else model(**batch).loss
+
+
+# Untimed full steps (forward, backward, optimizer step) before the timed pass. Measured on 2 cores:
+# the first two steps of a process pay for its memory (the optimizer's state, the allocator's heap
+# growing; 280k page faults and 10-15 s of system time in the second step) and then ~0 faults a step.
+# With one untimed forward + backward, as before, those ~10 s were a fifth of a 6-step timed pass.
+WARMUP_STEPS = 2
+
+
+def example_lengths(batch: dict, real: torch.Tensor) -> list[int]:
+    """Real tokens of each example in the batch: a packed row's examples (position_ids restart), else
+    each row; padding is no example."""
+    if "position_ids" not in batch:
+        return [int(n) for n in real.sum(dim=1)]
+    return [
+        int(real[r, s:e].sum())
+        for r, spans in enumerate(example_spans(batch["position_ids"]))
+        for s, e in spans
+    ]
+
+
+def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict[str, dict[str, float]]:
+    """Over the WARMUP_STEPS untimed steps ("warmup") and over all batches after them ("timed"):
+    seconds, label tokens, real tokens, slots, squared example lengths (attention's model FLOPs) and
+    attention slots executed (rows x width^2 with a mask; squared span lengths with packed_sdpa)."""
     model.to(device).train()
     model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -141,29 +184,39 @@ def train_on(model: Any, batches: list[dict], device: str) -> tuple[float, int, 
         if device == "cuda"
         else torch.autocast("cpu", enabled=False)
     )
-    warm = {k: v.to(device) for k, v in batches[0].items() if k != "real"}
-    with autocast:
-        model(**warm).loss.backward()
-    optimizer.zero_grad(set_to_none=True)
-    seconds, labels, real, slots = 0.0, 0, 0, 0
-    for batch in batches:
+    per_example = model.config._attn_implementation == PACKED_SDPA
+    keys = ("seconds", "labels", "real", "slots", "example_sq", "attention_slots")
+    totals = {phase: dict.fromkeys(keys, 0.0) for phase in ("warmup", "timed")}
+    for phase, batch in [("warmup", b) for b in batches[:WARMUP_STEPS]] + [("timed", b) for b in batches]:
         real_mask = batch.get("real", batch.get("attention_mask"))
         batch = {k: v.to(device) for k, v in batch.items() if k != "real"}
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         with autocast:
-            loss = model(**batch).loss
+            loss = loss_of(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
-        labels += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        real += int(real_mask.sum())
-        slots += batch["input_ids"].numel()
-    return seconds, labels, real, slots
+        t = totals[phase]
+        t["seconds"] += time.perf_counter() - start
+        t["labels"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        t["real"] += int(real_mask.sum())
+        rows, width = batch["input_ids"].shape
+        t["slots"] += rows * width
+        t["example_sq"] += sum(n * n for n in example_lengths(batch, real_mask.cpu()))
+        spans = example_spans(batch["position_ids"].cpu()) if per_example else [[(0, width)]] * rows
+        t["attention_slots"] += sum((e - s) ** 2 for row in spans for s, e in row)
+    return totals
+
+
+def attention_width(model: Any) -> tuple[int, int]:
+    """(layers, heads x head size): the L and d of attention's 12 L d T FLOPs per token."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, config.num_attention_heads * head_dim
 
 
 def packed_batches(examples: list[dict], block_size: int, batch_blocks: int, pad_id: int) -> list[dict]:
@@ -203,17 +256,24 @@ def main() -> None:
     # Same tokens per step on average: blocks per batch sized to the baseline's real tokens per batch.
     mean_tokens = sum(len(e["input_ids"]) for e in examples) * args.batch_size / len(examples)
     packed = packed_batches(examples, args.block_size, max(1, round(mean_tokens / args.block_size)), pad)
-    results = {}
-    for name, batches in (("baseline", baseline), ("packed", packed)):
+    paths = (("baseline", baseline, model_loss), ("packed_full_logits", packed, model_loss),
+             ("packed", packed, trainer_loss))  # fmt: skip
+    results, totals = {}, {}
+    for name, batches, loss_of in paths:
         model = build_model(args.model, len(tokenizer), args.method)
+        if loss_of is trainer_loss:  # the trainer's attention too (fp32 here, bf16 autocast on CUDA)
+            training_attention(model, "bf16" if args.device == "cuda" else "no")
         n_matmul, n_head = matmul_parameters(model)
-        seconds, labels, real, slots = train_on(model, batches, args.device)
+        layers, width = attention_width(model)
+        totals[name] = train_on(model, batches, args.device, loss_of)
+        t = totals[name]["timed"]
         results[name] = {
-            "tokens_per_s": labels / seconds,
-            "processed_tokens_per_s": real / seconds,
-            "non_pad_fraction": real / slots,
-            "label_tokens": labels,
-            "seconds": seconds,
+            "tokens_per_s": t["labels"] / t["seconds"],
+            "processed_tokens_per_s": t["real"] / t["seconds"],
+            "non_pad_fraction": t["real"] / t["slots"],
+            "label_tokens": t["labels"],
+            "seconds": t["seconds"],
+            "warmup_seconds": totals[name]["warmup"]["seconds"],
         }
         del model
     speedup = results["packed"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
@@ -221,46 +281,65 @@ def main() -> None:
         "model": args.model,
         "device": args.device,
         "examples": len(examples),
-        "baseline": {k: round(v, 4) for k, v in results["baseline"].items()},
-        "packed": {k: round(v, 4) for k, v in results["packed"].items()},
+        "warmup_steps": WARMUP_STEPS,
+        **{name: {k: round(v, 4) for k, v in results[name].items()} for name, _, _ in paths},
         "speedup": round(speedup, 3),
+        "speedup_over_full_logits": round(
+            results["packed"]["tokens_per_s"] / results["packed_full_logits"]["tokens_per_s"], 3
+        ),
         "recovered_fraction": round(speedup * results["baseline"]["non_pad_fraction"], 3),
     }
-    # Model FLOPs of the packed path (the trainer's): 6N per processed token, 4N with LoRA.
+    # Model FLOPs, the same on every path (the same examples): 6N (4N with LoRA) per real token plus
+    # attention, 12 L d T per token with T its example's length, so 12 L d len^2 per example.
     per_param = 6 if args.method == "full" else 4
+
+    def model_flops(t: dict[str, float]) -> float:
+        return per_param * n_matmul * t["real"] + 12 * layers * width * t["example_sq"]
+
     peak, peak_source = peak_flops(args.device)
-    packed_rates = results["packed"]
-    achieved = per_param * n_matmul * packed_rates["processed_tokens_per_s"]
-    executed = per_param * (
-        (n_matmul - n_head) * packed_rates["processed_tokens_per_s"] + n_head * packed_rates["tokens_per_s"]
+
+    def mfu(name: str, phases: tuple[str, ...] = ("timed",)) -> float | None:
+        flops = sum(model_flops(totals[name][p]) for p in phases)
+        seconds = sum(totals[name][p]["seconds"] for p in phases)
+        return round(flops / seconds / peak, 3) if peak else None
+
+    t = totals["packed"]["timed"]
+    executed = (
+        per_param * ((n_matmul - n_head) * t["slots"] + n_head * t["labels"])
+        + 12 * layers * width * t["attention_slots"]
     )
+    attention_share = 12 * layers * width * t["example_sq"] / model_flops(t)
     out |= {
         "method": args.method,
         "threads": torch.get_num_threads(),
         # Training itself runs on tcmalloc where the machine has it (stages/launch.py): run this
         # benchmark under the same LD_PRELOAD to measure what training gets.
         "malloc": malloc_in_use(),
-        "flops_per_token": f"{per_param}N, N = {n_matmul:,} matmul parameters (LM head {n_head:,})",
+        "flops_per_token": (
+            f"{per_param}N + 12 L d T, N = {n_matmul:,} matmul parameters (LM head {n_head:,}), L = {layers}, "
+            f"d = {width}, T = the token's own example length (token-weighted mean {t['example_sq'] / t['real']:.0f}):"
+            f" attention {attention_share:.1%} of the model FLOPs"
+        ),
         "peak_flops": round(peak) if peak else None,
         "peak_source": peak_source,
-        "achieved_flops": round(achieved),
-        "mfu": round(achieved / peak, 3) if peak else None,
-        "hardware_flops_fraction": round(executed / peak, 3) if peak else None,
-        "baseline_mfu": round(per_param * n_matmul * results["baseline"]["processed_tokens_per_s"] / peak, 3)
-        if peak
-        else None,
+        "achieved_flops": round(model_flops(t) / t["seconds"]),
+        "mfu": mfu("packed"),
+        "mfu_including_warmup": mfu("packed", ("warmup", "timed")),
+        "hardware_flops_fraction": round(executed / t["seconds"] / peak, 3) if peak else None,
+        "mfu_full_logits": mfu("packed_full_logits"),
+        "baseline_mfu": mfu("baseline"),
     }
     if args.json:
         print(json.dumps(out))
         return
     print(
-        f"{args.model} on {args.device}: {len(examples)} examples, same examples and label tokens on both paths"
+        f"{args.model} on {args.device}: {len(examples)} examples, same examples and label tokens on every path"
     )
-    print(f"{'path':<10}{'label tok/s':>14}{'non-pad':>10}{'label tokens':>14}{'seconds':>10}")
-    for name in ("baseline", "packed"):
+    print(f"{'path':<20}{'label tok/s':>14}{'non-pad':>10}{'label tokens':>14}{'seconds':>10}")
+    for name, _, _ in paths:
         r = out[name]
         print(
-            f"{name:<10}{r['tokens_per_s']:>14.1f}{r['non_pad_fraction']:>10.3f}{r['label_tokens']:>14}{r['seconds']:>10.1f}"
+            f"{name:<20}{r['tokens_per_s']:>14.1f}{r['non_pad_fraction']:>10.3f}{r['label_tokens']:>14}{r['seconds']:>10.1f}"
         )
     print(
         f"speedup {out['speedup']}x; packing recovers {out['recovered_fraction']:.0%} of the padding waste bound"
@@ -269,7 +348,9 @@ def main() -> None:
         print(
             f"packed: {out['achieved_flops'] / 1e9:.1f} GFLOP/s ({out['flops_per_token']}) of a "
             f"{out['peak_flops'] / 1e9:.1f} GFLOP/s peak ({out['peak_source']}): MFU {out['mfu']}, "
-            f"executed {out['hardware_flops_fraction']}"
+            f"executed {out['hardware_flops_fraction']}, with the {WARMUP_STEPS} warm-up steps "
+            f"{out['mfu_including_warmup']}; before (full logits, masked attention) MFU "
+            f"{out['mfu_full_logits']}; padded baseline MFU {out['baseline_mfu']}"
         )
 
 
