@@ -126,7 +126,9 @@ def _signed(texts: list[str], num_perm: int, ngram: int) -> tuple[np.ndarray, np
     )
 
 
-def _write_signatures(cache_dir: Path, keys: np.ndarray, words_of: np.ndarray, signatures: np.ndarray) -> None:
+def _write_signatures(
+    cache_dir: Path, keys: np.ndarray, words_of: np.ndarray, signatures: np.ndarray
+) -> None:
     tmp = cache_dir / f".tmp-{os.getpid()}-{time.time_ns()}"  # two runs may add parts at once
     tmp.mkdir()
     for name, array in (("keys", keys), ("words", words_of), ("signatures", signatures)):

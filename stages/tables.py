@@ -62,7 +62,9 @@ def record_batches(*paths: Path, batch_size: int = 8192) -> Iterator[list[dict[s
             yield batch.to_pylist()
 
 
-def arrow_batches(*paths: Path, columns: list[str] | None = None, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+def arrow_batches(
+    *paths: Path, columns: list[str] | None = None, batch_size: int = 8192
+) -> Iterator[pa.RecordBatch]:
     """`record_batches` as Arrow record batches, of the given columns where a file has them."""
     for path in paths:
         file = pq.ParquetFile(path)
