@@ -83,15 +83,11 @@ def cached_signatures(
     """
     keys = [hashlib.sha1(t.encode()).digest() for t in texts]
     parts = sorted(p for p in cache_dir.glob("part-*") if p.is_dir())
-    stored_keys, stored_words, stored = [], [], []
-    for part in parts:
-        stored_keys.append(np.load(part / "keys.npy"))
-        stored_words.append(np.load(part / "words.npy"))
-        stored.append(np.load(part / "signatures.npy"))
-    all_keys = np.concatenate([np.zeros(0, "S20"), *stored_keys])
-    words_of = np.concatenate([np.zeros(0, np.int64), *stored_words])
-    signatures = np.concatenate([np.zeros((0, num_perm), np.uint32), *stored])
-    del stored_keys, stored_words, stored
+    # Signatures stay in their files (memory-mapped) and are gathered once into the answer: each
+    # 512 MB concatenation at 1M records cost seconds of first-touch page faults on this VM.
+    stored = [np.load(part / "signatures.npy", mmap_mode="r") for part in parts]
+    all_keys = np.concatenate([np.zeros(0, "S20"), *(np.load(part / "keys.npy") for part in parts)])
+    words_of = np.concatenate([np.zeros(0, np.int64), *(np.load(part / "words.npy") for part in parts)])
     # Rows of one array, not a dict of row views (1M views took ~200 MB more, benchmarks/scale.py).
     row_of: dict[bytes, int] = {}
     for i, k in enumerate(all_keys.tolist()):
@@ -108,16 +104,28 @@ def cached_signatures(
         row_of.update(zip(order, range(len(all_keys), len(all_keys) + len(order)), strict=True))
         all_keys = np.concatenate([all_keys, fresh_keys])
         words_of = np.concatenate([words_of, fresh_words])
-        signatures = np.concatenate([signatures, fresh])
+        stored.append(fresh)
         cache_dir.mkdir(parents=True, exist_ok=True)
         if len(parts) + 1 > SIGNATURE_PARTS:
-            _write_signatures(cache_dir, all_keys, words_of, signatures)
+            stored = [np.concatenate(stored)]
+            _write_signatures(cache_dir, all_keys, words_of, stored[0])
             for part in parts:
                 shutil.rmtree(part)
         else:
             _write_signatures(cache_dir, fresh_keys, fresh_words, fresh)
     rows = np.array([row_of[k] for k in keys], dtype=np.int64)
-    return signatures[rows], words_of[rows]
+    return _gather(stored, rows, num_perm), words_of[rows]
+
+
+def _gather(arrays: list[np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
+    """Rows of the arrays' concatenation, without building it: each array gives the rows it holds."""
+    out = np.empty((len(rows), width), np.uint32)
+    start = 0
+    for array in arrays:
+        mine = (rows >= start) & (rows < start + len(array))
+        out[mine] = array[rows[mine] - start]
+        start += len(array)
+    return out
 
 
 def _signed(texts: list[str], num_perm: int, ngram: int) -> tuple[np.ndarray, np.ndarray]:

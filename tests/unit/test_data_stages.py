@@ -134,7 +134,7 @@ def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_hit(tmp_pat
     assert json.loads((tmp_path / "c.json").read_text())["clean"] == [digest("clean 0")]
 
 
-def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_path: Path):
+def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_path: Path, monkeypatch):
     import numpy as np
 
     from stages.dedup import cached_signatures
@@ -148,3 +148,8 @@ def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_pat
     assert n_again.tolist() == [11, 11, 3, 11, 11] and np.array_equal(again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]])
     parts = sorted(tmp_path.glob("part-*"))
     assert [len(np.load(p / "keys.npy")) for p in parts] == [5, 1]
+    monkeypatch.setattr("stages.dedup.SIGNATURE_PARTS", 2)  # a third part: compacted into one
+    texts[4] = "another fixed answer"
+    compacted, _ = cached_signatures(texts, tmp_path, 16, 3)
+    assert np.array_equal(compacted, minhash_signatures(texts, num_perm=16, ngram=3))
+    assert [len(np.load(p / "keys.npy")) for p in tmp_path.glob("part-*")] == [7]  # every text seen, once
