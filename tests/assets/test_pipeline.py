@@ -60,7 +60,9 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
                  paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"):  # fmt: skip
         rows = read_rows(file)
         assert rows and all(r["record_key"] == record_key(r) for r in rows)
-    assert any(r["augmentation"] != "none" for r in read_rows(paths.latest("augmented_corpus") / "train.parquet"))
+    assert any(
+        r["augmentation"] != "none" for r in read_rows(paths.latest("augmented_corpus") / "train.parquet")
+    )
     assert report["training"]["steps"] == 6
     assert 0 < report["training"]["non_pad_fraction"] <= 1
     # The training process ran on the allocator the launcher found (tcmalloc: ~2x a CPU step here).

@@ -32,8 +32,13 @@ def test_schema_problems_are_schema_problem_on_every_row():
     assert schema_problems(pa.Table.from_pylist(ROWS)) == expected
     assert sorted(expected) == [1, 2, 3, 4, 5, 6, 7, 8]
     # A slice (offsets not starting at zero) and messages with their fields in another order.
-    assert schema_problems(pa.Table.from_pylist(ROWS).slice(5)) == {i - 5: p for i, p in expected.items() if i >= 5}
-    swapped = [{**r, "messages": [{"content": m["content"], "role": m["role"]} for m in r["messages"] or []]} for r in ROWS]
+    assert schema_problems(pa.Table.from_pylist(ROWS).slice(5)) == {
+        i - 5: p for i, p in expected.items() if i >= 5
+    }
+    swapped = [
+        {**r, "messages": [{"content": m["content"], "role": m["role"]} for m in r["messages"] or []]}
+        for r in ROWS
+    ]
     assert schema_problems(pa.Table.from_pylist(swapped)) == {**expected, 4: expected[3]}  # None became []
 
 
@@ -43,6 +48,8 @@ def test_texts_keys_and_answers_are_the_per_record_ones():
     rows = valid[1:]
     assert record_texts(table).to_pylist() == [record_text(r) for r in rows]
     assert last_contents(table) == [r["messages"][-1]["content"] for r in rows]
-    keyed = table.append_column("record_key", pa.array([record_key(rows[0]), None, *([None] * (len(rows) - 2))]))
+    keyed = table.append_column(
+        "record_key", pa.array([record_key(rows[0]), None, *([None] * (len(rows) - 2))])
+    )
     assert record_keys(keyed) == [record_key(r) for r in rows]
     assert record_keys(table) == [record_key(r) for r in rows]

@@ -145,7 +145,9 @@ def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_pat
     texts[2] = "a fixed answer"
     again, n_again = cached_signatures(texts, tmp_path, 16, 3)
     assert np.array_equal(again, minhash_signatures(texts, num_perm=16, ngram=3))
-    assert n_again.tolist() == [11, 11, 3, 11, 11] and np.array_equal(again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]])
+    assert n_again.tolist() == [11, 11, 3, 11, 11] and np.array_equal(
+        again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]]
+    )
     parts = sorted(tmp_path.glob("part-*"))
     assert [len(np.load(p / "keys.npy")) for p in parts] == [5, 1]
     monkeypatch.setattr("stages.dedup.SIGNATURE_PARTS", 2)  # a third part: compacted into one
