@@ -55,17 +55,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def record_batches(*paths: Path, batch_size: int = 8192) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each file in turn, `batch_size` at a time: never all of them as Python objects."""
-    for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-            yield batch.to_pylist()
-
-
 def arrow_batches(
     *paths: Path, columns: list[str] | None = None, batch_size: int = 8192
 ) -> Iterator[pa.RecordBatch]:
-    """`record_batches` as Arrow record batches, of the given columns where a file has them."""
+    """The rows of each file in turn as Arrow record batches (never all of them at once), of the given
+    columns where a file has them."""
     for path in paths:
         file = pq.ParquetFile(path)
         present = [c for c in columns if c in file.schema_arrow.names] if columns else None
