@@ -170,10 +170,13 @@ def stage_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, l
     return steps
 
 
-def measure(n: int, files: int) -> dict[str, Any]:
+def measure(n: int, files: int, keep: Path | None = None) -> dict[str, Any]:
     records, planted = build_corpus(n)
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
+        home = keep / str(n) if keep else Path(tmp)
+        if home.exists():
+            raise SystemExit(f"{home} exists: --keep needs a folder without earlier runs in it")
+        home.mkdir(parents=True, exist_ok=True)
         configure_environment(home, DEFAULT_CONFIG)
         paths = write_files(records, home / "landing", files)
         del records
@@ -247,11 +250,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated record counts")
+    parser.add_argument(
+        "--keep", type=Path, help="keep each size's state folder as KEEP/<records> (to rerun a fix on it)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
     for n in sizes:
-        results.append(measure(n, FILES.get(n, max(8, min(64, n // 15_000)))))
+        results.append(measure(n, FILES.get(n, max(8, min(64, n // 15_000))), args.keep))
         if not args.json:
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress: a size can take minutes
     result = {"sizes": sizes, "cores": len(os.sched_getaffinity(0)), "results": {str(r["records"]): r for r in results},

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from numpy._core import multiarray as np_multiarray
 
 from stages.content import record_key
 
@@ -19,6 +20,15 @@ from stages.content import record_key
 # Set here, where every stage's Parquet I/O comes from; ARROW_DEFAULT_MEMORY_POOL still decides.
 if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and "jemalloc" in pa.supported_memory_backends():
     pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+# NumPy asks for transparent huge pages (madvise) on every array of 4 MB or more. On this VM (a
+# Firecracker guest that reports freed memory back to its host) a huge page faulted in after the
+# memory was handed back costs ~40 x a small one: a 512 MB array took 5.8-6.1 s to fill with them
+# against 0.20 s without, every time after a few seconds' pause (2026-12-03, benchmarks/scale.py's
+# MinHash signatures and token ids are arrays of this size at 1M records). NUMPY_MADVISE_HUGEPAGE
+# still decides where it is set.
+if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+    np_multiarray._set_madvise_hugepage(False)
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
