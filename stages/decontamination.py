@@ -38,39 +38,43 @@ def _hashes(text: str, n: int) -> set[int]:
 def contamination(
     texts: Texts, eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
 ) -> dict[int, str]:
-    """{index of a text sharing an n-gram with an eval record: the first shared n-gram}.
+    """{index of a text sharing an n-gram with an eval record: the first shared n-gram}, in index order.
 
-    The eval n-grams are held as hashes (an int each, where tuples of words took ~200 bytes: ~1 GB
-    for 50k eval records), and the texts are scanned on every core; texts whose hashes meet the
-    eval set's are then checked word for word, so a hash collision never counts. With
-    `cache_file`, texts already found clean against this very eval set are not scanned again.
+    With `cache_file`, each text's verdict against this very eval set is remembered (clean, or the
+    n-gram it shares), so a rerun scans only the texts it has no verdict for, and builds the eval
+    n-grams only if there are any.
     """
     eval_texts = [record_text(r) for r in eval_records]
+    if cache_file is None:
+        return _contamination(texts.take(list(range(len(texts)))), eval_texts, n)
+    cache = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(eval_texts)))}")
+    found = {i: cache.found[key] for i, key in enumerate(texts.keys) if key in cache.found}
+    if todo := cache.unknown(texts.keys):
+        found |= {todo[j]: gram for j, gram in _contamination(texts.take(todo), eval_texts, n).items()}
+    cache.remember(texts.keys, found)
+    return dict(sorted(found.items()))
+
+
+def _contamination(texts: list[str], eval_texts: list[str], n: int) -> dict[int, str]:
+    """The scan itself. The eval n-grams are held as hashes (an int each, where tuples of words
+    took ~200 bytes: ~1 GB for 50k eval records), and the texts are scanned on every core; texts
+    whose hashes meet the eval set's are then checked word for word, so a hash collision never
+    counts."""
     grams: set[int] = set()
     for text in eval_texts:
         grams |= _hashes(text, n)
 
-    def shared_hashes(text: str) -> set[int]:
-        return _hashes(text, n) & grams
+    def shared_hashes(chunk: list[tuple[int, str]]) -> list[tuple[int, set[int]]]:
+        return [(i, hit) for i, text in chunk if (hit := _hashes(text, n) & grams)]  # only hits travel back
 
-    if cache_file is None:
-        hits = [
-            h
-            for part in map_chunks(lambda chunk: [shared_hashes(t) for t in chunk], texts.take(list(range(len(texts)))))
-            for h in part
-        ]  # fmt: skip
-    else:
-        hits = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(eval_texts)))}").scan(
-            texts, shared_hashes
-        )
-    candidates = {i: hit for i, hit in enumerate(hits) if hit}
+    candidates = dict(pair for part in map_chunks(shared_hashes, list(enumerate(texts))) for pair in part)
     if not candidates:
         return {}
     wanted = set().union(*candidates.values())
     exact = {g for text in eval_texts for g in ngrams(text, n) if hash(g) in wanted}
     found = {}
-    for i, text in zip(candidates, texts.take(list(candidates)), strict=True):
-        if shared := ngrams(text, n) & exact:
+    for i in candidates:
+        if shared := ngrams(texts[i], n) & exact:
             found[i] = " ".join(min(shared))
     return found
 

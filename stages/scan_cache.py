@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -51,35 +51,50 @@ class Texts:
 
 
 class CleanSet:
-    """Content hashes of texts a scan found clean under `salt`, kept in a small JSON file."""
+    """What a scan under `salt` concluded per text key, kept in a small JSON file: the keys found
+    clean, and for the others what was found where the caller remembers it (`remember`)."""
 
     def __init__(self, path: Path, salt: str):
         self.path, self.salt = path, salt
         saved = json.loads(path.read_text()) if path.is_file() else {}
-        self.clean: set[str] = set(saved.get("clean", [])) if saved.get("salt") == salt else set()
+        same = saved.get("salt") == salt
+        self.clean: set[str] = set(saved.get("clean", [])) if same else set()
+        self.found: dict[str, Any] = dict(saved.get("found", {})) if same else {}
 
-    def scan(self, texts: Texts, find: Callable[[str], T]) -> list[T | None]:
-        """`find(text)` where it is truthy, None elsewhere (texts known clean are neither built nor
-        scanned; the rest on every core); then remember this scan's clean keys too.
+    def unknown(self, keys: list[str]) -> list[int]:
+        """Indices of the keys with no verdict yet."""
+        return [i for i, key in enumerate(keys) if key not in self.clean and key not in self.found]
+
+    def remember(self, keys: list[str], found: dict[int, Any], keep_found: bool = True) -> None:
+        """Record a scan of `keys` (each key's index is its text's): `found` holds what was found in
+        the texts that are not clean. With `keep_found`, those findings are kept too and handed back
+        by `found` in later runs; without, only the clean keys are (the rest are scanned again).
 
         Two scans share a file when they ask the same question (train against the eval sets, in
-        dedup and again in the gate), so the file keeps what both found clean; once it holds more
-        than twice this scan's clean texts, it keeps only those (edited records drop out)."""
+        dedup and again in the gate), so the file keeps what both concluded; once it holds more
+        than twice this scan's verdicts, it keeps only those (edited records drop out)."""
+        clean = {key for i, key in enumerate(keys) if i not in found}
+        hits = {keys[i]: value for i, value in found.items()} if keep_found else {}
+        merged_clean, merged_found = self.clean | clean, {**self.found, **hits}
+        if len(merged_clean) + len(merged_found) > 2 * max(len(clean) + len(hits), 1):
+            merged_clean, merged_found = clean, hits
+        if merged_clean != self.clean or merged_found != self.found:
+            # A fix changes a few keys; rewriting an unchanged file costs ~1 s at 1M records.
+            self.clean, self.found = merged_clean, merged_found
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp-{os.getpid()}")  # two steps may scan at once
+            tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean), "found": self.found}))
+            tmp.replace(self.path)
+
+    def scan(self, texts: Texts, find: Callable[[str], T]) -> list[T | None]:
+        """`find(text)` where it is truthy, None elsewhere: texts known clean are neither built nor
+        scanned, the rest are scanned on every core (a finding is not remembered: scanned again)."""
         todo = [i for i, key in enumerate(texts.keys) if key not in self.clean]
         hits: list[T | None] = [None] * len(texts)
         for i, hit in (pair for part in map_chunks(partial(_found, find), list(zip(todo, texts.take(todo), strict=True)))
                        for pair in part):  # fmt: skip
             hits[i] = hit
-        clean = {key for key, hit in zip(texts.keys, hits, strict=True) if not hit}
-        merged = self.clean | clean
-        if len(merged) > 2 * max(len(clean), 1):
-            merged = clean
-        if merged != self.clean:  # a fix changes a few keys; rewriting an unchanged file costs ~1 s at 1M
-            self.clean = merged
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp-{os.getpid()}")  # two steps may scan at once
-            tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean)}))
-            tmp.replace(self.path)
+        self.remember(texts.keys, {i: hit for i, hit in enumerate(hits) if hit}, keep_found=False)
         return hits
 
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from stages import decontamination
 from stages.augmentation import augment
 from stages.decontamination import decontaminate, record_text
 from stages.dedup import exact_dedup, with_keys
@@ -45,15 +46,26 @@ def test_decontamination_removes_train_records_sharing_a_13_gram():
     assert [r["id"] for r in clean] == ["t2"] and bad[0]["id"] == "t1"
 
 
-def test_cached_decontamination_remembers_clean_texts_only_for_the_same_eval_set(tmp_path: Path):
+def test_cached_decontamination_remembers_verdicts_only_for_the_same_eval_set(tmp_path: Path, monkeypatch):
     passage = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat"
     other = "a completely different sentence about parsing command line options with the argparse module"
     train = [_rec("t1", f"Intro. {passage}."), _rec("t2", f"Also: {other}."), _rec("t3", "Short.")]
     cache = tmp_path / "clean.json"
     clean, bad = decontaminate(train, [_rec("e1", passage)], 13, cache)
     assert [r["id"] for r in clean] == ["t2", "t3"] and [r["id"] for r in bad] == ["t1"]
-    assert set(json.loads(cache.read_text())["clean"]) == {digest(record_text(r)) for r in train[1:]}
+    saved = json.loads(cache.read_text())
+    assert set(saved["clean"]) == {digest(record_text(r)) for r in train[1:]}
+    assert saved["found"] == {digest(record_text(train[0])): bad[0]["shared_ngram"]}
+    # Every text has a verdict now: the rerun scans nothing (and builds no eval n-grams) ...
+    scanned: list[list[str]] = []
+    real = decontamination._contamination
+    monkeypatch.setattr(decontamination, "_contamination", lambda t, e, n: scanned.append(t) or real(t, e, n))
     assert decontaminate(train, [_rec("e1", passage)], 13, cache) == (clean, bad)
+    assert scanned == []
+    # ... and an edited record is the only text scanned.
+    edited = [*train[:2], _rec("t3", f"Now longer: {passage}.")]
+    clean, bad = decontaminate(edited, [_rec("e1", passage)], 13, cache)
+    assert [r["id"] for r in bad] == ["t1", "t3"] and scanned == [[record_text(edited[2])]]
     # A new eval set voids the cache: t2, found clean before, now leaks and is caught.
     clean, bad = decontaminate(train, [_rec("e1", passage), _rec("e2", other)], 13, cache)
     assert [r["id"] for r in clean] == ["t3"] and [r["id"] for r in bad] == ["t1", "t2"]
@@ -111,7 +123,7 @@ def test_model_paraphrases_are_cached_and_replace_template_paraphrases(tmp_path)
     )
 
 
-def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_hit(tmp_path: Path):
+def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_scanned_hit(tmp_path: Path):
     from stages.scan_cache import CleanSet, Texts
 
     scanned: list[str] = []
