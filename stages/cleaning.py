@@ -53,8 +53,23 @@ def _squeeze(line: str) -> str:
     return indent + _SPACES.sub(" ", body).rstrip()
 
 
+# Text ftfy provably leaves as it is: printable ASCII without "&" (its HTML unescaping), plus tab,
+# newline and form feed. Every other fix it makes needs a non-ASCII character (mojibake, quotes,
+# ligatures, widths, NFC), a control character or an escape sequence. Most records are such
+# text, and ftfy.fix_text walks them line by line through all its fixers (~15 % of cleaning).
+_FTFY_NOOP = re.compile(r"[\t\n\x0c\x20-\x25\x27-\x7e]*")
+# What str.isalnum() or str.isspace() accepts, as re's \w and \s define them (Unicode): \w is
+# isalnum() plus "_". `_filter_reason` counts the rest as symbols.
+_ALNUM_OR_SPACE = re.compile(r"(?:[^\W_]|\s)+")
+
+
+def fix_text(text: str) -> str:
+    """ftfy.fix_text, without calling it on text it would return unchanged."""
+    return text if _FTFY_NOOP.fullmatch(text) else ftfy.fix_text(text)
+
+
 def normalise(text: str) -> str:
-    text = ftfy.fix_text(text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = fix_text(text.replace("\r\n", "\n").replace("\r", "\n"))
     text = html.unescape(_TAG.sub("", text))
     text = "\n".join(_squeeze(line) for line in text.split("\n"))
     return unwrap(text).strip()
@@ -109,7 +124,7 @@ def _filter_reason(messages: list[dict[str, str]], response: str, rules: Rules) 
         return "too_short"
     if len(response) > rules.max_chars:
         return "too_long"
-    symbols = sum(1 for c in response if not (c.isalnum() or c.isspace()))
+    symbols = len(_ALNUM_OR_SPACE.sub("", response))  # neither alphanumeric nor whitespace
     if symbols / len(response) > rules.max_symbol_fraction:
         return "symbol_ratio"
     words = _WORD.findall(response.lower())

@@ -64,3 +64,41 @@ def test_repetition_and_symbol_rules_name_the_rule():
     result = clean_records(records, Rules())
     assert [d["reason"] for d in result.dropped] == ["repeated_lines", "repeated_ngrams", "symbol_ratio"]
     assert [r["messages"][-1]["content"] for r in result.kept] == [fine.strip()]
+
+
+def test_ftfy_is_skipped_only_where_it_would_change_nothing():
+    import random
+
+    import ftfy
+
+    from stages.cleaning import _FTFY_NOOP, fix_text
+    from stages.example_corpus import stdlib_records
+
+    records, _ = stdlib_records()
+    texts = [r[k] for r in records for k in ("instruction", "output")]
+    # Fragments ftfy does change, mixed into printable ASCII at random.
+    fragments = ["&amp;", "&lt;b&gt;", "&", "\x1b[31m", "\x0b", "\x7f", "\x00", "\r", "\u2028", "cafÃ©",
+                 "\u201cquoted\u201d", "\ufb01", "\uff21", "e\u0301", "\x85", "<p>", "\t", "\x0c"]  # fmt: skip
+    rng = random.Random(0)
+    ascii_ = [chr(c) for c in range(0x20, 0x7F)] + ["\n"]
+    for _ in range(3000):
+        pieces = [
+            rng.choice(fragments) if rng.random() < 0.05 else rng.choice(ascii_)
+            for _ in range(rng.randrange(1, 60))
+        ]
+        texts.append("".join(pieces))
+    skipped = [t for t in texts if _FTFY_NOOP.fullmatch(t)]
+    assert len(skipped) > len(texts) // 4  # the fast path is taken ...
+    assert any(not _FTFY_NOOP.fullmatch(t) and ftfy.fix_text(t) != t for t in texts)  # ... not everywhere
+    assert [fix_text(t) for t in texts] == [ftfy.fix_text(t) for t in texts]
+
+
+def test_symbols_are_what_is_neither_alphanumeric_nor_space():
+    from stages.cleaning import _ALNUM_OR_SPACE
+
+    every_character = (
+        "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    )
+    by_str = "".join(c for c in every_character if not (c.isalnum() or c.isspace()))
+    assert _ALNUM_OR_SPACE.sub("", every_character) == by_str
+    assert "_" in by_str and "é" not in by_str
