@@ -16,6 +16,7 @@ import re
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 
 _WORD = re.compile(r"\w+")
 # a*x + b mod p over 32-bit shingle hashes x, as datasketch does; with a, b < 2**32 the product fits
@@ -23,6 +24,7 @@ _WORD = re.compile(r"\w+")
 _PRIME = np.uint64((1 << 61) - 1)
 _LOW_32 = np.uint64((1 << 32) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier folding a sequence of hashes into one, order-sensitive
+_BAND_ROWS = 1 << 15  # signature rows folded into band keys at a time
 _CHUNK_SHINGLES = 2048  # shingles per numpy block: [num_perm, 2048] uint64 (2 MB) stays near the CPU cache
 
 
@@ -134,19 +136,26 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def _band_buckets(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """[n, bands] bucket id of each row in each band, distinct across bands; equal bands share one.
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """[bands, n] uint64: each band's `rows` signature values folded into one key per row.
 
-    A band's rows are folded into one 64-bit key; two different bands meeting on a key only add a
-    candidate, which `lsh_join` then rejects by its estimated Jaccard.
+    Each band starts from its own salt, so equal values in two bands give different keys; two
+    bands still meeting on a key only add a candidate, which `lsh_join` rejects by its estimated
+    Jaccard. Folded _BAND_ROWS rows at a time over contiguous [_BAND_ROWS, bands, rows] blocks: a column
+    at a time over the whole [n, num_perm] array read a cache line per row per column (2.5 s of
+    lsh_join's 7.9 s on 950k signatures, 2026-12-04; 0.5 s this way).
     """
-    buckets = np.empty((len(signatures), bands), dtype=np.int64)
-    for band in range(bands):
-        key = np.zeros(len(signatures), dtype=np.uint64)
-        for column in range(band * rows, (band + 1) * rows):
-            key = key * _MIX + signatures[:, column]
-        buckets[:, band] = np.unique(key, return_inverse=True)[1] + band * len(signatures)
-    return buckets
+    n = len(signatures)
+    keys = np.empty((bands, n), dtype=np.uint64)
+    salt = (np.arange(1, bands + 1, dtype=np.uint64) * _MIX)[None, :]
+    for a in range(0, n, _BAND_ROWS):
+        block = signatures[a : a + _BAND_ROWS, : bands * rows].reshape(-1, bands, rows).astype(np.uint64)
+        key = block[:, :, 0] + salt
+        for column in range(1, rows):
+            key *= _MIX
+            key += block[:, :, column]
+        keys[:, a : a + len(block)] = key.T
+    return keys
 
 
 def lsh_join(signatures: np.ndarray, threshold: float = 0.5) -> list[int | None]:
@@ -157,26 +166,33 @@ def lsh_join(signatures: np.ndarray, threshold: float = 0.5) -> list[int | None]
     B, a near-copy of a dropped A', still joins A's cluster (single linkage, as union-find does).
     """
     n, num_perm = signatures.shape
-    buckets = _band_buckets(signatures, *lsh_params(threshold, num_perm))
-    shared = np.bincount(buckets.ravel(), minlength=buckets.size) > 1
+    keys = band_keys(signatures, *lsh_params(threshold, num_perm))
+    # A key no other row has in its band cannot pair: found by hashing (pandas), not by sorting,
+    # and only rows with a shared key reach the loop (about 15% of them at 1M records).
+    shared = np.stack([pd.Series(band).duplicated(keep=False).to_numpy() for band in keys])
+    # Each pairable row's shared keys, flat, with where each row's start: lists of only these are
+    # a fraction of every key of every pairable row as Python ints.
+    row, band = np.nonzero(shared.T)
+    pairable, starts = np.unique(row, return_index=True)
+    shared_keys = keys[band, row].tolist()
+    ends = [*starts[1:].tolist(), len(shared_keys)]
     kept_row = list(range(n))
     duplicate_of: list[int | None] = [None] * n
     members: dict[int, list[int]] = {}
-    # Only rows sharing a bucket with another row can be, or have, a duplicate: most rows skip this.
-    for i in np.flatnonzero(shared[buckets].any(axis=1)).tolist():
-        keys = [key for key in buckets[i].tolist() if shared[key]]
-        candidates = sorted({j for key in keys for j in members.get(key, ())})
-        best_similarity = 0.0
+    for i, start, end in zip(pairable.tolist(), starts.tolist(), ends, strict=True):
+        mine = shared_keys[start:end]
+        candidates = sorted({j for key in mine for j in members.get(key, ())})
+        best_equal = 0
         if candidates:
-            similarity = (signatures[candidates] == signatures[i]).mean(axis=1)
-            best = int(np.argmax(similarity))
-            best_similarity = float(similarity[best])
-            if best_similarity >= threshold:
+            equal = np.count_nonzero(signatures[candidates] == signatures[i], axis=1)
+            best = int(np.argmax(equal))
+            best_equal = int(equal[best])
+            if best_equal / num_perm >= threshold:  # the estimated Jaccard
                 kept_row[i] = kept_row[candidates[best]]
                 duplicate_of[i] = kept_row[i]
         # An identical signature would only lengthen the buckets: its twin already answers for it.
-        if best_similarity < 1.0:
-            for key in keys:
+        if best_equal < num_perm:
+            for key in mine:
                 members.setdefault(key, []).append(i)
     return duplicate_of
 

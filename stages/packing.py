@@ -16,10 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.chat import IGNORE_INDEX, Tokens, ranges
+from stages.chat import IGNORE_INDEX, Tokens
 
 BLOCKS_PER_GROUP = 4096  # blocks built and written at a time (a Parquet row group each)
-_SCAN = 1 << 16  # examples whose tokens are looked at at a time
 # int32: token ids, labels (-100) and positions all fit, and the file (~150M tokens at 1M records)
 # is half the int64 size to write and read back; the collator makes int64 tensors either way.
 _LIST = pa.list_(pa.int32())
@@ -101,13 +100,20 @@ def plan(tokens: Tokens, block_size: int) -> tuple[list[list[int]], PackStats]:
 
 
 def _has_labels(tokens: Tokens, used: np.ndarray) -> np.ndarray:
-    """Whether each example's first `used` tokens include a learnt one, _SCAN examples at a time."""
+    """Whether each example's first `used` tokens include a learnt one.
+
+    One `np.logical_or.reduceat` over the learnt flags, at each example's (start, start + used) in
+    the order of the starts, so the spans between examples are read once (any of them is ignored;
+    an overlap reads one flag). Gathering every used token's index instead took 2.8 s at 1M records.
+    """
+    order = np.argsort(tokens.starts, kind="stable")
+    bounds = np.empty(2 * len(order), dtype=np.int64)
+    bounds[0::2] = tokens.starts[order]
+    bounds[1::2] = tokens.starts[order] + used[order]
     out = np.zeros(len(used), dtype=bool)
-    for a in range(0, len(used), _SCAN):
-        u = used[a : a + _SCAN]
-        learnt = tokens.learnt[ranges(tokens.starts[a : a + _SCAN], u)]
-        owner = np.repeat(np.arange(len(u)), u)
-        out[a : a + len(u)] = np.bincount(owner, weights=learnt, minlength=len(u)) > 0
+    if len(order):  # an end may be the last token's end: one False after it keeps it in range
+        spans = np.logical_or.reduceat(np.append(tokens.learnt, False), bounds)[0::2]
+        out[order] = spans & (used[order] > 0)  # an empty span reads the flag at its start
     return out
 
 

@@ -153,17 +153,31 @@ def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_pat
     from stages.near_dedup import minhash_signatures
 
     texts = [f"answer number {i} about the os module and its stat call" for i in range(5)]
-    signatures, n_words = cached_signatures(texts, tmp_path, 16, 3)
+    _, signatures = cached_signatures(texts, tmp_path, 16, 3)
     texts[2] = "a fixed answer"
-    again, n_again = cached_signatures(texts, tmp_path, 16, 3)
+    _, again = cached_signatures(texts, tmp_path, 16, 3)
     assert np.array_equal(again, minhash_signatures(texts, num_perm=16, ngram=3))
-    assert n_again.tolist() == [11, 11, 3, 11, 11] and np.array_equal(
-        again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]]
-    )
+    assert np.array_equal(again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]])
+    # Only texts with enough words come back, with their indices (the fixed answer has 3).
+    eligible, long_enough = cached_signatures(texts, tmp_path, 16, 3, min_words=4)
+    assert eligible.tolist() == [0, 1, 3, 4] and np.array_equal(long_enough, signatures[[0, 1, 3, 4]])
     parts = sorted(tmp_path.glob("part-*"))
     assert [len(np.load(p / "keys.npy")) for p in parts] == [5, 1]
     monkeypatch.setattr("stages.dedup.SIGNATURE_PARTS", 2)  # a third part: compacted into one
     texts[4] = "another fixed answer"
-    compacted, _ = cached_signatures(texts, tmp_path, 16, 3)
+    texts.append("another fixed answer")  # twice in one call: signed and stored once
+    _, compacted = cached_signatures(texts, tmp_path, 16, 3)
     assert np.array_equal(compacted, minhash_signatures(texts, num_perm=16, ngram=3))
     assert [len(np.load(p / "keys.npy")) for p in tmp_path.glob("part-*")] == [7]  # every text seen, once
+
+
+def test_signature_rows_are_found_by_the_whole_key_not_its_first_eight_bytes():
+    import numpy as np
+
+    from stages.dedup import _rows_of
+
+    head = b"A" * 8
+    stored = np.array([head + b"x" * 12, b"B" * 20, head + b"x" * 12], dtype="S20")  # one key twice
+    keys = np.array([head + b"y" * 12, head + b"x" * 12, b"C" * 20, b"B" * 20], dtype="S20")
+    assert _rows_of(keys, stored).tolist() == [-1, 0, -1, 1]
+    assert _rows_of(keys, np.zeros(0, "S20")).tolist() == [-1, -1, -1, -1]

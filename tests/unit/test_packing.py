@@ -182,3 +182,20 @@ def test_blocks_without_labels_are_counted_in_every_row_group_and_edge(tmp_path:
     pq.write_table(pa.table({"labels": labels}), tmp_path / "blocks.parquet", row_group_size=8)
     expected = sum(1 for block in labels if all(t == IGNORE_INDEX for t in block))
     assert count_blocks_without_labels(tmp_path / "blocks.parquet") == (50, expected)
+
+
+def test_examples_without_a_learnt_token_in_their_kept_part_are_dropped_in_any_order():
+    """Rows taken out of store order and repeated, as the token cache hands them: each example is
+    judged on its own first block_size tokens (a long prompt can push its answer past the block)."""
+    rng = np.random.default_rng(2)
+    examples = [_example(int(rng.integers(1, 30)), int(rng.integers(0, 6)), offset=i) for i in range(400)]
+    rows = rng.integers(0, 400, 600)
+    block_size = 20
+    expected = [
+        k
+        for k, r in enumerate(rows.tolist())
+        if any(label != IGNORE_INDEX for label in examples[r]["labels"][:block_size])
+    ]
+    blocks, stats = plan(Tokens.from_examples(examples).take(rows), block_size)
+    assert sorted(e for block in blocks for e in block) == expected
+    assert stats.dropped_no_labels == 600 - len(expected) > 100
