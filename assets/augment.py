@@ -209,10 +209,8 @@ def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> 
     # Texts already found clean by these very patterns are not scanned again.
     cache = CleanSet(home / "cache" / "pii-clean.json", source_salt(pii))
     hits = cache.scan(train.texts + Texts.of([record_text(r) for r in eval_rows]), pii.find)
-    found: Counter[str] = Counter()
-    for hit in hits:
-        found += hit or Counter()
     where_found = [i for i, hit in enumerate(hits) if hit]
+    found: Counter[str] = sum((hits[i] for i in where_found), Counter())  # a Counter a record cost ~2 s at 1M
     records = train.rows([i for i in where_found if i < len(train.ids)]) + [
         eval_rows[i - len(train.ids)] for i in where_found if i >= len(train.ids)
     ]

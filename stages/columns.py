@@ -88,15 +88,20 @@ def schema_problems(table: pa.Table) -> dict[int, str]:
         bad_turn |= pc.is_null(flat).to_numpy(zero_copy_only=False)
         has = lengths > 0
         suspect[has] |= np.add.reduceat(bad_turn.astype(np.int64), starts[has]) > 0
-        last = (starts + lengths - 1)[has & ~suspect]
-        last_role = flat.field("role").take(pa.array(last, pa.int64())).to_pylist()
-        last_text = flat.field("content").take(pa.array(last, pa.int64())).to_pylist()
         rows = np.flatnonzero(has & ~suspect)
-        # Python's own strip, so "empty" means what schema_problem means by it.
+        last = pa.array((starts + lengths - 1)[rows], pa.int64())
+        last_role, last_text = flat.field("role").take(last), flat.field("content").take(last)
+        # An answer with an ASCII letter or digit is not empty by any definition of whitespace; only
+        # the others become Python strings, checked with Python's own strip (what schema_problem
+        # means by empty). All of them as strings cost ~2 s at 1M records.
+        surely = pc.and_(pc.equal(last_role, "assistant"), pc.match_substring_regex(last_text, "[A-Za-z0-9]"))
+        unsure = np.flatnonzero(~pc.fill_null(surely, False).to_numpy(zero_copy_only=False))
+        at = pa.array(unsure, pa.int64())
         empty = [
-            role != "assistant" or not text.strip() for role, text in zip(last_role, last_text, strict=True)
+            role != "assistant" or not text.strip()
+            for role, text in zip(last_role.take(at).to_pylist(), last_text.take(at).to_pylist(), strict=True)
         ]
-        suspect[rows[np.array(empty, dtype=bool)]] = True
+        suspect[rows[unsure[np.array(empty, dtype=bool)]]] = True
     flagged = np.flatnonzero(suspect)
     records = table.take(pa.array(flagged, pa.int64())).to_pylist()
     found = {int(i): schema_problem(r) for i, r in zip(flagged, records, strict=True)}

@@ -8,6 +8,7 @@ and use_cache=False; see the parity test). Examples longer than a block are trun
 import bisect
 import heapq
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,16 @@ def write_packed(tokens: Tokens, block_size: int, path: Path) -> PackStats:
     benchmarks/scale.py); written a row group at a time they take a row group's worth.
     """
     blocks, stats = plan(tokens, block_size)
-    with pq.ParquetWriter(path, BLOCK_SCHEMA) as writer:
+    # Each row group is encoded (Arrow, without the GIL) on a thread while the next is built: at 1M
+    # records the encoding (~4.5 s) and the building (~2.5 s) ran one after the other on 2 cores.
+    with pq.ParquetWriter(path, BLOCK_SCHEMA) as writer, ThreadPoolExecutor(1) as encoder:
+        written: Future | None = None
         for batch in _blocks(tokens, blocks, block_size, stats):
-            writer.write_batch(batch)
+            if written is not None:
+                written.result()
+            written = encoder.submit(writer.write_batch, batch)
+        if written is not None:
+            written.result()
     return stats
 
 

@@ -24,13 +24,16 @@ ROWS = [
     {"id": "h", "source_file": "f", "messages": _m(("user", None), ("assistant", "x"))},
     {"id": "i", "source_file": "f", "messages": _m(("assistant", "x"), ("user", "y"))},
     {"id": "j", "source_file": "f", "messages": _m(("system", "s"), ("user", "q"), ("assistant", "fine"))},
+    {"id": "k", "source_file": "f", "messages": _m(("user", "q"), ("assistant", " \t\n "))},
+    # an answer without an ASCII letter or digit is checked with Python's strip too
+    {"id": "l", "source_file": "f", "messages": _m(("user", "q"), ("assistant", "ünï çödé …"))},
 ]
 
 
 def test_schema_problems_are_schema_problem_on_every_row():
     expected = {i: p for i, r in enumerate(ROWS) if (p := schema_problem(r)) is not None}
     assert schema_problems(pa.Table.from_pylist(ROWS)) == expected
-    assert sorted(expected) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6, 7, 8, 10]
     # A slice (offsets not starting at zero) and messages with their fields in another order.
     assert schema_problems(pa.Table.from_pylist(ROWS).slice(5)) == {
         i - 5: p for i, p in expected.items() if i >= 5
