@@ -20,7 +20,7 @@ from stages.decontamination import contamination
 from stages.dedup import exact_duplicate_of, near_duplicate_of, with_column
 from stages.readers import read_file
 from stages.scan_cache import Texts
-from stages.split import eval_score
+from stages.split import eval_scores
 from stages.tables import read_rows, write_json, write_rows, write_table
 
 
@@ -77,7 +77,7 @@ def deduplicated_corpus(
                                                                nd.num_perm, nd.min_words).items()}  # fmt: skip
         del answers
         kept = [i for i in kept if i not in near]
-    held = [eval_score(ids[i], cfg.data.seed) < cfg.data.eval_fraction for i in kept]
+    held = (eval_scores([ids[i] for i in kept], cfg.data.seed) < cfg.data.eval_fraction).tolist()
     train = [i for i, h in zip(kept, held, strict=True) if not h]
     held_out = records.take(
         pa.array([i for i, h in zip(kept, held, strict=True) if h], pa.int64())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -65,7 +66,13 @@ def choose(ids: list[str], schemas: list[str], max_share: float, seed: int) -> l
     <= max_share; `text` records have no instruction to paraphrase."""
     eligible = [i for i, schema in enumerate(schemas) if schema != "text"]
     budget = int(max_share * len(ids) / (1 - max_share)) if max_share < 1 else len(eligible)
-    return sorted(eligible, key=lambda i: _rank(seed, ids[i]))[: min(budget, len(eligible))]
+    # _rank of each, as one array (one call per id took 1.4 s at 1M records); a stable sort keeps
+    # index order on ties, as sorted() did.
+    prefix = f"aug:{seed}:".encode()
+    ranks = np.frombuffer(
+        b"".join(hashlib.sha256(prefix + ids[i].encode()).digest()[:8] for i in eligible), ">u8"
+    )
+    return [eligible[j] for j in np.argsort(ranks, kind="stable")[: min(budget, len(eligible))].tolist()]
 
 
 def _paraphrase(record: dict[str, Any], seed: int) -> dict[str, Any]:

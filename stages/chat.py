@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -326,19 +327,26 @@ def tokenize_cached(
     """
     parts = sorted(cache_dir.glob("part-*.parquet"))
     ids, learnt, lengths = [], [], []  # arrays per cache part, then per batch tokenised now
-    index: dict[str, int] = {}  # record key -> example number in the arrays
-    stored = 0
+    part_keys = []
     for part in parts:
         table = pq.read_table(part, schema=_CACHE_SCHEMA)
-        for i, key in enumerate(table.column("key").to_pylist()):
-            index.setdefault(key, stored + i)  # two runs may have written the same record
-        stored += table.num_rows
+        part_keys.append(table.column("key").combine_chunks())
         for out, name in ((ids, "input_ids"), (learnt, "learnt")):
             out.append(pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False))
         lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False))
         del table
-    examples: list[int] = []  # example number of each record, in order
-    fresh_keys: list[str] = []
+    # Record key -> example number, looked up a batch at a time in a pandas hash index (a dict
+    # filled and queried one key at a time was ~2 s of a 1M-record fix). Two runs may have written
+    # the same record: its first example answers.
+    every_key = pd.Index(
+        pa.concat_arrays([pa.array([], pa.string()), *part_keys]).to_numpy(zero_copy_only=False)
+    )
+    stored = len(every_key)
+    first = np.flatnonzero(~every_key.duplicated())
+    lookup = pd.Index(every_key[first])
+    del part_keys, every_key
+    fresh: dict[str, int] = {}  # keys tokenised now -> example number, in order
+    examples: list[np.ndarray] = []  # example number of each record, a batch at a time
     pending: list[dict[str, Any]] = []  # new records not tokenised yet
 
     def tokenize_pending() -> None:
@@ -352,15 +360,18 @@ def tokenize_cached(
 
     for batch in batches:
         keys = record_keys(batch)
+        at = lookup.get_indexer(keys)
+        numbers = np.full(len(keys), -1, np.int64)
+        numbers[at >= 0] = first[at[at >= 0]]
         unseen = []
-        for i, k in enumerate(keys):
-            if k not in index:
-                index[k] = stored + len(fresh_keys)
-                fresh_keys.append(k)
+        for i in np.flatnonzero(at < 0).tolist():
+            if keys[i] not in fresh:
+                fresh[keys[i]] = stored + len(fresh)
                 unseen.append(i)
+            numbers[i] = fresh[keys[i]]
         if unseen:
             pending += batch.take(pa.array(unseen, pa.int64())).to_pylist()
-        examples += [index[k] for k in keys]
+        examples.append(numbers)
         if len(pending) >= TOKENIZE_PENDING:
             tokenize_pending()
     tokenize_pending()
@@ -375,16 +386,15 @@ def tokenize_cached(
     )
     for arrays in (ids, learnt, lengths):  # the store holds them now
         arrays.clear()
-    if fresh_keys:
-        if len(parts) + 1 > COMPACT_AFTER:
-            kept = sorted(index.values())  # one row per key
-            keys_of = {n: k for k, n in index.items()}
-            _write_part(cache_dir, [keys_of[n] for n in kept], store.take(kept))
+    if fresh:
+        if len(parts) + 1 > COMPACT_AFTER:  # one row per key: the first stored ones, then the new
+            kept = np.concatenate([first, np.arange(stored, stored + len(fresh))])
+            _write_part(cache_dir, [*lookup.tolist(), *fresh], store.take(kept))
             for part in parts:
                 part.unlink()
         else:
-            _write_part(cache_dir, fresh_keys, store.slice(stored))
-    return store.take(np.array(examples, dtype=np.int64)), len(fresh_keys)
+            _write_part(cache_dir, list(fresh), store.slice(stored))
+    return store.take(np.concatenate([np.zeros(0, np.int64), *examples])), len(fresh)
 
 
 def _tokenize_chunk(tokenizer: Any, records: list[dict[str, Any]]) -> Tokens:

@@ -161,3 +161,23 @@ def test_a_template_that_rewrites_earlier_turns_is_a_clear_error():
         {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "2"}]}  # fmt: skip
     with pytest.raises(ValueError, match="record d: the chat template renders earlier assistant turns"):
         tokenize_records(tok, [dialogue])
+
+
+def test_token_cache_with_a_record_in_two_parts_answers_and_compacts_it_once(tmp_path, monkeypatch):
+    """Two runs that tokenised the same records at once each wrote a part: both are read, one answers."""
+    tok = _smollm2_tokenizer()
+    records = [_rec(f"Explain thing {i}.", f"Thing {i} does this.") for i in range(3)]
+    tokenize_cached(tok, [_table(records)], tmp_path / "a")
+    tokenize_cached(tok, [_table(records[1:])], tmp_path / "b")
+    for part in (tmp_path / "b").glob("part-*.parquet"):
+        part.rename(tmp_path / "a" / part.name)
+    tokens, fresh = tokenize_cached(tok, [_table(records[::-1])], tmp_path / "a")
+    assert fresh == 0 and tokens.table().to_pylist() == tokenize_records(tok, records[::-1])
+    monkeypatch.setattr("stages.chat.COMPACT_AFTER", 2)
+    records.append(_rec("Explain thing 3.", "Thing 3 is new."))
+    tokens, fresh = tokenize_cached(tok, [_table(records)], tmp_path / "a")
+    assert fresh == 1 and tokens.table().to_pylist() == tokenize_records(tok, records)
+    parts = list((tmp_path / "a").glob("part-*.parquet"))
+    assert len(parts) == 1 and sorted(pq.read_table(parts[0]).column("key").to_pylist()) == sorted(
+        record_key(r) for r in records
+    )

@@ -50,7 +50,11 @@ def test_texts_keys_and_answers_are_the_per_record_ones():
     table = pa.Table.from_pylist(valid).slice(1)
     rows = valid[1:]
     assert record_texts(table).to_pylist() == [record_text(r) for r in rows]
-    assert last_contents(table) == [r["messages"][-1]["content"] for r in rows]
+    assert last_contents(table) == [r["messages"][-1]["content"] for r in rows]  # every row has messages
+    with_empty = pa.Table.from_pylist(ROWS).slice(2)  # and rows without: '' for them
+    assert last_contents(with_empty) == [
+        (r["messages"] or [{"content": ""}])[-1]["content"] or "" for r in ROWS[2:]
+    ]
     keyed = table.append_column(
         "record_key", pa.array([record_key(rows[0]), None, *([None] * (len(rows) - 2))])
     )

@@ -181,3 +181,15 @@ def test_signature_rows_are_found_by_the_whole_key_not_its_first_eight_bytes():
     keys = np.array([head + b"y" * 12, head + b"x" * 12, b"C" * 20, b"B" * 20], dtype="S20")
     assert _rows_of(keys, stored).tolist() == [-1, 0, -1, 1]
     assert _rows_of(keys, np.zeros(0, "S20")).tolist() == [-1, -1, -1, -1]
+
+
+def test_split_and_augmentation_ranks_in_one_pass_are_the_per_record_ones():
+    from stages.augmentation import _rank, choose
+    from stages.split import eval_score, eval_scores
+
+    ids = [f"r{i}" for i in range(300)] + ["ünïcode-id", ""]
+    assert eval_scores(ids, 7).tolist() == [eval_score(i, 7) for i in ids]
+    schemas = ["text" if i % 5 == 0 else "instruction" for i in range(len(ids))]
+    eligible = [i for i, schema in enumerate(schemas) if schema != "text"]
+    by_rank = sorted(eligible, key=lambda i: _rank(3, ids[i]))
+    assert choose(ids, schemas, 0.2, 3) == by_rank[: int(0.2 * len(ids) / 0.8)]
