@@ -193,3 +193,24 @@ def test_split_and_augmentation_ranks_in_one_pass_are_the_per_record_ones():
     eligible = [i for i, schema in enumerate(schemas) if schema != "text"]
     by_rank = sorted(eligible, key=lambda i: _rank(3, ids[i]))
     assert choose(ids, schemas, 0.2, 3) == by_rank[: int(0.2 * len(ids) / 0.8)]
+
+
+def test_a_few_texts_are_scanned_from_their_side_with_the_same_verdicts():
+    from stages.decontamination import _all_scanned, _few_scanned
+
+    eval_texts = [
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+        "Alpha beta, gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi.",
+        "short eval text",
+    ]
+    texts = [
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen",  # shares 13 words
+        "ALPHA beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu",  # case and commas aside
+        "one two three four five six seven eight nine ten eleven twelve fifteen",  # 12 words only
+        "",
+        "Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu omicron",
+    ]
+    found = _all_scanned(texts, eval_texts, 13)
+    assert sorted(found) == [0, 1]
+    assert _few_scanned(texts, eval_texts, 13) == found
+    assert _few_scanned(texts, [], 13) == {} and _few_scanned([], eval_texts, 13) == {}
