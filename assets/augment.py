@@ -237,8 +237,8 @@ DUPLICATE_CHECK_MIN_WORDS = 8  # below near dedup's 16: the check sees the short
 def _duplicate_rate(home: Path, train: TrainColumns, data: DataConfig) -> dg.AssetCheckResult:
     originals = train.originals  # augmented copies repeat by design
     nd = data.near_dedup
-    pairs = residual_duplicate_of(train.response_hashes, train.responses,
-                                  home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}",
+    pairs = residual_duplicate_of(train.response_hashes, train.response_keys, train.responses,
+                                  home / "cache" / f"minhash-by-record-{nd.ngram}-{nd.num_perm}",
                                   nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
     duplicates = [{"id": train.ids[originals[i]], "duplicate_of": train.ids[originals[j]]} for i, j in pairs]
     rate = len(duplicates) / max(len(originals), 1)

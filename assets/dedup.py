@@ -17,7 +17,7 @@ from stages.cleaning import Rules, clean_records
 from stages.columns import last_contents, record_keys, record_texts
 from stages.content import content_hash
 from stages.decontamination import contamination
-from stages.dedup import exact_duplicate_of, near_duplicate_of, with_column
+from stages.dedup import exact_duplicate_of, key_bytes, near_duplicate_of, with_column
 from stages.readers import read_file
 from stages.scan_cache import Texts
 from stages.split import eval_scores
@@ -65,17 +65,29 @@ def deduplicated_corpus(
     # decisions take lists of the columns they read, and the outputs are rows taken from it.
     records = pa.concat_tables([_clean_partition(paths, key) for key in keys], promote_options="permissive")
     ids = records.column("id").to_pylist() if records.num_rows else []
+    every_key = record_keys(records)
     exact = exact_duplicate_of(records.column("response_hash").to_pylist() if records.num_rows else [])
     kept = [i for i in range(records.num_rows) if i not in exact]
     near: dict[int, int] = {}
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
-        cache = paths.home / "cache" / f"minhash-{nd.ngram}-{nd.num_perm}"
-        answers = last_contents(records)  # of every row, then picked: a take of nested rows cost more
-        answers = [answers[i] for i in kept]
-        near = {kept[i]: kept[j] for i, j in near_duplicate_of(answers, cache, nd.threshold, nd.ngram,
+        cache = (
+            paths.home / "cache" / f"minhash-by-record-{nd.ngram}-{nd.num_perm}"
+        )  # shared with duplicate_rate
+
+        def answers(rows: list[int]) -> list[str]:  # of kept[rows], for the records the cache lacks
+            at = [kept[r] for r in rows]
+            if (
+                len(at) * 10 < records.num_rows
+            ):  # a fix's few: taken (per row, a take of nested rows costs more)
+                return last_contents(records.take(pa.array(at, pa.int64())))
+            every = last_contents(records)
+            return [every[i] for i in at]
+
+        kept_keys = key_bytes([every_key[i] for i in kept])
+        near = {kept[i]: kept[j] for i, j in near_duplicate_of(kept_keys, answers, cache, nd.threshold, nd.ngram,
                                                                nd.num_perm, nd.min_words).items()}  # fmt: skip
-        del answers
+        del kept_keys
         kept = [i for i in kept if i not in near]
     held = (eval_scores([ids[i] for i in kept], cfg.data.seed) < cfg.data.eval_fraction).tolist()
     train = [i for i, h in zip(kept, held, strict=True) if not h]
@@ -89,11 +101,10 @@ def deduplicated_corpus(
         # Texts found clean, kept for a rerun; shared with the no_eval_contamination gate, which asks
         # the same question of the same eval sets (the salt), so it scans only augmented records.
         cache = paths.home / "cache" / "contamination-clean.json"
-        every_key = record_keys(records)
         # Texts of unseen keys only are read back from the array (C++ joins, no dict per record).
         texts = Texts([every_key[i] for i in train], record_texts(records).take(pa.array(train, pa.int64())))
         found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache)
-        del texts, every_key
+        del texts
         contaminated = {train[i]: shared for i, shared in found.items()}
         train = [i for i in train if i not in contaminated]
     capped = 0

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.columns import last_contents, record_keys, record_texts, schema_problems
+from stages.dedup import key_bytes
 from stages.scan_cache import Texts, digest
 
 # {instruction} is the original user turn; the response is unchanged.
@@ -172,7 +173,7 @@ class TrainColumns:
     source_ids: list[str]
     originals: list[int]  # rows not made by augmentation
     response_hashes: list[str]  # of the originals
-    responses: list[str]  # of the originals
+    response_keys: np.ndarray  # of the originals: their record keys as the signature cache holds them
     problems: dict[int, str]  # row -> why it is not a valid conversation
 
     @classmethod
@@ -180,14 +181,14 @@ class TrainColumns:
         table = pq.read_table(path)
         problems = schema_problems(table)
         texts, keys = record_texts(table), record_keys(table)
+        originals = [i for i, how in enumerate(_column(table, "augmentation")) if how == "none"]
+        response_keys = key_bytes([keys[i] for i in originals])
         if problems:  # refused by schema_valid; the scans read them as ''
             texts = pc.if_else(
                 pa.array([i in problems for i in range(table.num_rows)], pa.bool_()), "", texts
             )
             keys = [digest("") if i in problems else k for i, k in enumerate(keys)]
-        originals = [i for i, how in enumerate(_column(table, "augmentation")) if how == "none"]
         at = pa.array(originals, pa.int64())
-        answers = last_contents(table)  # of every row, then picked: taking nested rows costs more
         return cls(
             path,
             Texts(keys, texts),
@@ -195,9 +196,17 @@ class TrainColumns:
             _column(table, "source_id"),
             originals,
             table.column("response_hash").take(at).to_pylist() if originals else [],
-            [answers[i] for i in originals],
+            response_keys,
             problems,
         )
+
+    def responses(self, indices: list[int]) -> list[str]:
+        """The answers (last messages) of these originals, read back: only the near-dup check's
+        cache misses need them."""
+        if not indices:
+            return []
+        table = pq.read_table(self.path, columns=["messages"])
+        return last_contents(table.take(pa.array([self.originals[i] for i in indices], pa.int64())))
 
     def rows(self, indices: list[int]) -> list[dict]:
         """The records at these rows (in this order), read back for a gate's message."""

@@ -2,7 +2,7 @@
 
 Exact duplicates are found by a hash of the normalised response (case, whitespace and
 punctuation folded), so `os.stat` and `posix.stat` with the same docstring collapse to one.
-Near duplicates are found by MinHash LSH (stages/near_dedup.py) with signatures cached by content.
+Near duplicates are found by MinHash LSH (stages/near_dedup.py) with signatures cached by record key.
 """
 
 import hashlib
@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,20 +71,33 @@ def exact_duplicate_of(hashes: list[str]) -> dict[int, int]:
 SIGNATURE_PARTS = 16  # cache parts; past this, one compacted part replaces them
 
 
-def cached_signatures(
-    texts: list[str], cache_dir: Path, num_perm: int, ngram: int, min_words: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of the texts with at least `min_words` words, their MinHash signatures), computed
-    only for texts not seen before.
+def key_bytes(record_keys: list[str]) -> np.ndarray:
+    """`record_key`s (40 hex digits, stages/content.py) as raw 20-byte keys: the signature cache's."""
+    joined = "".join(record_keys)
+    if len(joined) != 40 * len(record_keys):
+        raise ValueError("record keys must be 40-hex-digit sha1 digests (stages.content.record_key)")
+    return np.frombuffer(bytes.fromhex(joined), dtype="S20").copy()
 
-    The cache is a folder of parts, each the sha1 of its texts (raw 20 bytes), their word counts and
-    signatures as .npy files; a run adds one part with what it computed. One file rewritten whole on
-    every miss cost a one-record fix ~1 s at 100k records (and a 160-byte unicode key a text); an
+
+def cached_signatures(
+    keys: np.ndarray,
+    texts: Callable[[list[int]], list[str]],
+    cache_dir: Path,
+    num_perm: int,
+    ngram: int,
+    min_words: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the records with at least `min_words` words, their MinHash signatures) of each
+    record's response, `texts(indices)` giving the responses of the records whose key the cache lacks.
+
+    Keyed by `record_key` (`key_bytes`), which the records carry and which changes with their
+    messages: hashing every response to look it up cost ~1 s a pass at 1M records, and reading every
+    response out of the records as much again. The cache is a folder of parts, each the keys
+    (raw 20 bytes), word counts and signatures as .npy files; a run adds one part with what it
+    computed. One file rewritten whole on every miss cost a one-record fix ~1 s at 100k records; an
     .npz (a zip, read through Python's zipfile with its checksums) took 13.7 s to load at 1M
-    records where .npy files are read at disk speed. The word counts, kept with the signatures,
-    spare counting every response's words again.
+    records where .npy files are read at disk speed.
     """
-    keys = np.array([hashlib.sha1(t.encode()).digest() for t in texts], dtype="S20")
     parts = sorted(p for p in cache_dir.glob("part-*") if p.is_dir())
     # Signatures stay in their files (memory-mapped) and only the rows asked for are gathered: each
     # 512 MB concatenation at 1M records cost seconds of first-touch page faults on this VM.
@@ -94,7 +108,7 @@ def cached_signatures(
     missing = np.flatnonzero(rows < 0)
     if len(missing):
         fresh_keys, first, which = np.unique(keys[missing], return_index=True, return_inverse=True)
-        fresh_texts = [texts[i] for i in missing[first].tolist()]
+        fresh_texts = texts(missing[first].tolist())
         rows[missing] = len(all_keys) + which
         sign = partial(_signed, num_perm=num_perm, ngram=ngram)  # per text: on every core
         done = map_chunks(sign, fresh_texts)
@@ -162,40 +176,31 @@ def _write_signatures(
     tmp.rename(cache_dir / f"part-{time.time_ns()}")  # sorted = written order
 
 
-def near_dedup(
-    records: list[dict[str, Any]],
-    cache_file: Path,
+def near_duplicate_of(
+    keys: np.ndarray,
+    texts: Callable[[list[int]], list[str]],
+    cache_dir: Path,
     threshold: float,
     ngram: int,
     num_perm: int,
     min_words: int,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(kept, near duplicates) by MinHash LSH on the responses; keeps the first in input order."""
-    dropped = near_duplicate_of(
-        [r["messages"][-1]["content"] for r in records], cache_file, threshold, ngram, num_perm, min_words
-    )
-    kept = [r for i, r in enumerate(records) if i not in dropped]
-    near = [{**records[i], "duplicate_of": records[j]["id"]} for i, j in dropped.items()]
-    return kept, near
-
-
-def near_duplicate_of(
-    responses: list[str], cache_dir: Path, threshold: float, ngram: int, num_perm: int, min_words: int
 ) -> dict[int, int]:
-    """{index: index of the kept response it near-duplicates}, in index order (MinHash LSH).
+    """{index: index of the kept response it near-duplicates}, in index order (MinHash LSH), for
+    records keyed by `keys` (`key_bytes`); see `cached_signatures` for `texts`.
 
     Responses under `min_words` words are left to exact dedup: "10% of the words edited" is not a
     near-duplicate of a five-word answer, it is a different answer.
     """
-    eligible, signatures = cached_signatures(responses, cache_dir, num_perm, ngram, min_words)
+    eligible, signatures = cached_signatures(keys, texts, cache_dir, num_perm, ngram, min_words)
     duplicate_of = lsh_join(signatures, threshold)
     return {int(eligible[j]): int(eligible[d]) for j, d in enumerate(duplicate_of) if d is not None}
 
 
 def residual_duplicate_of(
     hashes: list[str],
-    responses: list[str],
-    cache_file: Path,
+    keys: np.ndarray,
+    texts: Callable[[list[int]], list[str]],
+    cache_dir: Path,
     threshold: float,
     ngram: int,
     num_perm: int,
@@ -208,7 +213,15 @@ def residual_duplicate_of(
     """
     exact = exact_duplicate_of(hashes)
     kept = [i for i in range(len(hashes)) if i not in exact]
-    near = near_duplicate_of([responses[i] for i in kept], cache_file, threshold, ngram, num_perm, min_words)
+    near = near_duplicate_of(
+        keys[kept],
+        lambda rows: texts([kept[r] for r in rows]),
+        cache_dir,
+        threshold,
+        ngram,
+        num_perm,
+        min_words,
+    )
     return list(exact.items()) + [(kept[i], kept[j]) for i, j in near.items()]
 
 

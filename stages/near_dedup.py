@@ -175,7 +175,7 @@ def lsh_join(signatures: np.ndarray, threshold: float = 0.5) -> list[int | None]
     row, band = np.nonzero(shared.T)
     pairable, starts = np.unique(row, return_index=True)
     shared_keys = keys[band, row].tolist()
-    ends = [*starts[1:].tolist(), len(shared_keys)]
+    ends = [*starts[1:].tolist(), len(shared_keys)] if len(starts) else []
     kept_row = list(range(n))
     duplicate_of: list[int | None] = [None] * n
     members: dict[int, list[int]] = {}

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from stages import decontamination
 from stages.augmentation import augment
 from stages.decontamination import decontaminate, record_text
@@ -146,29 +148,44 @@ def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_scanned_hit
     assert json.loads((tmp_path / "c.json").read_text())["clean"] == [digest("clean 0")]
 
 
-def test_signature_cache_adds_a_part_with_only_the_texts_it_had_not_seen(tmp_path: Path, monkeypatch):
+def test_signature_cache_adds_a_part_with_only_the_records_it_had_not_seen(tmp_path: Path, monkeypatch):
     import numpy as np
 
-    from stages.dedup import cached_signatures
+    from stages.content import record_key
+    from stages.dedup import cached_signatures, key_bytes
     from stages.near_dedup import minhash_signatures
 
     texts = [f"answer number {i} about the os module and its stat call" for i in range(5)]
-    _, signatures = cached_signatures(texts, tmp_path, 16, 3)
+    asked: list[list[int]] = []
+
+    def signed(texts: list[str], **kw: int) -> np.ndarray:
+        def of(rows: list[int]) -> list[str]:
+            asked.append(rows)
+            return [texts[i] for i in rows]
+
+        keys = key_bytes([record_key({"messages": [{"role": "assistant", "content": t}]}) for t in texts])
+        return cached_signatures(keys, of, tmp_path, 16, 3, **kw)
+
+    _, signatures = signed(texts)
     texts[2] = "a fixed answer"
-    _, again = cached_signatures(texts, tmp_path, 16, 3)
+    _, again = signed(texts)
+    assert sorted(asked[0]) == [0, 1, 2, 3, 4] and asked[1] == [2]  # then only the fixed record
     assert np.array_equal(again, minhash_signatures(texts, num_perm=16, ngram=3))
     assert np.array_equal(again[[0, 1, 3, 4]], signatures[[0, 1, 3, 4]])
-    # Only texts with enough words come back, with their indices (the fixed answer has 3).
-    eligible, long_enough = cached_signatures(texts, tmp_path, 16, 3, min_words=4)
+    # Only records with enough words come back, with their indices (the fixed answer has 3).
+    eligible, long_enough = signed(texts, min_words=4)
     assert eligible.tolist() == [0, 1, 3, 4] and np.array_equal(long_enough, signatures[[0, 1, 3, 4]])
     parts = sorted(tmp_path.glob("part-*"))
     assert [len(np.load(p / "keys.npy")) for p in parts] == [5, 1]
     monkeypatch.setattr("stages.dedup.SIGNATURE_PARTS", 2)  # a third part: compacted into one
     texts[4] = "another fixed answer"
     texts.append("another fixed answer")  # twice in one call: signed and stored once
-    _, compacted = cached_signatures(texts, tmp_path, 16, 3)
+    _, compacted = signed(texts)
+    assert asked[-1] == [4]
     assert np.array_equal(compacted, minhash_signatures(texts, num_perm=16, ngram=3))
     assert [len(np.load(p / "keys.npy")) for p in tmp_path.glob("part-*")] == [7]  # every text seen, once
+    with pytest.raises(ValueError, match="40-hex-digit"):
+        key_bytes(["abc"])
 
 
 def test_signature_rows_are_found_by_the_whole_key_not_its_first_eight_bytes():

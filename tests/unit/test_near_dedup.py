@@ -129,6 +129,11 @@ def test_signatures_are_deterministic_per_text_and_across_processes():
     assert json.loads(other.stdout) == signatures[7].tolist()
 
 
+def test_texts_sharing_no_band_have_no_duplicates():
+    assert near_duplicates(["alpha beta gamma delta epsilon", "one two three four five"]) == [None, None]
+    assert near_duplicates(["a single text"]) == [None] and near_duplicates([]) == []
+
+
 def test_texts_without_words_are_duplicates_of_each_other_only():
     assert near_duplicates(["", "...", "some words here", "---"]) == [None, 0, None, 0]
 
