@@ -15,9 +15,9 @@ from assets.sources import reads_config
 from resources.settings import Paths, TunegraphSettings
 from stages.cleaning import Rules, clean_records
 from stages.columns import last_contents, record_keys, record_texts
-from stages.content import content_hash
+from stages.content import content_hash, key_bytes
 from stages.decontamination import contamination
-from stages.dedup import exact_duplicate_of, key_bytes, near_duplicate_of, with_column
+from stages.dedup import exact_duplicate_of, near_duplicate_of, with_column
 from stages.readers import read_file
 from stages.scan_cache import Texts
 from stages.split import eval_scores

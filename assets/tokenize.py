@@ -50,7 +50,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     tokens, fresh = tokenize_cached(
         tokenizer,
         arrow_batches(train_file, held_out_file, columns=["messages", "record_key"]),
-        paths.home / "cache" / f"token-ids-{fingerprint}",
+        paths.home / "cache" / f"tokens-{fingerprint}",
     )
     n_train = pq.read_metadata(train_file).num_rows
     examples, eval_examples = tokens.slice(0, n_train), tokens.slice(n_train).table()

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.columns import last_contents, record_keys, record_texts, schema_problems
-from stages.dedup import key_bytes
+from stages.content import key_bytes
 from stages.scan_cache import Texts, digest
 
 # {instruction} is the original user turn; the response is unchanged.

@@ -10,6 +10,7 @@ saved with the model so evaluation and serving render exactly what training saw.
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from stages.columns import record_keys
+from stages.content import KeyRows, key_bytes
 from stages.workers import map_chunks
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
@@ -230,9 +230,7 @@ TOKENIZE_BATCH = 4096  # records tokenised, then held as Python lists, at a time
 TOKENIZE_PENDING = 32768  # new records handed to the workers at a time
 # Token ids as int32 and which tokens are learnt as one bool each: 5 bytes a token, where int64
 # ids and labels took 16 (at 1M records, ~150M tokens: 0.75 GB instead of 2.4 GB, held twice).
-_CACHE_SCHEMA = pa.schema(
-    [("key", pa.string()), ("input_ids", pa.list_(pa.int32())), ("learnt", pa.list_(pa.bool_()))]
-)
+_PART_ARRAYS = ("keys", "ids", "learnt", "lengths")
 
 
 @dataclass
@@ -318,34 +316,22 @@ def tokenize_cached(
     """`tokenize_records` over record batches, in order, reusing the tokens of records seen before;
     returns (tokens, newly tokenised records).
 
-    The cache is a folder for one tokenizer fingerprint (put it in the folder name) of Parquet
-    parts keyed by each record's `record_key`. A data fix re-tokenises only the records it changed
-    and writes them as a small new part, rather than rewriting every record's ids. Records are
-    looked up by their `record_key` column where they have one (computed from the record where
-    not), and only the ones the cache lacks become Python dicts: at 100k records, turning every
-    record into a dict and hashing its messages was 2.7 s of a one-record fix's 11.6 s here.
+    The cache is a folder for one tokenizer fingerprint (put it in the folder name) of parts keyed
+    by each record's `record_key`. A data fix re-tokenises only the records it changed and writes
+    them as a small new part, rather than rewriting every record's ids. Records are looked up by
+    their `record_key` column where they have one (computed from the record where not), and only
+    the ones the cache lacks become Python dicts: at 100k records, turning every record into a dict
+    and hashing its messages was 2.7 s of a one-record fix's 11.6 s here. A part is a folder of .npy
+    files (keys as raw 20 bytes, ids, learnt flags, lengths), memory-mapped: as Parquet list
+    columns, the 1M-record part took 2.7-3.9 s to decode on every run.
     """
-    parts = sorted(cache_dir.glob("part-*.parquet"))
-    ids, learnt, lengths = [], [], []  # arrays per cache part, then per batch tokenised now
-    part_keys = []
-    for part in parts:
-        table = pq.read_table(part, schema=_CACHE_SCHEMA)
-        part_keys.append(table.column("key").combine_chunks())
-        for out, name in ((ids, "input_ids"), (learnt, "learnt")):
-            out.append(pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False))
-        lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False))
-        del table
-    # Record key -> example number, looked up a batch at a time in a pandas hash index (a dict
-    # filled and queried one key at a time was ~2 s of a 1M-record fix). Two runs may have written
-    # the same record: its first example answers.
-    every_key = pd.Index(
-        pa.concat_arrays([pa.array([], pa.string()), *part_keys]).to_numpy(zero_copy_only=False)
-    )
-    stored = len(every_key)
-    first = np.flatnonzero(~every_key.duplicated())
-    lookup = pd.Index(every_key[first])
-    del part_keys, every_key
-    fresh: dict[str, int] = {}  # keys tokenised now -> example number, in order
+    parts = sorted(p for p in cache_dir.glob("part-*") if p.is_dir())
+    loaded = [{name: np.load(part / f"{name}.npy", mmap_mode="r") for name in _PART_ARRAYS} for part in parts]
+    stored_keys = np.concatenate([np.zeros(0, "S20"), *(part["keys"] for part in loaded)])
+    ids, learnt, lengths = ([part[name] for part in loaded] for name in ("ids", "learnt", "lengths"))
+    stored = len(stored_keys)
+    rows_of = KeyRows(stored_keys)  # record key -> example number (the first, if two parts hold it)
+    fresh: dict[bytes, int] = {}  # keys tokenised now -> example number, in order
     examples: list[np.ndarray] = []  # example number of each record, a batch at a time
     pending: list[dict[str, Any]] = []  # new records not tokenised yet
 
@@ -359,61 +345,58 @@ def tokenize_cached(
         pending.clear()
 
     for batch in batches:
-        keys = record_keys(batch)
-        at = lookup.get_indexer(keys)
-        numbers = np.full(len(keys), -1, np.int64)
-        numbers[at >= 0] = first[at[at >= 0]]
+        keys = key_bytes(record_keys(batch))
+        numbers = rows_of(keys)
         unseen = []
-        for i in np.flatnonzero(at < 0).tolist():
-            if keys[i] not in fresh:
-                fresh[keys[i]] = stored + len(fresh)
+        for i in np.flatnonzero(numbers < 0).tolist():
+            key = keys[i : i + 1].tobytes()  # all 20 bytes (an element alone drops trailing zeros)
+            if key not in fresh:
+                fresh[key] = stored + len(fresh)
                 unseen.append(i)
-            numbers[i] = fresh[keys[i]]
+            numbers[i] = fresh[key]
         if unseen:
             pending += batch.take(pa.array(unseen, pa.int64())).to_pylist()
         examples.append(numbers)
         if len(pending) >= TOKENIZE_PENDING:
             tokenize_pending()
     tokenize_pending()
-    # copy=False: the concatenation is already a fresh array, and at 1M records each extra 600 MB
-    # copy cost seconds of first-touch page faults on this VM (a one-record fix's profile).
-    all_lengths = np.concatenate(lengths).astype(np.int64, copy=False) if lengths else np.zeros(0, np.int64)
+    all_lengths = _joined(lengths, np.int64)
     store = Tokens(
-        np.concatenate(ids).astype(np.int32, copy=False) if ids else np.zeros(0, np.int32),
-        np.concatenate(learnt).astype(bool, copy=False) if learnt else np.zeros(0, bool),
-        np.cumsum(all_lengths) - all_lengths,
-        all_lengths,
+        _joined(ids, np.int32), _joined(learnt, np.bool_), np.cumsum(all_lengths) - all_lengths, all_lengths
     )
     for arrays in (ids, learnt, lengths):  # the store holds them now
         arrays.clear()
     if fresh:
+        fresh_keys = np.frombuffer(b"".join(fresh), dtype="S20")
         if len(parts) + 1 > COMPACT_AFTER:  # one row per key: the first stored ones, then the new
-            kept = np.concatenate([first, np.arange(stored, stored + len(fresh))])
-            _write_part(cache_dir, [*lookup.tolist(), *fresh], store.take(kept))
+            kept = np.concatenate([rows_of.first, np.arange(stored, stored + len(fresh))])
+            _write_part(cache_dir, np.concatenate([stored_keys[rows_of.first], fresh_keys]), store.take(kept))
             for part in parts:
-                part.unlink()
+                shutil.rmtree(part)
         else:
-            _write_part(cache_dir, list(fresh), store.slice(stored))
+            _write_part(cache_dir, fresh_keys, store.slice(stored))
     return store.take(np.concatenate([np.zeros(0, np.int64), *examples])), len(fresh)
+
+
+def _joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    """The arrays end to end; one alone is used as it is (a memory-mapped part is not copied)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    # copy=False: the concatenation is already a fresh array, and at 1M records each extra 600 MB
+    # copy cost seconds of first-touch page faults on this VM (a one-record fix's profile).
+    return np.concatenate([np.zeros(0, dtype), *arrays]).astype(dtype, copy=False)
 
 
 def _tokenize_chunk(tokenizer: Any, records: list[dict[str, Any]]) -> Tokens:
     return Tokens.from_examples(tokenize_records(tokenizer, records))
 
 
-def _write_part(cache_dir: Path, keys: list[str], tokens: Tokens) -> None:
+def _write_part(cache_dir: Path, keys: np.ndarray, tokens: Tokens) -> None:
     at = tokens.gather()
-    offsets = pa.array(np.concatenate([[0], np.cumsum(tokens.lengths)]), pa.int32())
-    part = pa.table(
-        {
-            "key": pa.array(keys, pa.string()),
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(tokens.ids[at], pa.int32())),
-            "learnt": pa.ListArray.from_arrays(offsets, pa.array(tokens.learnt[at], pa.bool_())),
-        },
-        schema=_CACHE_SCHEMA,
-    )
+    arrays = {"keys": keys, "ids": tokens.ids[at], "learnt": tokens.learnt[at], "lengths": tokens.lengths}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha1("".join(sorted(keys)).encode()).hexdigest()[:16]
-    tmp = cache_dir / f".tmp-{name}-{os.getpid()}"  # two runs tokenising the same records at once
-    pq.write_table(part, tmp)
-    tmp.replace(cache_dir / f"part-{time.time_ns()}-{name}.parquet")  # sorted = written order
+    tmp = cache_dir / f".tmp-{os.getpid()}-{time.time_ns()}"  # two runs tokenising at once
+    tmp.mkdir()
+    for name in _PART_ARRAYS:
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(arrays[name]))
+    tmp.rename(cache_dir / f"part-{time.time_ns()}")  # sorted = written order

@@ -144,8 +144,11 @@ def _blocks(
         # previous example's last logit from being scored on it (the shift crosses the boundary).
         labels[first] = IGNORE_INDEX
         stats.label_tokens += int((labels != IGNORE_INDEX).sum())
-        sizes = np.array([used[b].sum() for b in group], dtype=np.int64)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+        # Where each block ends in the group's stream: its examples' tokens summed, by one cumsum
+        # (a NumPy sum per block was ~0.8 s at 1M records).
+        examples_per_block = np.array([len(block) for block in group], dtype=np.int64)
+        ends = (first + n_tokens)[np.cumsum(examples_per_block) - 1]
+        offsets = pa.array(np.concatenate([[0], ends]), pa.int32())
         yield pa.record_batch(
             [pa.ListArray.from_arrays(offsets, pa.array(values)) for values in (ids, labels, position_ids)],
             schema=BLOCK_SCHEMA,

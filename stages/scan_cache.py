@@ -83,7 +83,8 @@ class CleanSet:
             self.clean, self.found = merged_clean, merged_found
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".tmp-{os.getpid()}")  # two steps may scan at once
-            tmp.write_text(json.dumps({"salt": self.salt, "clean": sorted(self.clean), "found": self.found}))
+            # In set order: sorting 1M keys for a file only this class reads cost ~0.4 s a write.
+            tmp.write_text(json.dumps({"salt": self.salt, "clean": list(self.clean), "found": self.found}))
             tmp.replace(self.path)
 
     def scan(self, texts: Texts, find: Callable[[str], T]) -> list[T | None]:

@@ -151,8 +151,8 @@ def test_a_shared_clean_set_keeps_both_scans_clean_texts_and_never_a_scanned_hit
 def test_signature_cache_adds_a_part_with_only_the_records_it_had_not_seen(tmp_path: Path, monkeypatch):
     import numpy as np
 
-    from stages.content import record_key
-    from stages.dedup import cached_signatures, key_bytes
+    from stages.content import key_bytes, record_key
+    from stages.dedup import cached_signatures
     from stages.near_dedup import minhash_signatures
 
     texts = [f"answer number {i} about the os module and its stat call" for i in range(5)]
@@ -191,13 +191,13 @@ def test_signature_cache_adds_a_part_with_only_the_records_it_had_not_seen(tmp_p
 def test_signature_rows_are_found_by_the_whole_key_not_its_first_eight_bytes():
     import numpy as np
 
-    from stages.dedup import _rows_of
+    from stages.content import KeyRows
 
     head = b"A" * 8
     stored = np.array([head + b"x" * 12, b"B" * 20, head + b"x" * 12], dtype="S20")  # one key twice
     keys = np.array([head + b"y" * 12, head + b"x" * 12, b"C" * 20, b"B" * 20], dtype="S20")
-    assert _rows_of(keys, stored).tolist() == [-1, 0, -1, 1]
-    assert _rows_of(keys, np.zeros(0, "S20")).tolist() == [-1, -1, -1, -1]
+    assert KeyRows(stored)(keys).tolist() == [-1, 0, -1, 1]
+    assert KeyRows(np.zeros(0, "S20"))(keys).tolist() == [-1, -1, -1, -1]
 
 
 def test_split_and_augmentation_ranks_in_one_pass_are_the_per_record_ones():
