@@ -63,7 +63,11 @@ def deduplicated_corpus(
         raise dg.Failure(f"no landing files registered: put files in {paths.landing} and run `tunegraph run`")
     # One Arrow table, not a dict per record (those were ~2 KB each: 2 GB at 1M records); the
     # decisions take lists of the columns they read, and the outputs are rows taken from it.
-    records = pa.concat_tables([_clean_partition(paths, key) for key in keys], promote_options="permissive")
+    # In one chunk: a take from 64 chunks of nested rows combined them first, every time (0.27 s
+    # for one row at 1M records, and dedup takes rows six times); combined once it costs 0.25 s.
+    records = pa.concat_tables(
+        [_clean_partition(paths, key) for key in keys], promote_options="permissive"
+    ).combine_chunks()
     ids = records.column("id").to_pylist() if records.num_rows else []
     every_key = record_keys(records)
     exact = exact_duplicate_of(records.column("response_hash").to_pylist() if records.num_rows else [])
