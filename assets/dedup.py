@@ -75,15 +75,14 @@ def deduplicated_corpus(
     near: dict[int, int] = {}
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
-        cache = (
-            paths.home / "cache" / f"minhash-by-record-{nd.ngram}-{nd.num_perm}"
-        )  # shared with duplicate_rate
+        # Shared with the duplicate_rate gate, which reads the same records' signatures.
+        cache = paths.home / "cache" / f"minhash-by-record-{nd.ngram}-{nd.num_perm}"
 
-        def answers(rows: list[int]) -> list[str]:  # of kept[rows], for the records the cache lacks
+        def answers(rows: list[int]) -> list[str]:
+            """The answers of kept[rows]: the records the signature cache lacks (a fix's few are
+            taken; a cold run's all are read in one pass, cheaper than a take of nested rows)."""
             at = [kept[r] for r in rows]
-            if (
-                len(at) * 10 < records.num_rows
-            ):  # a fix's few: taken (per row, a take of nested rows costs more)
+            if len(at) * 10 < records.num_rows:
                 return last_contents(records.take(pa.array(at, pa.int64())))
             every = last_contents(records)
             return [every[i] for i in at]
