@@ -137,7 +137,7 @@ def training_data_gates(paths: Paths, cfg: PipelineConfig, train: TrainColumns) 
         _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram),
         _enough_examples(train, eval_rows),
         _no_residual_pii(paths.home, train, eval_rows),
-        _duplicate_rate(paths.home, train, cfg.data),
+        _duplicate_rate(paths, train, cfg.data),
         _schema_valid(train, eval_rows),
     ]
 
@@ -234,11 +234,11 @@ def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> 
 DUPLICATE_CHECK_MIN_WORDS = 8  # below near dedup's 16: the check sees the short copies dedup leaves
 
 
-def _duplicate_rate(home: Path, train: TrainColumns, data: DataConfig) -> dg.AssetCheckResult:
+def _duplicate_rate(paths: Paths, train: TrainColumns, data: DataConfig) -> dg.AssetCheckResult:
     originals = train.originals  # augmented copies repeat by design
     nd = data.near_dedup
     pairs = residual_duplicate_of(train.response_hashes, train.response_keys, train.responses,
-                                  home / "cache" / f"minhash-by-record-{nd.ngram}-{nd.num_perm}",
+                                  paths.signature_cache(nd.ngram, nd.num_perm),
                                   nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
     duplicates = [{"id": train.ids[originals[i]], "duplicate_of": train.ids[originals[j]]} for i, j in pairs]
     rate = len(duplicates) / max(len(originals), 1)

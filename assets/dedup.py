@@ -14,7 +14,7 @@ from assets.partitions import landing_files
 from assets.sources import reads_config
 from resources.settings import Paths, TunegraphSettings
 from stages.cleaning import Rules, clean_records
-from stages.columns import last_contents, record_keys, record_texts
+from stages.columns import last_contents_at, record_keys, record_texts
 from stages.content import content_hash, key_bytes
 from stages.decontamination import contamination
 from stages.dedup import exact_duplicate_of, near_duplicate_of, with_column
@@ -75,19 +75,12 @@ def deduplicated_corpus(
     near: dict[int, int] = {}
     if cfg.data.near_dedup.enabled:
         nd = cfg.data.near_dedup
-        # Shared with the duplicate_rate gate, which reads the same records' signatures.
-        cache = paths.home / "cache" / f"minhash-by-record-{nd.ngram}-{nd.num_perm}"
-
-        def answers(rows: list[int]) -> list[str]:
-            """The answers of kept[rows]: the records the signature cache lacks (a fix's few are
-            taken; a cold run's all are read in one pass, cheaper than a take of nested rows)."""
-            at = [kept[r] for r in rows]
-            if len(at) * 10 < records.num_rows:
-                return last_contents(records.take(pa.array(at, pa.int64())))
-            every = last_contents(records)
-            return [every[i] for i in at]
-
+        cache = paths.signature_cache(nd.ngram, nd.num_perm)
         kept_keys = key_bytes([every_key[i] for i in kept])
+
+        def answers(rows: list[int]) -> list[str]:  # of kept[rows]: asked only for the cache's misses
+            return last_contents_at(records, [kept[r] for r in rows])
+
         near = {kept[i]: kept[j] for i, j in near_duplicate_of(kept_keys, answers, cache, nd.threshold, nd.ngram,
                                                                nd.num_perm, nd.min_words).items()}  # fmt: skip
         del kept_keys

@@ -68,6 +68,10 @@ class Paths:
         """A registered model version downloaded from MLflow (for warm starts)."""
         return self.home / "models" / f"{name}-v{version}"
 
+    def signature_cache(self, ngram: int, num_perm: int) -> Path:
+        """MinHash signatures by record key: near dedup and the duplicate_rate gate share them."""
+        return self.home / "cache" / f"minhash-by-record-{ngram}-{num_perm}"
+
     def hub_upload(self, name: str, version: str) -> Path:
         """The folder `tunegraph push` fills with what it uploads for a registered version."""
         return self.home / "hub" / f"{name}-v{version}"

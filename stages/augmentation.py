@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.columns import last_contents, record_keys, record_texts, schema_problems
+from stages.columns import last_contents_at, record_keys, record_texts, schema_problems
 from stages.content import key_bytes
 from stages.scan_cache import Texts, digest
 
@@ -31,7 +31,11 @@ PARAPHRASE_TEMPLATES = (
 
 
 def _rank(seed: int, record_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"aug:{seed}:{record_id}".encode()).digest()[:8], "big")
+    return int.from_bytes(_rank_digest(seed, record_id), "big")
+
+
+def _rank_digest(seed: int, record_id: str) -> bytes:
+    return hashlib.sha256(f"aug:{seed}:{record_id}".encode()).digest()[:8]
 
 
 def augment(
@@ -69,10 +73,7 @@ def choose(ids: list[str], schemas: list[str], max_share: float, seed: int) -> l
     budget = int(max_share * len(ids) / (1 - max_share)) if max_share < 1 else len(eligible)
     # _rank of each, as one array (one call per id took 1.4 s at 1M records); a stable sort keeps
     # index order on ties, as sorted() did.
-    prefix = f"aug:{seed}:".encode()
-    ranks = np.frombuffer(
-        b"".join(hashlib.sha256(prefix + ids[i].encode()).digest()[:8] for i in eligible), ">u8"
-    )
+    ranks = np.frombuffer(b"".join(_rank_digest(seed, ids[i]) for i in eligible), ">u8")
     return [eligible[j] for j in np.argsort(ranks, kind="stable")[: min(budget, len(eligible))].tolist()]
 
 
@@ -206,7 +207,7 @@ class TrainColumns:
         if not indices:
             return []
         table = pq.read_table(self.path, columns=["messages"])
-        return last_contents(table.take(pa.array([self.originals[i] for i in indices], pa.int64())))
+        return last_contents_at(table, [self.originals[i] for i in indices])
 
     def rows(self, indices: list[int]) -> list[dict]:
         """The records at these rows (in this order), read back for a gate's message."""

@@ -16,8 +16,12 @@ _WORD = re.compile(r"\w+")
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.lower())
+    words = _words(text)
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 def record_text(record: dict[str, Any]) -> str:
@@ -74,7 +78,7 @@ def _few_scanned(texts: list[str], eval_texts: list[str], n: int) -> dict[int, s
     first_words = {gram[0] for gram in wanted}
     in_eval: set[tuple[str, ...]] = set()
     for text in eval_texts if wanted else ():
-        words = _WORD.findall(text.lower())
+        words = _words(text)
         in_eval |= {
             gram
             for i in range(len(words) - n + 1)

@@ -11,15 +11,17 @@ import numpy as np
 
 
 def eval_score(record_id: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return int.from_bytes(_digest(record_id, seed), "big") / 2**64
 
 
 def eval_scores(record_ids: list[str], seed: int) -> np.ndarray:
     """`eval_score` of every id, as one array: one call per id took 1.4 s at 1M records."""
-    prefix = f"{seed}:".encode()
-    digests = b"".join(hashlib.sha256(prefix + i.encode()).digest()[:8] for i in record_ids)
+    digests = b"".join(_digest(i, seed) for i in record_ids)
     return np.frombuffer(digests, ">u8").astype(np.float64) / 2**64
+
+
+def _digest(record_id: str, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{record_id}".encode()).digest()[:8]
 
 
 def split_records(
