@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from benchmarks.throughput import build_model, packed_batches, trainer_loss  # noqa: E402
 from stages.chat import tokenize_records  # noqa: E402
+from stages.launch import exec_with_cpu_allocator  # noqa: E402
 from stages.train import training_attention  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=20, help="operators shown")
     args = parser.parse_args()
+    exec_with_cpu_allocator()  # the malloc and settings CPU training runs with
 
     tokenizer = smollm2_tokenizer()
     records = example_records()
@@ -42,7 +44,7 @@ def main() -> None:
     model = build_model(args.model, len(tokenizer), args.method).train()
     model.config.use_cache = False
     training_attention(model, "bf16" if args.bf16 else "no")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
 
     def step(batch: dict) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):

@@ -57,6 +57,7 @@ from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
 from stages.chunked_loss import plain_head, scored_loss  # noqa: E402
 from stages.config import LoraSettings  # noqa: E402
+from stages.launch import exec_with_cpu_allocator  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
 from stages.packed_attention import PACKED_SDPA, example_spans  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
@@ -178,7 +179,7 @@ def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict
     attention slots executed (rows x width^2 with a mask; squared span lengths with packed_sdpa)."""
     model.to(device).train()
     model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the trainer's: adamw_torch_fused
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device == "cuda"
@@ -244,6 +245,8 @@ def main() -> None:
     parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.device == "cpu":
+        exec_with_cpu_allocator()  # measure what CPU training gets: its malloc and settings
 
     tokenizer = smollm2_tokenizer()
     records = example_records()
@@ -312,8 +315,8 @@ def main() -> None:
     out |= {
         "method": args.method,
         "threads": torch.get_num_threads(),
-        # Training itself runs on tcmalloc where the machine has it (stages/launch.py): run this
-        # benchmark under the same LD_PRELOAD to measure what training gets.
+        # Training runs on tcmalloc where the machine has it (stages/launch.py); main() restarts this
+        # benchmark in the same environment, so this says what the numbers were measured on.
         "malloc": malloc_in_use(),
         "flops_per_token": (
             f"{per_param}N + 12 L d T, N = {n_matmul:,} matmul parameters (LM head {n_head:,}), L = {layers}, "

@@ -50,26 +50,22 @@ def packed_sdpa_forward(
     packed = attention_mask is None and position_ids is not None and query.shape[2] == key.shape[2]
     if not packed or not getattr(module, "is_causal", True):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    rows = []
-    for r, spans in enumerate(example_spans(position_ids)):
-        rows.append(
-            torch.cat(
-                [
-                    torch.nn.functional.scaled_dot_product_attention(
-                        query[r : r + 1, :, s:e],
-                        key[r : r + 1, :, s:e],
-                        value[r : r + 1, :, s:e],
-                        dropout_p=dropout,
-                        scale=scaling,
-                        is_causal=True,
-                        enable_gqa=query.shape[1] != key.shape[1],
-                    )  # fmt: skip
-                    for s, e in spans
-                ],
-                dim=2,
-            )
-        )
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
+    # Split, not slice: the backward of a split is one concatenation, while each slice's backward
+    # fills a zero tensor the size of the whole block and adds its part in (measured on 2 cores: 22
+    # examples a block cost 0.33 s of a 6.8 s SmolLM2 step in zero-fills and adds).
+    batch, heads, width, head_dim = query.shape
+    outputs = []
+    for q, k, v, spans in zip(
+        query.unbind(0), key.unbind(0), value.unbind(0), example_spans(position_ids), strict=True
+    ):
+        lengths = [e - s for s, e in spans]
+        for q_e, k_e, v_e in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1), strict=True):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q_e[None], k_e[None], v_e[None], dropout_p=dropout, scale=scaling, is_causal=True,
+                enable_gqa=heads != key.shape[1],
+            )  # fmt: skip
+            outputs.append(out.transpose(1, 2))  # [1, length, heads, d]
+    return torch.cat(outputs, dim=1).view(batch, width, heads, head_dim), None
 
 
 def packed_sdpa_mask(

@@ -35,6 +35,17 @@ def test_no_gradient_work_under_no_grad():
     assert not loss.requires_grad
 
 
+def test_a_second_backward_is_refused_not_scaled_twice():
+    """Backward scales the gradients computed in forward in place, so they serve one backward pass."""
+    hidden, weight = torch.randn(5, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
+    loss = chunked_cross_entropy(hidden, weight, torch.tensor([0, 1, 2, 3, 8])) / 5
+    loss.backward(retain_graph=True)
+    first = weight.grad.clone()
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+    assert torch.equal(weight.grad, first)
+
+
 def test_a_target_per_row_is_required():
     with pytest.raises(ValueError, match="one target per row"):
         chunked_cross_entropy(torch.randn(3, 4), torch.randn(9, 4), torch.tensor([1, 2]))

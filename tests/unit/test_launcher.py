@@ -108,12 +108,15 @@ def test_cpu_training_gets_the_allocator_preloaded():
     """tcmalloc goes into CPU training processes (glibc's malloc doubled a step here), never to a GPU pod."""
     lib = "libtcmalloc_minimal.so.4"
     one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2)
-    assert training_command("stages.train", SPEC, one, gpus=0, cores=2, allocator=lib)[1] == {
-        "LD_PRELOAD": lib
-    }
+    keep = {"LD_PRELOAD": lib, "TCMALLOC_RELEASE_RATE": "0"}  # tcmalloc keeps what a step frees
+    assert training_command("stages.train", SPEC, one, gpus=0, cores=2, allocator=lib)[1] == keep
     assert training_command("stages.train", SPEC, two, gpus=0, cores=8, allocator=lib)[1] == {
-        "TUNEGRAPH_TORCH_THREADS": "4", "LD_PRELOAD": lib,
+        "TUNEGRAPH_TORCH_THREADS": "4", **keep,
     }  # fmt: skip
+    jemalloc = "libjemalloc.so.2"  # no tcmalloc setting for another allocator
+    assert training_command("stages.train", SPEC, one, gpus=0, cores=2, allocator=jemalloc)[1] == {
+        "LD_PRELOAD": jemalloc
+    }
     assert training_command("stages.train", SPEC, two, gpus=2, cores=8, allocator=lib)[1] == {}
     # Added to what the user preloads, once.
     assert preload("", lib) == lib
