@@ -1,7 +1,10 @@
 """The cluster launcher as configuration: the pod spec and command that would be submitted for a GPU
 pod and for a CPU pod, and the device decision made where training runs (no cluster needed)."""
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +13,7 @@ from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR
 
 from resources.training import launch_command, pod_spec
 from stages.config import ConfigError, LauncherConfig, TrainingConfig, parse_config
-from stages.launch import preload, training_command
+from stages.launch import cpu_allocator, preload, training_command
 
 HOME = "/data/tunegraph"
 SPEC = f"{HOME}/assets/fine_tuned_model/.tmp-v-1/spec.json"
@@ -122,6 +125,29 @@ def test_cpu_training_gets_the_allocator_preloaded():
     assert preload("", lib) == lib
     assert preload("libfoo.so", lib) == f"libfoo.so {lib}"
     assert preload(f"{lib} libfoo.so", lib) == f"{lib} libfoo.so"
+
+
+@pytest.mark.skipif(cpu_allocator() is None, reason="no tcmalloc or jemalloc on this machine")
+def test_benchmarks_restart_themselves_in_cpu_trainings_allocator(tmp_path: Path) -> None:
+    """exec_with_cpu_allocator: a script restarts once, with its arguments, on the allocator training
+    gets (the benchmarks call it so that they measure what training gets); opting out keeps glibc's."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom stages.launch import exec_with_cpu_allocator\n"
+        "exec_with_cpu_allocator()\nmaps = open('/proc/self/maps').read()\n"
+        "malloc = next((m for m in ('tcmalloc', 'jemalloc') if m in maps), 'system')\n"
+        "print(malloc, os.environ.get('TCMALLOC_RELEASE_RATE'), sys.argv[2])\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TUNEGRAPH_ALLOCATOR")}
+
+    def run(**extra: str) -> str:
+        command = [sys.executable, str(script), root, "argument"]
+        return subprocess.run(command, env=env | extra, capture_output=True, text=True, check=True).stdout
+
+    expected = "tcmalloc 0" if "tcmalloc" in (cpu_allocator() or "") else "jemalloc None"
+    assert run() == f"{expected} argument\n"
+    assert run(TUNEGRAPH_ALLOCATOR="system") == "system None argument\n"
 
 
 def test_the_launcher_is_configured_in_the_yaml_with_one_line_errors():
