@@ -310,8 +310,8 @@ def training_attention(model: Any, precision: str) -> str:
     Measured on this 2-core VM on 2026-12-03: fp32 CPU, SmolLM2 full fine-tune, 6 alternating steps of
     4 x 512 tokens, 51.1 s per example against 54.6 s masked; bf16 on the AMX units (the demo's LoRA),
     30 layers' attention forward + backward 1.28 s per example against 0.87 s masked. Re-measured on
-    2026-12-04 with the examples split rather than sliced: 6 alternating demo LoRA bf16 steps, 29.8 s per
-    example against 29.7 s masked, so bf16 and GPUs keep the masked kernel."""
+    2026-12-04 with the examples split rather than sliced: 6 alternating demo LoRA bf16 steps each, 29.8 s
+    with a call per example against 29.7 s masked, so bf16 and GPUs keep the masked kernel."""
     on_cpu_fp32 = not torch.cuda.is_available() and precision == "no"
     if on_cpu_fp32 and use_packed_sdpa(model):
         return "one SDPA call per packed example"
