@@ -174,10 +174,9 @@ def measure(n: int, files: int, keep: Path | None = None) -> dict[str, Any]:
     records, planted = build_corpus(n)
     with tempfile.TemporaryDirectory() as tmp:
         home = keep / str(n) if keep else Path(tmp)
-        if keep:
-            if home.exists():
-                raise SystemExit(f"{home} exists: --keep needs a folder without earlier runs in it")
-            home.mkdir(parents=True)
+        if keep and home.exists():
+            raise SystemExit(f"{home} exists: --keep needs a folder without earlier runs in it")
+        home.mkdir(parents=True, exist_ok=True)
         configure_environment(home, DEFAULT_CONFIG)
         paths = write_files(records, home / "landing", files)
         del records

@@ -57,11 +57,11 @@ from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from stages.chat import IGNORE_INDEX, tokenize_records  # noqa: E402
 from stages.chunked_loss import plain_head, scored_loss  # noqa: E402
 from stages.config import LoraSettings  # noqa: E402
-from stages.launch import exec_with_cpu_allocator  # noqa: E402
+from stages.launch import exec_with_cpu_allocator, malloc_in_use  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
 from stages.packed_attention import PACKED_SDPA, example_spans  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
-from stages.train import PackedCollator, lora_config, malloc_in_use, training_attention  # noqa: E402
+from stages.train import PackedCollator, lora_config, training_attention  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}

@@ -39,6 +39,7 @@ from stages.chat import IGNORE_INDEX, label_positions
 from stages.checkpoints import AtomicCheckpoints
 from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
+from stages.launch import malloc_in_use
 from stages.packed_attention import PACKED_SDPA, use_packed_sdpa
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -293,14 +294,6 @@ def resolve_precision(cfg: TrainingConfig) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if cpu_has_amx_bf16() else "no"
-
-
-def malloc_in_use() -> str:
-    """The malloc this process runs on: tcmalloc or jemalloc (preloaded by stages.launch on a CPU), else
-    the system's. On this machine it halves a CPU step's time (stages.launch.cpu_allocator)."""
-    maps = Path("/proc/self/maps")
-    text = maps.read_text() if maps.exists() else ""
-    return next((name for name in ("tcmalloc", "jemalloc") if name in text), "system")
 
 
 def training_attention(model: Any, precision: str) -> str:

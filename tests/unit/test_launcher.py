@@ -133,10 +133,9 @@ def test_benchmarks_restart_themselves_in_cpu_trainings_allocator(tmp_path: Path
     gets (the benchmarks call it so that they measure what training gets); opting out keeps glibc's."""
     script = tmp_path / "bench.py"
     script.write_text(
-        "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom stages.launch import exec_with_cpu_allocator\n"
-        "exec_with_cpu_allocator()\nmaps = open('/proc/self/maps').read()\n"
-        "malloc = next((m for m in ('tcmalloc', 'jemalloc') if m in maps), 'system')\n"
-        "print(malloc, os.environ.get('TCMALLOC_RELEASE_RATE'), sys.argv[2])\n"
+        "import os, sys\nsys.path.insert(0, sys.argv[1])\n"
+        "from stages.launch import exec_with_cpu_allocator, malloc_in_use\nexec_with_cpu_allocator()\n"
+        "print(malloc_in_use(), os.environ.get('TCMALLOC_RELEASE_RATE'), sys.argv[2])\n"
     )
     root = str(Path(__file__).resolve().parents[2])
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TUNEGRAPH_ALLOCATOR")}
