@@ -7,12 +7,11 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
-from assets.dedup import deduplicated_corpus, eval_records
-from assets.gates import require_upstream_gates
+from assets.dedup import eval_records
 from assets.metadata import counts_table, md_table
-from assets.model import base_model
 from assets.sources import reads_config
 from assets.versions import latest_data_version
+from resources.outputs import new_output, recorded
 from resources.settings import Paths, TunegraphSettings
 from stages import pii
 from stages.augmentation import (
@@ -49,8 +48,6 @@ GATES = {
     # data.decontamination and data.max_duplicate_rate are read by its gates, which rerun with it;
     # evaluation.max_new_tokens by the optional model paraphrases.
     deps=[
-        deduplicated_corpus,
-        base_model,
         reads_config(
             "data.augmentation",
             "data.seed",
@@ -69,30 +66,32 @@ GATES = {
         dg.AssetCheckSpec(n, asset="augmented_corpus", blocking=True, description=d) for n, d in GATES.items()
     ],
 )
-def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
-    require_upstream_gates(context)
+def augmented_corpus(
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    deduplicated_corpus: Path,
+    base_model: Path,
+) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     # As an Arrow table: only the records chosen for augmentation become Python dicts.
-    train = pq.read_table(paths.latest("deduplicated_corpus") / "train.parquet")
+    train = pq.read_table(deduplicated_corpus / "train.parquet")
     aug = cfg.data.augmentation
     new = augment_table(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
     if aug.enabled and aug.model_paraphrase:
-        new = _with_model_paraphrases(context, settings, new, train.to_pylist())
+        new = _with_model_paraphrases(context, settings, base_model, new, train.to_pylist())
     methods = Counter({"none": train.num_rows} if train.num_rows else {}) + Counter(
         r["augmentation"] for r in new
     )
-    with paths.publish("augmented_corpus") as out:
-        write_table(out / "train.parquet", with_new_records(train, new))
-        write_json(
-            out / "summary.json", {"train_examples": train.num_rows + len(new), "methods": dict(methods)}
-        )
-        version = content_hash(out / "train.parquet")
+    out = new_output(context, paths)
+    write_table(out / "train.parquet", with_new_records(train, new))
+    write_json(out / "summary.json", {"train_examples": train.num_rows + len(new), "methods": dict(methods)})
+    version = content_hash(out / "train.parquet")
     context.log.info(f"{train.num_rows} train records + {len(new)} augmented")
     n_rows = train.num_rows + len(new)
     del train
-    # Judged on what the next stage will read: the published file, read back.
+    # Judged on what the next stage will read: the written file, read back.
     gates = training_data_gates(
-        paths, cfg, TrainColumns.read(paths.latest("augmented_corpus") / "train.parquet")
+        paths, cfg, TrainColumns.read(out / "train.parquet"), eval_records(deduplicated_corpus)
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -106,17 +105,21 @@ def augmented_corpus(context: dg.AssetExecutionContext, settings: TunegraphSetti
                 [{"source_id": r["source_id"], "prompt": r["messages"][-2]["content"]} for r in new],
                 ["source_id", "prompt"],
             ),
+            **recorded(out),
         },
         check_results=gates,
     )
 
 
 def _with_model_paraphrases(
-    context: dg.AssetExecutionContext, settings: TunegraphSettings, new: list[dict], train: list[dict]
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    base_model: Path,
+    new: list[dict],
+    train: list[dict],
 ) -> list[dict]:
     paths = settings.paths()
-    folder = paths.latest("base_model")
-    model, tokenizer = load_saved(folder / "model")
+    model, tokenizer = load_saved(base_model / "model")
     ev = settings.config().evaluation
 
     def rewrite(prompts: list[str]) -> list[str]:
@@ -125,14 +128,15 @@ def _with_model_paraphrases(
         return [o["text"] for o in generate(model, tokenizer, convs, ev.max_new_tokens, ev.batch_size)]
 
     # Keyed by the base model's content version: another model writes other paraphrases.
-    cache = paths.home / "cache" / f"paraphrases-{latest_data_version(context.instance, base_model.key)}.json"
+    cache = paths.home / "cache" / f"paraphrases-{latest_data_version(context.instance, 'base_model')}.json"
     paraphrases = model_paraphrases(paraphrase_sources(new, train), rewrite, cache)
     return apply_model_paraphrases(new, train, paraphrases)
 
 
-def training_data_gates(paths: Paths, cfg: PipelineConfig, train: TrainColumns) -> list[dg.AssetCheckResult]:
-    """The blocking gates on the final train records, in one pass (one read of the eval sets)."""
-    eval_rows = eval_records(paths)
+def training_data_gates(
+    paths: Paths, cfg: PipelineConfig, train: TrainColumns, eval_rows: list[dict]
+) -> list[dg.AssetCheckResult]:
+    """The blocking gates on the final train records against every eval record, in one pass."""
     return [
         _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram),
         _enough_examples(train, eval_rows),

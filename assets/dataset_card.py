@@ -1,50 +1,33 @@
 """The dataset card: what went in, what came out and why, per materialisation of the training data.
 
-Built from the published summaries of the data assets; shown as Dagster metadata on
-`tokenized_dataset` and logged with the fine-tune's MLflow run.
+`deduplicated_corpus` writes the accounting into its summary (from each landing file's
+clean_corpus summary); `tokenized_dataset` shows the card as Dagster metadata and the fine-tune
+logs it with its MLflow run.
 """
 
 from collections import Counter
 from typing import Any
 
-from resources.settings import Paths
-from stages.tables import read_json
 
-
-def summary(paths: Paths, asset: str, name: str = "summary.json", partition: str | None = None) -> dict:
-    """An asset's published summary file, or {} if it has not been materialised."""
-    if not paths.has_latest(asset, partition):
-        return {}
-    path = paths.latest(asset, partition) / name
-    return read_json(path) if path.is_file() else {}
-
-
-def corpus_accounting(paths: Paths) -> dict[str, Any]:
+def corpus_accounting(dedup: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """documents_in, documents_kept, dropped (reason -> count) and pii (type -> count) over the
-    landing files the current training data was built from. documents_in = kept + sum(dropped)."""
-    dedup = summary(paths, "deduplicated_corpus")
-    if not dedup:
-        return {}
+    landing files (`files`: each one's clean_corpus summary). documents_in = kept + sum(dropped)."""
     documents_in, dropped, pii = 0, Counter(), Counter()
-    for key in dedup["partitions"]:
-        raw, clean = (
-            summary(paths, "raw_corpus", partition=key),
-            summary(paths, "clean_corpus", partition=key),
-        )
-        documents_in += raw.get("documents_in", 0)
-        dropped.update(raw.get("quarantined", {}))
-        dropped.update(clean.get("dropped", {}))
-        pii.update(clean.get("pii", {}))
+    for clean in files.values():
+        documents_in += clean["documents_in"]
+        dropped.update(clean["quarantined"])
+        dropped.update(clean["dropped"])
+        pii.update(clean["pii"])
     dropped["duplicate"] += dedup["duplicates"]
-    dropped["near_duplicate"] += dedup.get("near_duplicates", 0)
+    dropped["near_duplicate"] += dedup["near_duplicates"]
     dropped["contaminated"] += dedup["contaminated"]
-    dropped["over_max_train_examples"] += dedup.get("capped", 0)
+    dropped["over_max_train_examples"] += dedup["capped"]
     return {
         "documents_in": documents_in,
         "documents_kept": dedup["train_examples"] + dedup["eval_examples"].get("held_out", 0),
         "dropped": {k: v for k, v in sorted(dropped.items()) if v},
         "pii": dict(sorted(pii.items())),
-        "partitions": dedup["partitions"],
+        "partitions": sorted(files),
         "eval_examples": dedup["eval_examples"],
     }
 

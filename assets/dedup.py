@@ -1,18 +1,18 @@
 """`deduplicated_corpus`: all clean partitions joined, deduplicated, split, decontaminated."""
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
-from assets.corpus import clean_corpus
 from assets.dataset_card import corpus_accounting
 from assets.metadata import counts_table, md_table
-from assets.partitions import landing_files
 from assets.sources import reads_config
-from resources.settings import Paths, TunegraphSettings
+from resources.outputs import new_output, recorded
+from resources.settings import TunegraphSettings
 from stages.cleaning import Rules, clean_records
 from stages.columns import last_contents_at, record_keys, record_texts
 from stages.content import content_hash, key_bytes
@@ -21,14 +21,13 @@ from stages.dedup import exact_duplicate_of, near_duplicate_of, with_column
 from stages.readers import read_file
 from stages.scan_cache import Texts
 from stages.split import eval_scores
-from stages.tables import read_rows, write_json, write_rows, write_table
+from stages.tables import read_json, read_rows, write_json, write_rows, write_table
 
 
 @dg.asset(
     group_name="data",
     # corpus and data.cleaning: data.eval_files are read and cleaned like the landing files.
     deps=[
-        clean_corpus,
         reads_config(
             "corpus",
             "data.cleaning",
@@ -55,10 +54,10 @@ from stages.tables import read_rows, write_json, write_rows, write_table
     ],
 )
 def deduplicated_corpus(
-    context: dg.AssetExecutionContext, settings: TunegraphSettings
+    context: dg.AssetExecutionContext, settings: TunegraphSettings, clean_corpus: dict[str, Path]
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
-    keys = sorted(context.instance.get_dynamic_partitions(landing_files.name))
+    keys = sorted(clean_corpus)
     if not keys:
         raise dg.Failure(f"no landing files registered: put files in {paths.landing} and run `tunegraph run`")
     # One Arrow table, not a dict per record (those were ~2 KB each: 2 GB at 1M records); the
@@ -66,7 +65,7 @@ def deduplicated_corpus(
     # In one chunk: a take from 64 chunks of nested rows combined them first, every time (0.27 s
     # for one row at 1M records, and dedup takes rows six times); combined once it costs 0.25 s.
     records = pa.concat_tables(
-        [_clean_partition(paths, key) for key in keys], promote_options="permissive"
+        [_clean_partition(clean_corpus[key], key) for key in keys], promote_options="permissive"
     ).combine_chunks()
     ids = records.column("id").to_pylist() if records.num_rows else []
     every_key = record_keys(records)
@@ -111,37 +110,39 @@ def deduplicated_corpus(
     sources = (
         Counter(records.column("source_file").take(pa.array(train, pa.int64())).to_pylist()) if train else {}
     )
-    with paths.publish("deduplicated_corpus") as out:
-        write_table(out / "train.parquet", _rows(records, train))
-        (out / "eval").mkdir()
-        for name, rows in eval_sets.items():
-            write_rows(out / "eval" / f"{name}.parquet", rows)
-        write_table(
-            out / "duplicates.parquet",
-            _rows(records, list(exact), duplicate_of=[ids[j] for j in exact.values()]),
-        )
-        write_table(
-            out / "near_duplicates.parquet",
-            _rows(records, list(near), duplicate_of=[ids[j] for j in near.values()]),
-        )
-        write_table(
-            out / "contaminated.parquet",
-            _rows(records, list(contaminated), shared_ngram=list(contaminated.values())),
-        )
-        write_json(
-            out / "summary.json",
-            {
-                "partitions": keys,
-                "records_in": records.num_rows,
-                "duplicates": len(duplicates),
-                "near_duplicates": len(near),
-                "contaminated": len(contaminated),
-                "capped": capped,
-                "train_examples": len(train),
-                "eval_examples": {name: len(rows) for name, rows in eval_sets.items()},
-            },
-        )
-        version = content_hash(*(out / f for f in DATA_FILES), out / "eval")
+    out = new_output(context, paths)
+    write_table(out / "train.parquet", _rows(records, train))
+    (out / "eval").mkdir()
+    for name, rows in eval_sets.items():
+        write_rows(out / "eval" / f"{name}.parquet", rows)
+    write_table(
+        out / "duplicates.parquet",
+        _rows(records, list(exact), duplicate_of=[ids[j] for j in exact.values()]),
+    )
+    write_table(
+        out / "near_duplicates.parquet",
+        _rows(records, list(near), duplicate_of=[ids[j] for j in near.values()]),
+    )
+    write_table(
+        out / "contaminated.parquet",
+        _rows(records, list(contaminated), shared_ngram=list(contaminated.values())),
+    )
+    summary = {
+        "partitions": keys,
+        "records_in": records.num_rows,
+        "duplicates": len(duplicates),
+        "near_duplicates": len(near),
+        "contaminated": len(contaminated),
+        "capped": capped,
+        "train_examples": len(train),
+        "eval_examples": {name: len(rows) for name, rows in eval_sets.items()},
+    }
+    files = {key: read_json(clean_corpus[key] / "summary.json") for key in keys}
+    summary["accounting"] = corpus_accounting(summary, files)
+    # What a model's lineage names: each landing file's content, as read into this version.
+    summary["landing_files"] = {key: files[key]["content_hash"] for key in keys}
+    write_json(out / "summary.json", summary)
+    version = content_hash(*(out / f for f in DATA_FILES), out / "eval")
     context.log.info(
         f"{records.num_rows} records from {len(keys)} files: {len(duplicates)} duplicates, "
         f"{len(contaminated)} contaminated, {len(train)} train, {len(held_out)} held out"
@@ -162,25 +163,22 @@ def deduplicated_corpus(
                 ["id", "duplicate_of"],
             ),
             "sources": counts_table(dict(sources), key="landing file"),
+            **recorded(out),
         },
-        check_results=[_accounting_holds(paths)],
+        check_results=[_accounting_holds(summary["accounting"])],
     )
 
 
 DATA_FILES = ("train.parquet", "duplicates.parquet", "near_duplicates.parquet", "contaminated.parquet")
 
 
-def eval_records(paths: Paths) -> list[dict]:
-    """Every held-out record of the latest deduplicated_corpus, all eval sets together."""
-    return [
-        r
-        for p in sorted((paths.latest("deduplicated_corpus") / "eval").glob("*.parquet"))
-        for r in read_rows(p)
-    ]
+def eval_records(deduplicated: Path) -> list[dict]:
+    """Every held-out record of a deduplicated_corpus output, all eval sets together."""
+    return [r for p in sorted((deduplicated / "eval").glob("*.parquet")) for r in read_rows(p)]
 
 
-def _clean_partition(paths: Paths, key: str) -> pa.Table:
-    rows = pq.read_table(paths.latest("clean_corpus", key) / "records.parquet")
+def _clean_partition(folder: Path, key: str) -> pa.Table:
+    rows = pq.read_table(folder / "records.parquet")
     if rows.num_rows and "response_hash" not in rows.column_names:
         raise dg.Failure(
             f"clean_corpus[{key}] was written by an older tunegraph (no response_hash column): "
@@ -211,8 +209,7 @@ def _eval_files(files: list[str], settings: TunegraphSettings) -> dict[str, list
     return sets
 
 
-def _accounting_holds(paths: Paths) -> dg.AssetCheckResult:
-    acc = corpus_accounting(paths)
+def _accounting_holds(acc: dict) -> dg.AssetCheckResult:
     dropped = sum(acc["dropped"].values())
     passed = acc["documents_in"] == acc["documents_kept"] + dropped
     return dg.AssetCheckResult(

@@ -15,14 +15,10 @@ import mlflow
 from mlflow.entities import Metric, RunTag
 from transformers import AutoTokenizer
 
-from assets.augment import augmented_corpus
-from assets.dedup import deduplicated_corpus
-from assets.gates import require_upstream_gates
 from assets.metadata import md_table
-from assets.model import base_model, fine_tuned_model
-from assets.preference import preference_model
 from assets.sources import reads_config
 from assets.versions import latest_data_version
+from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages import model_card
@@ -45,37 +41,35 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 @dg.asset(
     group_name="evaluation",
-    deps=[
-        fine_tuned_model,
-        preference_model,
-        base_model,
-        deduplicated_corpus,
-        augmented_corpus,
-        reads_config("evaluation", "tracking", "data.seed"),
-    ],  # fmt: skip
+    deps=[reads_config("evaluation", "tracking", "data.seed")],
     code_version="evaluate-4",
     kinds={"pytorch", "mlflow"},
     description="Held-out perplexity, ROUGE-L and exact match for each variant; champion alias if better.",
 )
 def model_evaluation(
-    context: dg.AssetExecutionContext, settings: TunegraphSettings, mlflow_tracking: MlflowTracking
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    mlflow_tracking: MlflowTracking,
+    fine_tuned_model: Path,
+    preference_model: Path,
+    base_model: Path,
+    deduplicated_corpus: Path,
+    augmented_corpus: Path,
 ) -> dg.MaterializeResult:
-    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     ev = cfg.evaluation
-    eval_dir = paths.latest("deduplicated_corpus") / "eval"
+    folders = {"base": base_model, "fine_tuned": fine_tuned_model, "preference": preference_model}
+    eval_dir = deduplicated_corpus / "eval"
     eval_sets = {p.stem: read_rows(p)[: ev.max_examples] for p in sorted(eval_dir.glob("*.parquet"))}
     records = eval_sets["held_out"]
     if not records:
         raise dg.Failure("the held-out split is empty: raise data.eval_fraction or add landing files")
-    shots = few_shot_examples(
-        read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k, cfg.data.seed
-    )
+    shots = few_shot_examples(read_rows(augmented_corpus / "train.parquet"), ev.few_shot_k, cfg.data.seed)
     # The candidates: the fine-tuned model, and the DPO model trained from it when that is on.
-    candidates = {"fine_tuned": read_json(paths.latest("fine_tuned_model") / "mlflow.json")}
-    dpo = read_json(paths.latest("preference_model") / "summary.json")
+    candidates = {"fine_tuned": read_json(fine_tuned_model / "mlflow.json")}
+    dpo = read_json(preference_model / "summary.json")
     if cfg.preference.enabled and dpo["enabled"] and dpo["starts_from"] == candidates["fine_tuned"]:
-        candidates["preference"] = read_json(paths.latest("preference_model") / "mlflow.json")
+        candidates["preference"] = read_json(preference_model / "mlflow.json")
     client = mlflow_tracking.client()
     name = candidates["fine_tuned"]["model_name"]
     champion_version = _alias_version(client, name, "champion")
@@ -96,10 +90,14 @@ def model_evaluation(
     )
     progress = Progress(context, sum(len(v) for v in sources.values()))
     baseline_runs: dict[str, dict[str, Any]] = {}  # variant -> its MLflow run, and whether it was cached
-    base_tokenizer = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
+    base_tokenizer = AutoTokenizer.from_pretrained(base_model / "model")
     for source, variants in sources.items():
         # The base model is loaded only if a baseline is not in the cache.
-        loaded = None if source == "base" else _load(source, paths, mlflow_tracking, name, champion_version)
+        loaded = (
+            None
+            if source == "base"
+            else _load(source, folders, paths, mlflow_tracking, name, champion_version)
+        )
         for variant in variants:
             tokenizer = loaded[1] if loaded else base_tokenizer
             scored = {
@@ -113,7 +111,7 @@ def model_evaluation(
             if result:
                 progress.done(variant, f"cached in MLflow run {result['run_id']}")
             else:
-                loaded = loaded or _load(source, paths, mlflow_tracking, name, champion_version)
+                loaded = loaded or _load(source, folders, paths, mlflow_tracking, name, champion_version)
                 result = {"run_id": None, "scores": {}, "texts": {}}
                 for set_name, set_items in scored.items():
                     context.log.info(f"evaluating {variant} on {len(set_items)} examples of {set_name}")
@@ -163,7 +161,7 @@ def model_evaluation(
     # Each candidate's model card, now with this comparison; it replaces README.md in its MLflow model.
     verdict = {"results": results, "primary_metric": ev.primary_metric, "examples": len(records)}
     cards = {
-        c: _evaluated_card(context, paths, c, {
+        c: _evaluated_card(context, folders[c], c, {
             **verdict, "candidate": c, "promoted": promoted and c == best,
             "reason": reason if c == best else f"{best} was the better candidate by {ev.primary_metric}",
         })
@@ -189,14 +187,14 @@ def model_evaluation(
         "samples": samples,
         "baselines": baseline_runs,
     }
-    with paths.publish("model_evaluation") as out:
-        write_json(out / "summary.json", summary)
-        for c, card in cards.items():
-            if card:
-                folder = out / "model_cards" / c
-                folder.mkdir(parents=True)
-                client.log_model_artifact(candidates[c]["model_id"], str(model_card.write(card, folder)))
-        data_version = content_hash(out / "summary.json")
+    out = new_output(context, paths)
+    write_json(out / "summary.json", summary)
+    for c, card in cards.items():
+        if card:
+            folder = out / "model_cards" / c
+            folder.mkdir(parents=True)
+            client.log_model_artifact(candidates[c]["model_id"], str(model_card.write(card, folder)))
+    data_version = content_hash(out / "summary.json")
     columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(data_version),
@@ -211,6 +209,7 @@ def model_evaluation(
             "model_card": dg.MetadataValue.md(
                 model_card.body(cards[best]) if cards[best] else "(trained before model cards: none)"
             ),
+            **recorded(out),
         },
     )
 
@@ -222,8 +221,8 @@ MIN_STOP_RATE = 0.95
     asset=model_evaluation,
     description="Serving consistency: with the saved chat template, fine-tuned generations end at EOS.",
 )
-def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    summary = read_json(settings.paths().latest("model_evaluation") / "summary.json")
+def generations_stop_at_eos(model_evaluation: Path) -> dg.AssetCheckResult:
+    summary = read_json(model_evaluation / "summary.json")
     rate = summary["evaluation"]["fine_tuned"]["stop_rate"]
     return dg.AssetCheckResult(
         passed=rate is None or rate >= MIN_STOP_RATE,  # None: only documents held out, nothing to stop
@@ -237,8 +236,8 @@ def generations_stop_at_eos(settings: TunegraphSettings) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=model_evaluation, description="The candidate beat the champion and baselines.")
-def candidate_promoted(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    summary = read_json(settings.paths().latest("model_evaluation") / "summary.json")
+def candidate_promoted(model_evaluation: Path) -> dg.AssetCheckResult:
+    summary = read_json(model_evaluation / "summary.json")
     registry = summary["registry"]
     return dg.AssetCheckResult(
         passed=registry["promoted"],
@@ -252,11 +251,16 @@ def candidate_promoted(settings: TunegraphSettings) -> dg.AssetCheckResult:
 
 
 def _load(
-    source: str, paths: Any, tracking: MlflowTracking, name: str, champion_version: str | None
+    source: str,
+    folders: dict[str, Path],
+    paths: Any,
+    tracking: MlflowTracking,
+    name: str,
+    champion_version: str | None,
 ) -> tuple[Any, Any]:
-    """The model behind a variant. The champion comes from its local folder, or from MLflow if pruned."""
-    if source in ("base", "fine_tuned", "preference"):
-        folder = paths.latest(f"{source}_model") / "model"
+    """The model behind a variant: an input's folder, or the champion's from MLflow."""
+    if source in folders:
+        folder = folders[source] / "model"
     else:
         version = tracking.client().get_model_version(name, champion_version)
         folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
@@ -265,10 +269,10 @@ def _load(
 
 
 def _evaluated_card(
-    context: dg.AssetExecutionContext, paths: Any, variant: str, evaluation: dict[str, Any]
+    context: dg.AssetExecutionContext, model: Path, variant: str, evaluation: dict[str, Any]
 ) -> str | None:
     """The model card of a candidate with this evaluation (None for a model trained before cards)."""
-    facts = paths.latest(f"{variant}_model") / "card.json"
+    facts = model / "card.json"
     if not facts.is_file():
         context.log.warning(f"the {variant} model was trained before model cards: retrain it to get one")
         return None

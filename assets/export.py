@@ -7,14 +7,15 @@ own step) says whether the next-token logits on held-out examples stay within th
 tolerance and the tokenizer reads them into the same ids.
 """
 
+from pathlib import Path
+
 import dagster as dg
 from transformers import AutoTokenizer
 
-from assets.dedup import deduplicated_corpus
 from assets.evaluation import model_evaluation
-from assets.gates import require_upstream_gates
 from assets.metadata import md_table
 from assets.sources import reads_config
+from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages import gguf_export
@@ -27,7 +28,7 @@ COLUMNS = ["file", "mb", "relative_diff", "tolerance", "max_abs_diff", "top1_agr
 
 @dg.asset(
     group_name="model",
-    deps=[model_evaluation, deduplicated_corpus, reads_config("export", "tracking")],
+    deps=[model_evaluation, reads_config("export", "tracking")],  # the champion it exports is MLflow's
     code_version="gguf-1",
     kinds={"gguf"},
     description="The champion as GGUF files (export.gguf; off by default), checked by loading them back.",
@@ -41,16 +42,18 @@ COLUMNS = ["file", "mb", "relative_diff", "tolerance", "max_abs_diff", "top1_agr
     ],
 )
 def gguf_model(
-    context: dg.AssetExecutionContext, settings: TunegraphSettings, mlflow_tracking: MlflowTracking
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    mlflow_tracking: MlflowTracking,
+    deduplicated_corpus: Path,
 ) -> dg.MaterializeResult:
-    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     if not cfg.export.gguf:
-        with paths.publish("gguf_model") as out:
-            write_json(out / "summary.json", {"enabled": False})
+        out = new_output(context, paths)
+        write_json(out / "summary.json", {"enabled": False})
         return dg.MaterializeResult(
             data_version=dg.DataVersion("disabled"),
-            metadata={"enabled": False},
+            metadata={"enabled": False, **recorded(out)},
             check_results=[dg.AssetCheckResult(check_name=CHECK, passed=True, metadata={"enabled": False})],
         )
     name = cfg.tracking.registered_model
@@ -63,29 +66,29 @@ def gguf_model(
         ) from None
     number = str(champion.version)  # MLflow returns an int for a version found by alias
     model_dir = mlflow_tracking.model_dir(champion, paths.model_cache(name, number))
-    held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
+    held_out = read_rows(deduplicated_corpus / "eval" / "held_out.parquet")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = gguf_export.check_texts(tokenizer, held_out[: cfg.export.gguf_check_examples])
     label = f"{name} v{number}"
-    with paths.publish("gguf_model") as out:
-        files, checks = [], []
-        for kind in cfg.export.gguf_types:
-            context.log.info(f"writing {label} as GGUF {kind} and reading it back")
-            path = gguf_export.write_gguf(model_dir, out / f"{name}-v{number}-{kind}.gguf", kind, label)
-            comparison = gguf_export.compare_logits(model_dir, path, kind, texts)
-            files.append(path)
-            checks.append(
-                {"file": path.name, "mb": round(path.stat().st_size / 2**20, 1), **comparison.as_dict()}
-            )
-        summary = {"enabled": True, "model_name": name, "version": number, "checks": checks}
-        write_json(out / "summary.json", summary)
-        version = content_hash(*files)
+    out = new_output(context, paths)
+    files, checks = [], []
+    for kind in cfg.export.gguf_types:
+        context.log.info(f"writing {label} as GGUF {kind} and reading it back")
+        path = gguf_export.write_gguf(model_dir, out / f"{name}-v{number}-{kind}.gguf", kind, label)
+        comparison = gguf_export.compare_logits(model_dir, path, kind, texts)
+        files.append(path)
+        checks.append(
+            {"file": path.name, "mb": round(path.stat().st_size / 2**20, 1), **comparison.as_dict()}
+        )
+    summary = {"enabled": True, "model_name": name, "version": number, "checks": checks}
+    write_json(out / "summary.json", summary)
+    version = content_hash(*files)
     passed = all(c["passed"] for c in checks)
     table = md_table(checks, COLUMNS, limit=len(checks))
     fix = "do not ship a file that fails: it does not reproduce the model within its type's tolerance"
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
-        metadata={"enabled": True, "model_version": label, "files": table},
+        metadata={"enabled": True, "model_version": label, "files": table, **recorded(out)},
         check_results=[
             dg.AssetCheckResult(
                 check_name=CHECK,

@@ -2,10 +2,10 @@
 automation and the schedule.
 
 Dagster enforces a blocking check only inside the run that evaluated it, so a later run (or a
-UI "Materialize" of one downstream asset) would read data its gate rejected. Every asset with a
-blocking check upstream therefore calls `require_upstream_gates` before it reads anything: each
-blocking check on each ancestor must have passed on that ancestor's latest materialisation. A
-check that failed, or never ran on the latest materialisation, stops the asset, and the check's
+UI "Materialize" of one downstream asset) would read data its gate rejected. Inputs are handed
+over by the IO manager (`resources/outputs.py`), which therefore refuses an input unless each
+blocking check on it and on its ancestors passed on that asset's latest materialisation. A check
+that failed, or never ran on the latest materialisation, stops the asset, and the check's
 metadata (its `fix` entry first) says what to do.
 """
 
@@ -43,11 +43,6 @@ def blocking_checks(asset_graph: BaseAssetGraph, assets: Iterable[dg.AssetKey]) 
         (node.key for node in asset_graph.asset_check_nodes if node.blocking and node.key.asset_key in keys),
         key=lambda k: k.to_user_string(),
     )
-
-
-def upstream_checks(asset_graph: BaseAssetGraph, asset: dg.AssetKey) -> list[dg.AssetCheckKey]:
-    """The blocking checks on every ancestor of `asset`: what must hold before it may run."""
-    return blocking_checks(asset_graph, asset_graph.get_ancestor_asset_keys(asset))
 
 
 def gate_states(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) -> dict[dg.AssetCheckKey, Gate]:
@@ -106,36 +101,17 @@ def summary(metadata: dict[str, dg.MetadataValue]) -> str:
     return "; ".join([*([str(fix.value)] if fix else []), ", ".join(shown)]) or "see its metadata"
 
 
-def failed_upstream(
-    instance: dg.DagsterInstance, asset_graph: BaseAssetGraph, asset: dg.AssetKey
-) -> list[Gate]:
-    states = gate_states(instance, upstream_checks(asset_graph, asset))
-    return [gate for gate in states.values() if not gate.passed]
+def gates_through(asset_graph: BaseAssetGraph) -> dict[str, list[dg.AssetCheckKey]]:
+    """For each asset: the blocking checks on it and on its ancestors, which must pass before
+    anything reads its output (given to the IO manager: a run's own graph holds only the checks
+    it selected)."""
+    return {
+        key.to_user_string(): checks
+        for key in asset_graph.materializable_asset_keys
+        if (checks := blocking_checks(asset_graph, {key, *asset_graph.get_ancestor_asset_keys(key)}))
+    }
 
 
 def blocked_message(asset: str, gates: list[Gate]) -> str:
     reasons = "; ".join(f"{g.name} {g.detail}" for g in gates)
     return f"{asset} may not run: {reasons}"
-
-
-def code_location_graph() -> BaseAssetGraph:
-    """The whole graph of the code location, checks included.
-
-    Not the run's own graph: a run of one asset holds only the checks of the assets it selected,
-    so the gates upstream would be invisible to it. Imported when called, as the code location
-    imports the assets.
-    """
-    from pipelines.definitions import defs
-
-    return defs.resolve_asset_graph()
-
-
-def require_upstream_gates(context: dg.AssetExecutionContext) -> None:
-    """Stop this asset (no retry) unless every blocking check upstream passed on the current data."""
-    failed = failed_upstream(context.instance, code_location_graph(), context.asset_key)
-    if failed:
-        raise dg.Failure(
-            description=blocked_message(context.asset_key.to_user_string(), failed),
-            metadata={g.name: g.detail for g in failed},
-            allow_retries=False,  # the data must change first; a retry would fail the same way
-        )

@@ -4,18 +4,19 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
-from assets.gates import require_upstream_gates
 from assets.sources import reads_config
 from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
 from assets.versions import latest_data_version
+from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages.content import content_hash
 from stages.model_source import save_base_model
-from stages.tables import read_json, read_rows, write_json
+from stages.tables import read_json, write_json
 
 
 @dg.asset(
@@ -29,10 +30,10 @@ from stages.tables import read_json, read_rows, write_json
 def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     context.log.info(f"resolving model.base = {cfg.model.base}")
-    with paths.publish("base_model", keep=2) as out:
-        facts = save_base_model(cfg.model.base, out / "model")
-        write_json(out / "summary.json", facts)
-        version = content_hash(out / "model")
+    out = new_output(context, paths, keep=2)
+    facts = save_base_model(cfg.model.base, out / "model")
+    write_json(out / "summary.json", facts)
+    version = content_hash(out / "model")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
@@ -43,6 +44,7 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
             "eos_token": facts["eos_token"],
             "chat_template_defaulted": facts["chat_template_defaulted"],
             "chat_template": dg.MetadataValue.md(f"```jinja\n{facts['chat_template']}\n```"),
+            **recorded(out),
         },
     )
 
@@ -51,8 +53,6 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     group_name="model",
     # The evaluation's decoding is saved with the model (generation_config.json), so it is read here too.
     deps=[
-        "tokenized_dataset",
-        base_model,
         reads_config("training", "tracking", "evaluation.max_new_tokens", "evaluation.repetition_penalty"),
     ],
     # With the training code's own hash: new training code makes the model stale, and a
@@ -69,11 +69,14 @@ def fine_tuned_model(
     settings: TunegraphSettings,
     mlflow_tracking: MlflowTracking,
     launcher: TrainingLauncher,
+    tokenized_dataset: Path,
+    base_model: Path,
+    augmented_corpus: Path,
+    deduplicated_corpus: Path,
 ) -> dg.MaterializeResult:
-    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
-    init_dir, warm_start = _initial_model(mlflow_tracking, paths, cfg)
-    tokens_dir = paths.latest("tokenized_dataset")
+    init_dir, warm_start = _initial_model(mlflow_tracking, paths, cfg, base_model)
+    tokens_dir = tokenized_dataset
     # The content versions Dagster recorded: the same data gives the same key after any crash.
     upstream = {a: latest_data_version(context.instance, a) or "" for a in UPSTREAM_VERSIONS}
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
@@ -99,11 +102,11 @@ def fine_tuned_model(
             **{f"tunegraph.data_version.{a}": v for a, v in upstream.items()},
         },
         artifacts=[(tokens_dir / "dataset_card.md", "dataset"), (tokens_dir / "lengths.png", "dataset")],
-        datasets=_datasets(paths, upstream["tokenized_dataset"]),
+        datasets=_datasets(augmented_corpus, deduplicated_corpus, upstream["tokenized_dataset"]),
         lineage={
             "method": "sft",
             "trained_from": warm_start["model_uri"] if warm_start else cfg.model.base,
-            **_lineage(context, paths, cfg),
+            **_lineage(context, augmented_corpus, deduplicated_corpus, cfg),
             "warm_start_from": warm_start,
         },
         card={
@@ -130,15 +133,16 @@ def fine_tuned_model(
             **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
             "warm_start_from": warm_start["model_uri"] if warm_start else "",
             "effective_tokens_per_s": round(trained.summary["effective_tokens_per_s"], 1),
+            **recorded(trained.out),
         },
     )
 
 
-def _datasets(paths, tokens_version: str) -> list[Dataset]:  # noqa: ANN001
+def _datasets(augmented: Path, deduplicated: Path, tokens_version: str) -> list[Dataset]:
     """The train records (digest: the tokenized data version trained on) and the held-out set."""
-    held_out = paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"
+    held_out = deduplicated / "eval" / "held_out.parquet"
     return [
-        Dataset("train", "training", paths.latest("augmented_corpus") / "train.parquet", tokens_version),
+        Dataset("train", "training", augmented / "train.parquet", tokens_version),
         Dataset("held_out", "evaluation", held_out, content_hash(held_out)),
     ]
 
@@ -146,10 +150,10 @@ def _datasets(paths, tokens_version: str) -> list[Dataset]:  # noqa: ANN001
 UPSTREAM_VERSIONS = ("base_model", "augmented_corpus", "tokenized_dataset")  # tagged on the model version
 
 
-def _initial_model(tracking: MlflowTracking, paths, cfg) -> tuple[Path, dict | None]:  # noqa: ANN001
+def _initial_model(tracking: MlflowTracking, paths, cfg, base_model: Path) -> tuple[Path, dict | None]:  # noqa: ANN001
     """The base model, or the registered version `training.warm_start_from` names (step 0 either way)."""
     if not cfg.training.warm_start_from:
-        return paths.latest("base_model") / "model", None
+        return base_model / "model", None
     version = tracking.resolve_version(cfg.training.warm_start_from, cfg.tracking.registered_model)
     model_uri = f"models:/{version.name}/{version.version}"
     local = tracking.model_dir(version, paths.model_cache(version.name, version.version))
@@ -160,14 +164,13 @@ UPSTREAM_ASSETS = ("raw_corpus", "clean_corpus", "deduplicated_corpus", "augment
                    "base_model")  # fmt: skip
 
 
-def _lineage(context: dg.AssetExecutionContext, paths, cfg) -> dict:  # noqa: ANN001
+def _lineage(context: dg.AssetExecutionContext, augmented: Path, deduplicated: Path, cfg) -> dict:  # noqa: ANN001
     """Landing files (content hash, train records), config, code versions: what `compare` diffs."""
-    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
-    per_file = Counter(r["source_file"] for r in train)
-    files = {}
-    for key in read_json(paths.latest("deduplicated_corpus") / "summary.json")["partitions"]:
-        raw = read_json(paths.latest("raw_corpus", key) / "summary.json")
-        files[key] = {"content_hash": raw["content_hash"], "train_records": per_file.get(key, 0)}
+    per_file = Counter(
+        pq.read_table(augmented / "train.parquet", columns=["source_file"]).column(0).to_pylist()
+    )
+    files = {key: {"content_hash": content, "train_records": per_file.get(key, 0)}
+             for key, content in read_json(deduplicated / "summary.json")["landing_files"].items()}  # fmt: skip
     # Upstream code versions as recorded on their latest materialisations; this asset's own from its definition.
     code_versions = {"fine_tuned_model": context.assets_def.code_versions_by_key[context.asset_key]}
     for name in UPSTREAM_ASSETS:

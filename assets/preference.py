@@ -7,17 +7,17 @@ and do nothing else, so the evaluation and the UI stay the same graph either way
 import gc
 import json
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 
 from assets.automation import FOLLOWS_THE_MODEL
-from assets.dedup import deduplicated_corpus, eval_records
-from assets.gates import require_upstream_gates
+from assets.dedup import eval_records
 from assets.metadata import counts_table, md_table
-from assets.model import fine_tuned_model
 from assets.sources import preference_files, reads_config
 from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
 from assets.versions import latest_data_version
+from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
@@ -37,9 +37,6 @@ DISABLED = {"enabled": False, "pairs": 0}
 @dg.asset(
     group_name="preference",
     deps=[
-        deduplicated_corpus,
-        "augmented_corpus",
-        fine_tuned_model,
         preference_files,
         reads_config(
             "preference",
@@ -70,18 +67,23 @@ DISABLED = {"enabled": False, "pairs": 0}
         ),
     ],
 )
-def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
-    require_upstream_gates(context)
+def preference_pairs(
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    deduplicated_corpus: Path,
+    augmented_corpus: Path,
+    fine_tuned_model: Path,
+) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     pref = cfg.preference
     if not pref.enabled:
-        with paths.publish("preference_pairs") as out:
-            write_json(out / "summary.json", DISABLED)
-            write_rows(out / "pairs.parquet", [])
+        out = new_output(context, paths)
+        write_json(out / "summary.json", DISABLED)
+        write_rows(out / "pairs.parquet", [])
         return dg.MaterializeResult(
             data_version=dg.DataVersion("disabled"),
-            metadata={"enabled": False},
-            check_results=_checks(settings),
+            metadata={"enabled": False, **recorded(out)},
+            check_results=_checks(settings, out, deduplicated_corpus),
         )
 
     files = paths.preference_files()
@@ -93,7 +95,7 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
             pairs += read.records
             quarantine += read.quarantine
     elif pref.synthetic:
-        pairs = _synthetic(context, settings)
+        pairs = _synthetic(context, settings, augmented_corpus, fine_tuned_model)
     else:
         raise dg.Failure(
             f"preference.enabled but no files in {paths.preference_landing} and preference.synthetic is false: "
@@ -106,7 +108,10 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
         kept, dropped, pii_counts = pairs, [], {}
     if cfg.data.decontamination.enabled:
         kept, contaminated = decontaminate(
-            kept, eval_records(paths), cfg.data.decontamination.ngram, text=preferences.pair_text
+            kept,
+            eval_records(deduplicated_corpus),
+            cfg.data.decontamination.ngram,
+            text=preferences.pair_text,
         )
         dropped += [{"source_file": c["source_file"], "source_line": c["source_line"], "detail": c["id"],
                      "reason": "contaminated", "raw": c["shared_ngram"]} for c in contaminated]  # fmt: skip
@@ -128,12 +133,12 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
             for path, key in keys.items()
         },
     }
-    with paths.publish("preference_pairs") as out:
-        write_rows(out / "pairs.parquet", kept)
-        (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
-        write_rows(out / "quarantine.parquet", quarantine + dropped)
-        write_json(out / "summary.json", summary)
-        version = content_hash(out / "pairs.parquet", out / "quarantine.parquet")
+    out = new_output(context, paths)
+    write_rows(out / "pairs.parquet", kept)
+    (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
+    write_rows(out / "quarantine.parquet", quarantine + dropped)
+    write_json(out / "summary.json", summary)
+    version = content_hash(out / "pairs.parquet", out / "quarantine.parquet")
     context.log.info(f"{len(kept)} preference pairs kept of {summary['pairs_in']} ({dict(reasons)})")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -153,18 +158,18 @@ def preference_pairs(context: dg.AssetExecutionContext, settings: TunegraphSetti
                 ],  # fmt: skip
                 ["prompt", "chosen", "rejected"],
             ),
+            **recorded(out),
         },
-        check_results=_checks(settings),
+        check_results=_checks(settings, out, deduplicated_corpus),
     )
 
 
-def _checks(settings: TunegraphSettings) -> list[dg.AssetCheckResult]:
-    """The blocking checks, on what this step published (read back, as preference_model reads it)."""
-    return [pairs_well_formed(settings), pairs_not_in_eval(settings)]
+def _checks(settings: TunegraphSettings, out: Path, deduplicated: Path) -> list[dg.AssetCheckResult]:
+    """The blocking checks, on what this step wrote (read back, as preference_model reads it)."""
+    return [pairs_well_formed(settings, out), pairs_not_in_eval(settings, out, deduplicated)]
 
 
-def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
-    out = settings.paths().latest("preference_pairs")
+def pairs_well_formed(settings: TunegraphSettings, out: Path) -> dg.AssetCheckResult:
     if not read_json(out / "summary.json")["enabled"]:
         return dg.AssetCheckResult(check_name="pairs_well_formed", passed=True, metadata={"enabled": False})
     pairs = read_rows(out / "pairs.parquet")
@@ -193,14 +198,13 @@ def pairs_well_formed(settings: TunegraphSettings) -> dg.AssetCheckResult:
     )
 
 
-def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
+def pairs_not_in_eval(settings: TunegraphSettings, out: Path, deduplicated: Path) -> dg.AssetCheckResult:
     # Whether or not decontamination ran: this is the check that it did its job, or that it was needed.
-    cfg, paths = settings.config(), settings.paths()
-    out = paths.latest("preference_pairs")
+    cfg = settings.config()
     if not read_json(out / "summary.json")["enabled"]:
         return dg.AssetCheckResult(check_name="pairs_not_in_eval", passed=True, metadata={"enabled": False})
     n = cfg.data.decontamination.ngram
-    grams = eval_ngrams(eval_records(paths), n)
+    grams = eval_ngrams(eval_records(deduplicated), n)
     pairs = read_rows(out / "pairs.parquet")
     hits = [p for p in pairs if ngrams(preferences.pair_text(p), n) & grams]
     return dg.AssetCheckResult(
@@ -224,8 +228,6 @@ def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
 @dg.asset(
     group_name="preference",
     deps=[
-        preference_pairs,
-        fine_tuned_model,
         reads_config(
             "preference", "training", "tracking", "evaluation.max_new_tokens", "evaluation.repetition_penalty"
         ),
@@ -241,14 +243,17 @@ def preference_model(
     settings: TunegraphSettings,
     mlflow_tracking: MlflowTracking,
     launcher: TrainingLauncher,
+    preference_pairs: Path,
+    fine_tuned_model: Path,
 ) -> dg.MaterializeResult:
-    require_upstream_gates(context)
     cfg, paths = settings.config(), settings.paths()
     if not cfg.preference.enabled:
-        with paths.publish("preference_model") as out:
-            write_json(out / "summary.json", DISABLED)
-        return dg.MaterializeResult(data_version=dg.DataVersion("disabled"), metadata={"enabled": False})
-    pairs_dir, sft_dir = paths.latest("preference_pairs"), paths.latest("fine_tuned_model")
+        out = new_output(context, paths)
+        write_json(out / "summary.json", DISABLED)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion("disabled"), metadata={"enabled": False, **recorded(out)}
+        )
+    pairs_dir, sft_dir = preference_pairs, fine_tuned_model
     pairs = read_json(pairs_dir / "summary.json")
     sft = read_json(sft_dir / "mlflow.json")
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
@@ -314,21 +319,20 @@ def preference_model(
             "synthetic_pairs": pairs["synthetic"],
             "reward_margin": summary["reward_margin"],
             "reward_accuracy": summary["reward_accuracy"],
+            **recorded(trained.out),
         },
     )
 
 
-def _synthetic(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> list[dict]:
+def _synthetic(
+    context: dg.AssetExecutionContext, settings: TunegraphSettings, augmented: Path, fine_tuned: Path
+) -> list[dict]:
     """The fine-tuned model answers some original train prompts; pairs where the reference is better."""
-    cfg, paths = settings.config(), settings.paths()
+    cfg = settings.config()
     pref = cfg.preference
-    train = [
-        r
-        for r in read_rows(paths.latest("augmented_corpus") / "train.parquet")
-        if r["augmentation"] == "none"
-    ]
+    train = [r for r in read_rows(augmented / "train.parquet") if r["augmentation"] == "none"]
     train = sorted(train, key=lambda r: eval_score(r["id"], cfg.data.seed + 11))[: pref.synthetic_examples]
-    model, tokenizer = load_saved(paths.latest("fine_tuned_model") / "model")
+    model, tokenizer = load_saved(fine_tuned / "model")
     context.log.info(f"synthetic pairs: the fine-tuned model answers {len(train)} train prompts")
     outputs = generate(model.eval(), tokenizer, [r["messages"][:-1] for r in train], cfg.evaluation.max_new_tokens,
                        cfg.evaluation.batch_size, desc="synthetic rejected answers",

@@ -181,11 +181,17 @@ def record(instance: dg.DagsterInstance, changes: SourceChanges) -> None:
         instance.report_runless_asset_event(observation)
 
 
-def _changed(instance: dg.DagsterInstance, key: dg.AssetKey, versions: dict[str, str]) -> dict[str, str]:
+def recorded_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> dict[str, str]:
+    """The version each partition of a source was last observed at (absent: never observed)."""
     latest = instance.event_log_storage.get_latest_tags_by_partition(
-        key, dg.DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], list(versions)
+        key, dg.DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], list(partitions)
     )
-    return {k: v for k, v in versions.items() if latest.get(k, {}).get(DATA_VERSION_TAG) != v}
+    return {k: tags[DATA_VERSION_TAG] for k, tags in latest.items() if DATA_VERSION_TAG in tags}
+
+
+def _changed(instance: dg.DagsterInstance, key: dg.AssetKey, versions: dict[str, str]) -> dict[str, str]:
+    latest = recorded_versions(instance, key, list(versions))
+    return {k: v for k, v in versions.items() if latest.get(k) != v}
 
 
 def _observation(key: dg.AssetKey, version: str, partition: str | None = None) -> dg.AssetObservation:

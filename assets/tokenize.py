@@ -6,14 +6,11 @@ import dagster as dg
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
-from assets.augment import augmented_corpus
 from assets.automation import EAGER_BEHIND_GATES
-from assets.dataset_card import card_markdown, corpus_accounting
-from assets.dedup import deduplicated_corpus
-from assets.gates import require_upstream_gates
+from assets.dataset_card import card_markdown
 from assets.metadata import png
-from assets.model import base_model
 from assets.sources import reads_config
+from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from stages import plots
 from stages.chat import tokenize_cached, tokenizer_fingerprint
@@ -24,7 +21,7 @@ from stages.tables import arrow_batches, read_json, write_json
 
 @dg.asset(
     group_name="data",
-    deps=[augmented_corpus, deduplicated_corpus, base_model, reads_config("data.block_size")],
+    deps=[reads_config("data.block_size")],
     code_version="tokenize-4",
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
@@ -38,12 +35,17 @@ from stages.tables import arrow_batches, read_json, write_json
         )
     ],
 )
-def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSettings) -> dg.MaterializeResult:
-    require_upstream_gates(context)
+def tokenized_dataset(
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    augmented_corpus: Path,
+    deduplicated_corpus: Path,
+    base_model: Path,
+) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
-    tokenizer = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
-    train_file = paths.latest("augmented_corpus") / "train.parquet"
-    held_out_file = paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"
+    tokenizer = AutoTokenizer.from_pretrained(base_model / "model")
+    train_file = augmented_corpus / "train.parquet"
+    held_out_file = deduplicated_corpus / "eval" / "held_out.parquet"
     fingerprint = tokenizer_fingerprint(tokenizer)
     # One token cache for both; eval rows are never packed. Read a batch at a time: as Python
     # dicts all at once, the records were most of this step's memory (benchmarks/scale.py).
@@ -54,26 +56,25 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
     )
     n_train = pq.read_metadata(train_file).num_rows
     examples, eval_examples = tokens.slice(0, n_train), tokens.slice(n_train).table()
-    with paths.publish("tokenized_dataset") as out:
-        stats = write_packed(examples, cfg.data.block_size, out / "train_blocks.parquet")
-        labels_check = _blocks_have_labels(out / "train_blocks.parquet")
-        pq.write_table(eval_examples, out / "eval.parquet")
-        plots.histogram(
-            examples.lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example"
-        )
-        summary = {
-            **stats.__dict__,
-            "block_size": cfg.data.block_size,
-            "eval_examples": eval_examples.num_rows,
-            "tokenizer_fingerprint": fingerprint,
-            "tokenized_now": fresh,
-        }
-        write_json(out / "summary.json", summary)
-        hist = png(out / "lengths.png", "example lengths")
-        methods = read_json(paths.latest("augmented_corpus") / "summary.json")["methods"]
-        card = card_markdown(corpus_accounting(paths), summary, n_train, methods)
-        (out / "dataset_card.md").write_text(card)
-        version = content_hash(out / "train_blocks.parquet", out / "eval.parquet")
+    out = new_output(context, paths)
+    stats = write_packed(examples, cfg.data.block_size, out / "train_blocks.parquet")
+    labels_check = _blocks_have_labels(out / "train_blocks.parquet")
+    pq.write_table(eval_examples, out / "eval.parquet")
+    plots.histogram(examples.lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example")
+    summary = {
+        **stats.__dict__,
+        "block_size": cfg.data.block_size,
+        "eval_examples": eval_examples.num_rows,
+        "tokenizer_fingerprint": fingerprint,
+        "tokenized_now": fresh,
+    }
+    write_json(out / "summary.json", summary)
+    hist = png(out / "lengths.png", "example lengths")
+    methods = read_json(augmented_corpus / "summary.json")["methods"]
+    accounting = read_json(deduplicated_corpus / "summary.json")["accounting"]
+    card = card_markdown(accounting, summary, n_train, methods)
+    (out / "dataset_card.md").write_text(card)
+    version = content_hash(out / "train_blocks.parquet", out / "eval.parquet")
     context.log.info(
         f"{stats.examples} examples -> {stats.blocks} blocks of {cfg.data.block_size}, "
         f"non-pad {stats.non_pad_fraction:.3f}, {stats.truncated} truncated"
@@ -94,6 +95,7 @@ def tokenized_dataset(context: dg.AssetExecutionContext, settings: TunegraphSett
             "tokenizer_fingerprint": fingerprint,
             "length_histogram": hist,
             "dataset_card": dg.MetadataValue.md(card),
+            **recorded(out),
         },
         check_results=[labels_check],
     )

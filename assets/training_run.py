@@ -21,6 +21,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from assets.metadata import png
+from resources.outputs import new_output
 from resources.settings import Paths
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
@@ -77,7 +78,7 @@ class Dataset:
 @dataclass
 class TrainedModel:
     summary: dict[str, Any]
-    out: Path  # the published output folder
+    out: Path  # the output folder (this run's)
     run_id: str
     experiment_id: str
     version: str
@@ -125,59 +126,56 @@ def run_training(
             tags=[RunTag("tunegraph.resumed_from_step", str(plan.step)), *resumed],
         )
         client.log_inputs(run_id, datasets=[_dataset_input(d) for d in job.datasets])
-        with paths.publish(asset, keep=3) as out:
-            spec = {
-                **job.inputs,
-                "output_dir": str(out),
-                "checkpoint_dir": str(checkpoint_dir),
-                "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
-                "resumed_from_step": plan.step if plan.checkpoint else None,
-                # A local training process watches this step's pid; a pod cannot see it.
-                "parent_pid": os.getpid() if cfg.training.launcher.kind == "local" else None,
-                "training": cfg.training.model_dump(mode="json"),
-                "mlflow": {"tracking_uri": tracking.uri(), "run_id": run_id},
-            }
-            write_json(out / "spec.json", spec)
-            # Where it trains is the config's; the device and process count are decided there.
-            launcher.launch(
-                context, job.module, str(out / "spec.json"), cfg.training.launcher, str(paths.home)
-            )
-            summary = read_json(out / "train_summary.json")
-            history, evals = summary["history"], summary.get("eval_history", [])
-            plots.curves({"train": ([h["step"] for h in history], [h["loss"] for h in history]),
-                          "held-out": ([e["step"] for e in evals], [e["eval_loss"] for e in evals])},
-                         out / "loss.png", "training and held-out loss", "loss")  # fmt: skip
-            for path, folder in [(out / "loss.png", None), *job.artifacts]:
-                client.log_artifact(run_id, str(path), folder)
-            client.log_batch(run_id, metrics=_final_metrics(summary))
-            # Serve as evaluated: the evaluation's decoding becomes the model's generation_config.json.
-            decoding = serving.write_generation_config(out / "model", {
-                "max_new_tokens": cfg.evaluation.max_new_tokens,
-                "repetition_penalty": cfg.evaluation.repetition_penalty,
-            })  # fmt: skip
-            version, model_id = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
-            name = run_name(job.run_name, job.resume_key["data_version"], params, previous, version)
-            client.update_run(run_id, name=name)  # the version is known only now
-            final_dir = paths.published(out)
-            for key, value in {**tags, "tunegraph.model_dir": str(final_dir / "model")}.items():
-                client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
-            lineage = {**job.lineage, "resumed_from_step": summary["resumed_from_step"],
-                       "metrics": {"train_loss": summary["train_loss"]}}  # fmt: skip
-            write_json(out / "lineage.json", lineage)
-            client.log_dict(run_id, lineage, "lineage/lineage.json")
-            card = _card_facts(context, cfg, job, summary, decoding, version, run_id)
-            write_json(out / "card.json", card)  # model_evaluation renders the card again with its results
-            client.log_model_artifact(model_id, str(model_card.write(model_card.render(card), out / "model")))
-            registry = {
-                "mlflow_run_id": run_id,
-                "model_name": cfg.tracking.registered_model,
-                "version": version,
-                "model_id": model_id,
-            }
-            write_json(out / "mlflow.json", registry)
-            loss_png = png(out / "loss.png", "training loss")
+        out = new_output(context, paths)
+        spec = {
+            **job.inputs,
+            "output_dir": str(out),
+            "checkpoint_dir": str(checkpoint_dir),
+            "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
+            "resumed_from_step": plan.step if plan.checkpoint else None,
+            # A local training process watches this step's pid; a pod cannot see it.
+            "parent_pid": os.getpid() if cfg.training.launcher.kind == "local" else None,
+            "training": cfg.training.model_dump(mode="json"),
+            "mlflow": {"tracking_uri": tracking.uri(), "run_id": run_id},
+        }
+        write_json(out / "spec.json", spec)
+        # Where it trains is the config's; the device and process count are decided there.
+        launcher.launch(context, job.module, str(out / "spec.json"), cfg.training.launcher, str(paths.home))
+        summary = read_json(out / "train_summary.json")
+        history, evals = summary["history"], summary.get("eval_history", [])
+        plots.curves({"train": ([h["step"] for h in history], [h["loss"] for h in history]),
+                      "held-out": ([e["step"] for e in evals], [e["eval_loss"] for e in evals])},
+                     out / "loss.png", "training and held-out loss", "loss")  # fmt: skip
+        for path, folder in [(out / "loss.png", None), *job.artifacts]:
+            client.log_artifact(run_id, str(path), folder)
+        client.log_batch(run_id, metrics=_final_metrics(summary))
+        # Serve as evaluated: the evaluation's decoding becomes the model's generation_config.json.
+        decoding = serving.write_generation_config(out / "model", {
+            "max_new_tokens": cfg.evaluation.max_new_tokens,
+            "repetition_penalty": cfg.evaluation.repetition_penalty,
+        })  # fmt: skip
+        version, model_id = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
+        name = run_name(job.run_name, job.resume_key["data_version"], params, previous, version)
+        client.update_run(run_id, name=name)  # the version is known only now
+        for key, value in {**tags, "tunegraph.model_dir": str(out / "model")}.items():
+            client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
+        lineage = {**job.lineage, "resumed_from_step": summary["resumed_from_step"],
+                   "metrics": {"train_loss": summary["train_loss"]}}  # fmt: skip
+        write_json(out / "lineage.json", lineage)
+        client.log_dict(run_id, lineage, "lineage/lineage.json")
+        card = _card_facts(context, cfg, job, summary, decoding, version, run_id)
+        write_json(out / "card.json", card)  # model_evaluation renders the card again with its results
+        client.log_model_artifact(model_id, str(model_card.write(model_card.render(card), out / "model")))
+        registry = {
+            "mlflow_run_id": run_id,
+            "model_name": cfg.tracking.registered_model,
+            "version": version,
+            "model_id": model_id,
+        }
+        write_json(out / "mlflow.json", registry)
+        loss_png = png(out / "loss.png", "training loss")
         client.set_terminated(run_id, "FINISHED")
-        checkpoints.clear(checkpoint_dir)  # the model is published: nothing left to resume
+        checkpoints.clear(checkpoint_dir)  # the model is written and registered: nothing left to resume
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as interrupt:
         client.set_terminated(run_id, "KILLED")  # Ctrl-C or a terminated run: the checkpoints stay
         raise dg.Failure(
@@ -187,8 +185,8 @@ def run_training(
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # never leave a crashed training RUNNING
         raise
-    data_version = content_hash(final_dir / "model", ignore=(model_card.FILE,))
-    return TrainedModel(summary, final_dir, run_id, experiment_id, version, plan, loss_png, data_version)
+    data_version = content_hash(out / "model", ignore=(model_card.FILE,))
+    return TrainedModel(summary, out, run_id, experiment_id, version, plan, loss_png, data_version)
 
 
 def training_metadata(

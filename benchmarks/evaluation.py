@@ -28,10 +28,13 @@ import os  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+import dagster as dg  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from assets.evaluation import BASE_VARIANTS, BaselineCache  # noqa: E402
+from pipelines.cli import configure_environment  # noqa: E402
+from resources.outputs import output_folder  # noqa: E402
 from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
 from resources.tracking import MlflowTracking  # noqa: E402
 from stages.chat import IGNORE_INDEX  # noqa: E402
@@ -78,16 +81,18 @@ def main() -> None:
     settings = TunegraphSettings(home=str(Path(args.home).resolve()), config_path=str(DEFAULT_CONFIG))
     paths, cfg = settings.paths(), settings.config()
     ev = cfg.evaluation
+    configure_environment(paths.home, DEFAULT_CONFIG)
+    with dg.DagsterInstance.get() as instance:  # the outputs Dagster recorded as current
+        current = {a: output_folder(instance, a) for a in ("deduplicated_corpus", "augmented_corpus",
+                                                           "base_model", "fine_tuned_model")}  # fmt: skip
     try:
-        records = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")[
-            : ev.max_examples
-        ]
-        shots = few_shot_examples(read_rows(paths.latest("augmented_corpus") / "train.parquet"), ev.few_shot_k,
+        missing = [a for a, folder in current.items() if folder is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not materialised")
+        records = read_rows(current["deduplicated_corpus"] / "eval" / "held_out.parquet")[: ev.max_examples]
+        shots = few_shot_examples(read_rows(current["augmented_corpus"] / "train.parquet"), ev.few_shot_k,
                                   cfg.data.seed)  # fmt: skip
-        models = {
-            "base": paths.latest("base_model") / "model",
-            "fine_tuned": paths.latest("fine_tuned_model") / "model",
-        }
+        models = {"base": current["base_model"] / "model", "fine_tuned": current["fine_tuned_model"] / "model"}
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(
             f"{err}: run `make demo` first, or pass --home with a state folder where it ran"

@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    print(format_summary(build_report(paths)))
+        print(format_summary(build_report(instance)))
     for check in record.get("failed_checks", []):
         print(f"check failed: {check} (see its metadata in the Dagster UI)", file=sys.stderr)
     print(
@@ -77,9 +77,12 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_report(args: argparse.Namespace, paths: Paths) -> int:
+    import dagster as dg
+
     from pipelines.report import build_report, format_summary
 
-    report = build_report(paths)
+    with dg.DagsterInstance.get() as instance:
+        report = build_report(instance)
     print(json.dumps(report, indent=2, default=str) if args.json else format_summary(report))
     return 0
 

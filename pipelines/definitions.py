@@ -4,19 +4,24 @@ Resources read `$TUNEGRAPH_HOME` (state folder, default ./data) and `$TUNEGRAPH_
 pipeline YAML, default configs/default.yaml) when the code location loads.
 """
 
+from typing import Any
+
 import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 from assets.augment import augmented_corpus
 from assets.corpus import clean_corpus, raw_corpus
 from assets.dedup import deduplicated_corpus
 from assets.evaluation import candidate_promoted, generations_stop_at_eos, model_evaluation
 from assets.export import gguf_model
+from assets.gates import gates_through
 from assets.model import base_model, fine_tuned_model
 from assets.partitions import landing_files
 from assets.preference import preference_model, preference_pairs
 from assets.sources import SOURCES
 from assets.tokenize import tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
+from resources.outputs import RecordedOutputs
 from resources.settings import TunegraphSettings, default_config_path, default_home
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
@@ -54,12 +59,18 @@ train_job = dg.define_asset_job(
 )
 
 
-def resources(home: str | None = None, config_path: str | None = None) -> dict[str, dg.ConfigurableResource]:
+# For each asset, the blocking checks that must have passed before anything reads its output:
+# the IO manager needs the whole graph's, and a run's own graph holds only the checks it selected.
+GATES = gates_through(AssetGraph.from_assets([*SOURCES, *ASSETS, *ASSET_CHECKS]))
+
+
+def resources(home: str | None = None, config_path: str | None = None) -> dict[str, Any]:
     home = home or str(default_home())
     return {
         "settings": TunegraphSettings(home=home, config_path=config_path or str(default_config_path())),
         "mlflow_tracking": MlflowTracking(home=home),
         "launcher": TrainingLauncher(),
+        "io_manager": RecordedOutputs(GATES),
     }
 
 

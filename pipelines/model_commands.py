@@ -89,10 +89,15 @@ def registered_model(paths: Paths, config: Path, model_ref: str) -> tuple:  # no
 
 
 def gguf_files(paths: Paths, name: str, version: str) -> list[Path]:
-    """The GGUF files gguf_model last wrote, when they are of this version."""
-    if not paths.has_latest("gguf_model"):
+    """The GGUF files of gguf_model's current output (Dagster's record), when they are of this version."""
+    import dagster as dg
+
+    from resources.outputs import output_folder
+
+    with dg.DagsterInstance.get() as instance:
+        out = output_folder(instance, "gguf_model")
+    if out is None:
         return []
-    out = paths.latest("gguf_model")
     summary = read_json(out / "summary.json")
     if not summary["enabled"] or (summary["model_name"], summary["version"]) != (name, version):
         return []

@@ -1,32 +1,61 @@
-"""`tunegraph report`: the latest state, assembled from the published outputs under $TUNEGRAPH_HOME."""
+"""`tunegraph report`: the latest state, read from the Dagster instance, whichever path ran it.
+
+Run status comes from Dagster's runs (the CLI's, the UI's, the sensor's, automation's and the
+schedule's alike), what is stale from Dagster's own resolver, and every number from the outputs
+Dagster recorded as current (`resources/outputs.py`). Nothing here is written by one path only.
+"""
 
 from typing import Any
 
-from assets.dataset_card import corpus_accounting, summary
-from resources.settings import Paths
+import dagster as dg
+
+from assets.gates import summary as gate_summary
+from assets.sources import ABSENT, landing_file, recorded_versions
+from pipelines import definitions
+from pipelines.staleness import read_state
+from resources.outputs import output_folder
 from stages.evaluation import VARIANTS
+from stages.plan import plan_run
 from stages.tables import read_json
 
 METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate")
+STATUS = {"SUCCESS": "success", "FAILURE": "failed"}  # the words `tunegraph run` uses; others lower-cased
 
 
-def build_report(paths: Paths) -> dict[str, Any]:
-    last = read_json(paths.runs / "last.json") if (paths.runs / "last.json").is_file() else {}
-    dedup = summary(paths, "deduplicated_corpus")
-    accounting = corpus_accounting(paths)
-    augmented = summary(paths, "augmented_corpus")
-    tokens = summary(paths, "tokenized_dataset")
-    train = summary(paths, "fine_tuned_model", "train_summary.json")
-    registry = summary(paths, "fine_tuned_model", "mlflow.json")
-    evaluation = summary(paths, "model_evaluation")
+def summary(instance: dg.DagsterInstance, asset: str, name: str = "summary.json") -> dict:
+    """A file of an asset's current output (its latest recorded materialisation), or {}."""
+    folder = output_folder(instance, asset)
+    path = folder / name if folder else None
+    return read_json(path) if path and path.is_file() else {}
+
+
+def build_report(instance: dg.DagsterInstance) -> dict[str, Any]:
+    [last] = instance.get_runs(limit=1) or [None]
+    partitions = instance.get_dynamic_partitions(definitions.landing_files.name)
+    state = read_state(instance, definitions.defs.resolve_asset_graph(), partitions)
+    blocked = plan_run(state.graph, state.stale, partitions, state.failed_gates).blocked
+    landing = recorded_versions(instance, landing_file.key, partitions)
+    dedup = summary(instance, "deduplicated_corpus")
+    accounting = dedup.get("accounting", {})
+    augmented = summary(instance, "augmented_corpus")
+    tokens = summary(instance, "tokenized_dataset")
+    train = summary(instance, "fine_tuned_model", "train_summary.json")
+    registry = summary(instance, "fine_tuned_model", "mlflow.json")
+    evaluation = summary(instance, "model_evaluation")
     scores = evaluation.get("evaluation", {})
     return {
-        "status": last.get("status"),
-        "run_id": last.get("run_id"),
-        "errors": last.get("errors", []),
-        # What Dagster reported stale when the run began (asset -> causes), and what gates held back.
-        "stale": last.get("stale", {}),
-        "blocked": last.get("blocked", {}),
+        "status": STATUS.get(last.status.value, last.status.value.lower()) if last else None,
+        "run_id": last.run_id if last else None,
+        # What stopped the latest run, then each failed gate that holds assets back now.
+        "errors": [
+            *(run_errors(instance, last.run_id) if last else []),
+            *dict.fromkeys(
+                f"blocking check {g.name} {g.detail}" for gates in blocked.values() for g in gates
+            ),
+        ],
+        # What Dagster calls stale now (asset -> causes), and what failed gates hold back.
+        "stale": state.causes,
+        "blocked": {asset: [f"{g.name} {g.detail}" for g in gates] for asset, gates in blocked.items()},
         "data": {
             "documents_in": accounting.get("documents_in"),
             "documents_kept": accounting.get("documents_kept"),
@@ -37,9 +66,9 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "train_examples": augmented.get("train_examples"),
             "eval_examples": sum(dedup.get("eval_examples", {}).values()) if dedup else None,
             "train_tokens": tokens.get("tokens"),
-            "partitions_total": last.get("partitions_total"),
-            "partitions_processed": last.get("partitions_processed", []),
-            "partitions_removed": last.get("partitions_removed", []),
+            "partitions_total": sum(v != ABSENT for v in landing.values()),
+            "partitions_processed": newly_read(instance),
+            "partitions_removed": sorted(k for k, v in landing.items() if v == ABSENT),
         },
         "training": {
             "mlflow_run_id": registry.get("mlflow_run_id"),
@@ -53,7 +82,7 @@ def build_report(paths: Paths) -> dict[str, Any]:
             "effective_tokens_per_s": train.get("effective_tokens_per_s"),
             "non_pad_fraction": tokens.get("non_pad_fraction"),
         },
-        "preference": _preference(paths),
+        "preference": _preference(instance),
         "evaluation": {
             v: ({m: scores[v].get(m) for m in METRICS} if scores.get(v) else None)
             for v in [*VARIANTS, *(["preference"] if "preference" in scores else [])]
@@ -74,13 +103,44 @@ def build_report(paths: Paths) -> dict[str, Any]:
     }
 
 
-def _preference(paths: Paths) -> dict[str, Any] | None:
+def newly_read(instance: dg.DagsterInstance) -> list[str]:
+    """The landing files (re)read into the current training data: clean_corpus partitions recorded
+    after the deduplicated_corpus before the current one (all of them for the first)."""
+    clean = instance.get_latest_storage_id_by_partition(
+        dg.AssetKey("clean_corpus"), dg.DagsterEventType.ASSET_MATERIALIZATION
+    )
+    records = instance.fetch_materializations(dg.AssetKey("deduplicated_corpus"), limit=2).records
+    if not records:
+        return []
+    after = records[1].storage_id if len(records) == 2 else -1
+    return sorted(k for k, storage_id in clean.items() if after < storage_id < records[0].storage_id)
+
+
+def run_errors(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """What stopped a run, a line each: failed blocking checks, then failed steps' own errors."""
+    failed = [
+        f"blocking check {e.asset_key.to_user_string()}:{e.check_name} failed: {gate_summary(e.metadata)}"
+        for e in (r.get_dagster_event().asset_check_evaluation_data
+                  for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION))
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]  # fmt: skip
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = record.get_dagster_event()
+        error = event.step_failure_data.error if event.step_failure_data else None
+        while error is not None and error.cause is not None and "dagster" in error.cls_name.lower():
+            error = error.cause  # the user's error, not Dagster's wrapper around it
+        if error is not None:
+            failed.append(f"{event.step_key}: {error.message.strip().splitlines()[0]}")
+    return failed
+
+
+def _preference(instance: dg.DagsterInstance) -> dict[str, Any] | None:
     """The DPO stage, when it ran: its pairs and how training went."""
-    pairs = summary(paths, "preference_pairs")
+    pairs = summary(instance, "preference_pairs")
     if not pairs.get("enabled"):
         return None
-    train = summary(paths, "preference_model", "train_summary.json")
-    registry = summary(paths, "preference_model", "mlflow.json")
+    train = summary(instance, "preference_model", "train_summary.json")
+    registry = summary(instance, "preference_model", "mlflow.json")
     return {
         "pairs": pairs.get("pairs"),
         "synthetic": pairs.get("synthetic"),

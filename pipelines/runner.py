@@ -14,7 +14,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,7 +26,6 @@ from resources.settings import TunegraphSettings
 from stages.plan import Plan, plan_run
 from stages.processes import host, owner_alive
 from stages.readers import FORMATS_BY_SUFFIX
-from stages.tables import write_json
 
 # Step progress and our own log lines, without Dagster's per-event DEBUG chatter.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -165,18 +163,12 @@ class Runner:
             errors=errors or [],
             wall_s=round(time.time() - record["started"], 1),
         )
-        write_json(_ensure(self.paths.runs / "last.json"), record)
-        return record
+        return record  # for the caller; `tunegraph report` reads the runs from the instance
 
 
 def _unique(plan: Plan) -> list:  # noqa: ANN401
     """The failed gates behind the blocked assets, each once."""
     return list({g.name: g for gates in plan.blocked.values() for g in gates}.values())
-
-
-def _ensure(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 _frozen = False

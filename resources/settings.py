@@ -1,15 +1,11 @@
 """Settings: the state folder, the pipeline YAML, and every path under the state folder.
 
 All runtime state lives under `$TUNEGRAPH_HOME` (default `./data`). Asset outputs are written to
-a fresh version folder and published atomically by renaming it and updating a `LATEST` pointer,
-so a crashed materialisation never leaves a half-written output where readers look.
+a folder of their own run under `assets/`; which one is current is Dagster's record to say
+(`resources/outputs.py`), not a file here.
 """
 
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -56,10 +52,6 @@ class Paths:
     def mlflow(self) -> Path:
         return self.home / "mlflow"
 
-    @property
-    def runs(self) -> Path:
-        return self.home / "runs"
-
     def checkpoints(self, asset: str) -> Path:
         """Where a training asset keeps the checkpoints of its current run (one run at a time)."""
         return self.home / "checkpoints" / asset
@@ -98,48 +90,9 @@ class Paths:
         return [p for p in _visible_files(self.preference_landing) if p.suffix]
 
     def asset_root(self, asset: str, partition: str | None = None) -> Path:
+        """Where an asset (partition) keeps its outputs, one folder per run that wrote one."""
         root = self.home / "assets" / asset
         return root / "partitions" / partition if partition else root
-
-    def latest(self, asset: str, partition: str | None = None) -> Path:
-        """The published output folder of an asset (partition); a clear error if there is none."""
-        pointer = self.asset_root(asset, partition) / "LATEST"
-        if not pointer.is_file():
-            what = f"{asset}[{partition}]" if partition else asset
-            raise FileNotFoundError(f"{what} has not been materialised yet: run `tunegraph run` first")
-        return pointer.parent / pointer.read_text().strip()
-
-    def has_latest(self, asset: str, partition: str | None = None) -> bool:
-        return (self.asset_root(asset, partition) / "LATEST").is_file()
-
-    @staticmethod
-    def published(tmp: Path) -> Path:
-        """Where a folder yielded by `publish` lives once published."""
-        return tmp.parent / tmp.name.removeprefix(".tmp-")
-
-    @contextmanager
-    def publish(self, asset: str, partition: str | None = None, keep: int = 3) -> Iterator[Path]:
-        """Yield a temporary folder; on success rename it into place and point LATEST at it."""
-        root = self.asset_root(asset, partition)
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"v-{uuid.uuid4().hex[:12]}"
-        tmp = root / f".tmp-{name}"
-        tmp.mkdir()
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        tmp.rename(root / name)
-        (root / ".LATEST.tmp").write_text(name)
-        (root / ".LATEST.tmp").replace(root / "LATEST")
-        self._prune(root, keep)
-
-    @staticmethod
-    def _prune(root: Path, keep: int) -> None:
-        versions = sorted((p for p in root.glob("v-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        for old in versions[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 class TunegraphSettings(dg.ConfigurableResource):

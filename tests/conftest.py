@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -230,3 +232,32 @@ ALL_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_co
 
 def materialisations(instance) -> dict[str, int]:  # noqa: ANN001
     return {a: len(instance.fetch_materializations(dg.AssetKey(a), limit=1000).records) for a in ALL_ASSETS}
+
+
+def output(where: "dg.DagsterInstance | Path", asset: str, partition: str | None = None) -> Path:
+    """The folder of an asset's current output: its latest materialisation Dagster recorded (in
+    this instance, or in the instance of the state folder `where`)."""
+    from resources.outputs import output_folder
+
+    if isinstance(where, dg.DagsterInstance):
+        folder = output_folder(where, asset, partition)
+    else:
+        with instance_at(where) as instance:
+            folder = output_folder(instance, asset, partition)
+    assert folder is not None, f"{asset} has not been materialised"
+    return folder
+
+
+@contextmanager
+def instance_at(home: Path) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance of another state folder (dagster.yaml reads $TUNEGRAPH_HOME when opened)."""
+    before = os.environ.get("TUNEGRAPH_HOME")
+    os.environ["TUNEGRAPH_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
+            yield instance
+    finally:
+        if before is None:
+            os.environ.pop("TUNEGRAPH_HOME")
+        else:
+            os.environ["TUNEGRAPH_HOME"] = before

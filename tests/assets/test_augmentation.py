@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import write_config, write_example_shards
+from conftest import output, write_config, write_example_shards
 
 from pipelines.runner import Runner
 from resources.settings import TunegraphSettings
@@ -18,7 +18,7 @@ def test_model_paraphrase_runs_through_the_asset_and_is_cached(home, instance, t
         select=["raw_corpus", "clean_corpus", "base_model", "deduplicated_corpus", "augmented_corpus"]
     )
     assert record["status"] == "success", record["errors"]
-    summary = json.loads((settings.paths().latest("augmented_corpus") / "summary.json").read_text())
+    summary = json.loads((output(instance, "augmented_corpus") / "summary.json").read_text())
     [cache_file] = (home / "cache").glob("paraphrases-*.json")
     cache = json.loads(cache_file.read_text())
     # One generation per paraphrased instruction, cached. The tiny random model writes nothing

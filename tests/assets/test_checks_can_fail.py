@@ -5,7 +5,7 @@ test_pipeline.py's worse-model test.)
 """
 
 import dagster as dg
-from conftest import write_config, write_example_shards, write_jsonl
+from conftest import output, write_config, write_example_shards, write_jsonl
 
 from assets.augment import _no_residual_pii, _schema_valid
 from pipelines.runner import Runner
@@ -70,7 +70,7 @@ def test_accounting_holds_fails_when_a_stage_loses_records(home, instance, setti
     write_example_shards(home, shards=2)
     assert Runner(settings, instance).run(select=DATA[:3])["status"] == "success"
     # A clean partition that says it read one more record than it kept or dropped: a lost record.
-    summary_path = settings.paths().latest("raw_corpus", "stdlib-00.jsonl") / "summary.json"
+    summary_path = output(instance, "raw_corpus", "stdlib-00.jsonl") / "summary.json"
     summary = read_json(summary_path)
     write_json(summary_path, {**summary, "documents_in": summary["documents_in"] + 1})
     record = Runner(settings, instance).run(select=["deduplicated_corpus"], full=True)

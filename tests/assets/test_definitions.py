@@ -36,7 +36,9 @@ def test_definitions_hold_the_graph_in_groups():
         for k in graph.get_all_asset_keys()
     }
     by_name = {k.to_user_string(): v for k, v in parents.items()}
-    assert by_name["fine_tuned_model"] == {"tokenized_dataset", "base_model", "pipeline_config"}
+    # What each asset reads is what its signature takes (the IO manager hands it Dagster's record).
+    assert by_name["fine_tuned_model"] == {"tokenized_dataset", "base_model", "augmented_corpus",
+                                           "deduplicated_corpus", "pipeline_config"}  # fmt: skip
     assert by_name["clean_corpus"] == {"raw_corpus", "pipeline_config"}
     assert by_name["raw_corpus"] == {"landing_file", "pipeline_config"}
     assert by_name["gguf_model"] == {"model_evaluation", "deduplicated_corpus", "pipeline_config"}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import dagster as dg
-from conftest import WHAT_TO_FIX, contaminated, launch
+from conftest import WHAT_TO_FIX, contaminated, launch, output
 
 from pipelines.definitions import defs
 from pipelines.runner import Runner
@@ -36,7 +36,7 @@ def test_a_planted_eval_passage_is_removed_from_training(home, instance, tmp_pat
     settings = contaminated(home, tmp_path, decontamination=True)
     record = Runner(settings, instance).run(select=["raw_corpus", "clean_corpus", "deduplicated_corpus"])
     assert record["status"] == "success", record["errors"]
-    dedup = settings.paths().latest("deduplicated_corpus")
+    dedup = output(instance, "deduplicated_corpus")
     assert [r["id"] for r in read_rows(dedup / "contaminated.parquet")] == ["planted"]
     assert "planted" not in {r["id"] for r in read_rows(dedup / "train.parquet")}
 

@@ -6,7 +6,15 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import pytest
-from conftest import materialisations, sensor_tick, unsynced, write_config, write_example_shards, write_jsonl
+from conftest import (
+    materialisations,
+    output,
+    sensor_tick,
+    unsynced,
+    write_config,
+    write_example_shards,
+    write_jsonl,
+)
 from transformers import AutoTokenizer
 
 from assets import sources
@@ -46,8 +54,8 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert record["status"] == "success", record["errors"]
     assert sorted(record["partitions_processed"]) == sorted([p.name for p in shards] + ["extra.jsonl"])
 
-    report = build_report(settings.paths())
-    first_scores = read_json(settings.paths().latest("model_evaluation") / "summary.json")["evaluation"]
+    report = build_report(instance)
+    first_scores = read_json(output(instance, "model_evaluation") / "summary.json")["evaluation"]
     data = report["data"]
     assert data["documents_in"] == data["documents_kept"] + sum(data["dropped"].values())
     assert data["dropped"]["invalid_json"] == 1 and data["dropped"]["empty"] > 0
@@ -55,13 +63,12 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert data["train_examples"] > 0 and data["eval_examples"] > 0 and data["train_tokens"] > 0
     # The caches trust each record's record_key: it is the hash of its own messages everywhere,
     # augmented records (whose messages were rewritten) included.
-    paths = settings.paths()
-    for file in (paths.latest("augmented_corpus") / "train.parquet",
-                 paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet"):  # fmt: skip
+    for file in (output(instance, "augmented_corpus") / "train.parquet",
+                 output(instance, "deduplicated_corpus") / "eval" / "held_out.parquet"):  # fmt: skip
         rows = read_rows(file)
         assert rows and all(r["record_key"] == record_key(r) for r in rows)
     assert any(
-        r["augmentation"] != "none" for r in read_rows(paths.latest("augmented_corpus") / "train.parquet")
+        r["augmentation"] != "none" for r in read_rows(output(instance, "augmented_corpus") / "train.parquet")
     )
     assert report["training"]["steps"] == 6
     assert 0 < report["training"]["non_pad_fraction"] <= 1
@@ -75,8 +82,8 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
 
     # No PII reached the token ids, the Dagster metadata or MLflow.
     planted = ["Lovelace", "7946 0958", "AKIAIOSFODNN7EXAMPLE"]
-    tok = AutoTokenizer.from_pretrained(settings.paths().latest("base_model") / "model")
-    blocks = read_rows(settings.paths().latest("tokenized_dataset") / "train_blocks.parquet")
+    tok = AutoTokenizer.from_pretrained(output(instance, "base_model") / "model")
+    blocks = read_rows(output(instance, "tokenized_dataset") / "train_blocks.parquet")
     decoded = tok.decode([t for b in blocks for t in b["input_ids"]])
     assert "<EMAIL>" in decoded and not any(p in decoded for p in planted)
     metadata = [
@@ -120,13 +127,12 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
         assert version.tags[f"tunegraph.data_version.{asset}"] == latest_data_version(instance, asset)
 
     # Every packed example has labels; the fine-tuned model carries the template training used.
-    paths = settings.paths()
-    for block in read_rows(paths.latest("tokenized_dataset") / "train_blocks.parquet"):
+    for block in read_rows(output(instance, "tokenized_dataset") / "train_blocks.parquet"):
         starts = [i for i, p in enumerate(block["position_ids"]) if p == 0] + [len(block["position_ids"])]
         for a, b in zip(starts, starts[1:], strict=False):
             assert any(label != -100 for label in block["labels"][a:b])
-    template = (paths.latest("base_model") / "model" / "chat_template.jinja").read_text()
-    assert (paths.latest("fine_tuned_model") / "model" / "chat_template.jinja").read_text() == template
+    template = (output(instance, "base_model") / "model" / "chat_template.jinja").read_text()
+    assert (output(instance, "fine_tuned_model") / "model" / "chat_template.jinja").read_text() == template
     # ...and so does the registered model, loaded back through MLflow by its alias.
     MlflowTracking(home=str(home)).activate()
     components = mlflow.transformers.load_model("models:/tunegraph-tiny@champion", return_type="components")
@@ -161,12 +167,12 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
         "fine_tuned_model": 1, "preference_pairs": 1, "preference_model": 1, "model_evaluation": 1,
         "gguf_model": 1,
     }  # fmt: skip
-    assert unsynced(instance) == {} and build_report(settings.paths())["registry"]["version"] == "2"
+    assert unsynced(instance) == {} and build_report(instance)["registry"]["version"] == "2"
     v2_run = client.get_run(client.get_model_version("tunegraph-tiny", "2").run_id)
     assert v2_run.info.run_name == f"sft v2 · data {tokens_version[:8]} · training.learning_rate=0.0005"
     # Same base model, eval set and decoding: the baselines come from their MLflow runs, not re-scored.
     assert len(baselines_runs(client, run.info.experiment_id)) == 3
-    retrained = read_json(lr.paths().latest("model_evaluation") / "summary.json")
+    retrained = read_json(output(instance, "model_evaluation") / "summary.json")
     assert {v: b["cached"] for v, b in retrained["baselines"].items()} == dict.fromkeys(BASELINES, True)
     for variant in BASELINES:
         assert retrained["evaluation"][variant] == first_scores[variant], variant
@@ -200,7 +206,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     third = Runner(lr, instance).run()
     assert third["status"] == "success", third["errors"]
     assert (
-        third["partitions_processed"] == [] and build_report(settings.paths())["registry"]["version"] == "3"
+        third["partitions_processed"] == [] and build_report(instance)["registry"]["version"] == "3"
     )
 
     # `tunegraph compare` names exactly that shard and that config key; `lineage` follows the file.
@@ -225,7 +231,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
         tmp_path / "prompt.yaml", training={"learning_rate": 5e-4}, evaluation={"system_prompt": "Answer briefly."})))  # fmt: skip
     sources.record(instance, sources.source_changes(instance, prompt))
     assert Runner(prompt, instance).run()["status"] == "success"
-    reprompted = read_json(prompt.paths().latest("model_evaluation") / "summary.json")
+    reprompted = read_json(output(instance, "model_evaluation") / "summary.json")
     assert {v: b["cached"] for v, b in reprompted["baselines"].items()} == {
         "base_zero_shot": True, "base_system_prompt": False, "base_few_shot": True,
     }  # fmt: skip
@@ -262,7 +268,7 @@ def test_a_clean_partition_from_an_older_version_is_a_clear_error(home, instance
     write_example_shards(home, shards=2)
     assert Runner(settings, instance).run(select=["raw_corpus", "clean_corpus"])["status"] == "success"
     # As clean_corpus wrote it before response hashes were stored per landing file.
-    old = settings.paths().latest("clean_corpus", "stdlib-00.jsonl") / "records.parquet"
+    old = output(instance, "clean_corpus", "stdlib-00.jsonl") / "records.parquet"
     write_rows(old, [{k: v for k, v in r.items() if k != "response_hash"} for r in read_rows(old)])
     record = Runner(settings, instance).run(select=["deduplicated_corpus"])
     assert record["status"] == "failed"
@@ -285,7 +291,7 @@ def test_a_worse_model_is_not_promoted(prepared_home, instance, settings, tmp_pa
     home = prepared_home
     first = Runner(settings, instance).run()
     assert first["status"] == "success", first["errors"]
-    assert build_report(settings.paths())["registry"]["promoted"] is True
+    assert build_report(instance)["registry"]["promoted"] is True
 
     # learning_rate 0: the LoRA adapters stay zero, so the "fine-tuned" model is the base model.
     worse = write_config(tmp_path / "worse.yaml", training={"learning_rate": 0.0})
@@ -296,7 +302,7 @@ def test_a_worse_model_is_not_promoted(prepared_home, instance, settings, tmp_pa
         "model_evaluation:candidate_promoted",
         "model_evaluation:generations_stop_at_eos",
     ]
-    report = build_report(settings.paths())
+    report = build_report(instance)
     registry = report["registry"]
     assert registry["version"] == "2" and registry["promoted"] is False
     assert registry["champion_version"] == "1"

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import write_config, write_jsonl
+from conftest import output, write_config, write_jsonl
 
 from pipelines.report import build_report
 from pipelines.runner import Runner
@@ -34,12 +34,12 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
     # Preference files are not corpus partitions: the data stages (done in the template) stay done.
     assert record["partitions_processed"] == [] and record["partitions_total"] == 2
 
-    report = build_report(settings.paths())
+    report = build_report(instance)
     preference = report["preference"]
     assert preference["pairs"] == 16 and preference["synthetic"] is False
     assert preference["dropped"] == {"chosen_equals_rejected": 1, "missing_field": 1}
     assert preference["steps"] == 8
-    history = read_json(settings.paths().latest("preference_model") / "train_summary.json")["history"]
+    history = read_json(output(instance, "preference_model") / "train_summary.json")["history"]
     assert history[-1]["loss"] < history[0]["loss"]  # the DPO loss falls
     assert history[-1]["rewards/margins"] > history[0]["rewards/margins"]  # chosen pulls away from rejected
     assert report["evaluation"]["preference"]["perplexity"] > 1  # scored as one more variant
@@ -60,10 +60,10 @@ def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(prepared_ho
     settings = TunegraphSettings(home=str(home), config_path=str(config))
     record = Runner(settings, instance).run()
     assert record["status"] == "success", record["errors"]
-    preference = build_report(settings.paths())["preference"]
+    preference = build_report(instance)["preference"]
     # The tiny model's answers (blank lines) share nothing with the references: every prompt is a pair.
     assert preference["synthetic"] is True and preference["pairs"] == PREFERENCE["synthetic_examples"]
-    pairs = (settings.paths().latest("preference_pairs") / "pairs.jsonl").read_text().splitlines()
+    pairs = (output(instance, "preference_pairs") / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == preference["pairs"] and json.loads(pairs[0])["chosen"][0]["role"] == "assistant"
     client = MlflowTracking(home=str(home)).client()
     assert client.get_run(preference["mlflow_run_id"]).data.tags["tunegraph.synthetic_pairs"] == "True"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import write_config
+from conftest import instance_at, output, write_config
 from transformers import AutoTokenizer
 
 from pipelines.cli import configure_environment
@@ -75,7 +75,8 @@ def formats_home(tmp_path_factory: pytest.TempPathFactory):
             mp.delenv(var, raising=False)
         configure_environment(home, config)
         first = _run_graph(home, config)
-        report = build_report(TunegraphSettings(home=str(home), config_path=str(config)).paths())
+        with instance_at(home) as instance:
+            report = build_report(instance)
         configure_environment(home, warm)
         _run_graph(home, warm)
         yield {"home": home, "config": config, "warm": warm, "first": first, "report": report}
@@ -91,9 +92,8 @@ def _cli(args: list[str], home: Path, config: Path) -> subprocess.CompletedProce
 @pytest.mark.parametrize("landing_file", sorted(LANDING))
 def test_each_format_is_read_trained_on_and_registered(formats_home, landing_file):
     home, report = formats_home["home"], formats_home["report"]
-    paths = TunegraphSettings(home=str(home), config_path=str(formats_home["config"])).paths()
     assert landing_file in formats_home["first"]["partitions_processed"]
-    raw = paths.latest("raw_corpus", landing_file)
+    raw = output(home, "raw_corpus", landing_file)
     records = read_rows(raw / "records.parquet")
     assert records and read_rows(raw / "quarantine.parquet") == []
     assert {r["schema"] for r in records} == {LANDING[landing_file]}
@@ -103,7 +103,7 @@ def test_each_format_is_read_trained_on_and_registered(formats_home, landing_fil
     assert {"1", "2", "3"} <= set(versions) and versions["1"]["train_records"] > 0
     assert report["registry"]["version"] in ("1", "2")
     if landing_file != "notes.md":  # the ids of every other file put two of its records in held-out
-        held_out = read_rows(paths.latest("deduplicated_corpus") / "eval" / "held_out.parquet")
+        held_out = read_rows(output(home, "deduplicated_corpus") / "eval" / "held_out.parquet")
         assert sum(r["source_file"] == landing_file for r in held_out) >= 2
 
 
@@ -124,14 +124,14 @@ def test_every_schema_is_evaluated_and_the_report_says_which_metrics_apply(forma
 
 
 def test_every_assistant_turn_of_a_dialogue_is_learnt(formats_home):
-    paths = TunegraphSettings(home=str(formats_home["home"]), config_path=str(formats_home["config"])).paths()
-    train = read_rows(paths.latest("augmented_corpus") / "train.parquet")
+    home = formats_home["home"]
+    train = read_rows(output(home, "augmented_corpus") / "train.parquet")
     dialogue = next(r for r in train if r["id"] == "openai-02" and r["augmentation"] == "none")
     first_answer = dialogue["messages"][2]["content"]
     assert [m["role"] for m in dialogue["messages"]][:3] == ["system", "user", "assistant"]
-    tok = AutoTokenizer.from_pretrained(paths.latest("base_model") / "model")
+    tok = AutoTokenizer.from_pretrained(output(home, "base_model") / "model")
     learnt = []
-    for block in read_rows(paths.latest("tokenized_dataset") / "train_blocks.parquet"):
+    for block in read_rows(output(home, "tokenized_dataset") / "train_blocks.parquet"):
         run = []
         for token, label in zip(block["input_ids"], block["labels"], strict=True):
             if label != -100:
@@ -171,14 +171,13 @@ def test_a_text_corpus_runs_end_to_end_evaluated_by_perplexity_and_continuation(
     record = Runner(settings, instance).run()
     assert record["status"] == "success", record["errors"]
     assert record["failed_checks"] == []  # no answer to stop at EOS: the check does not apply
-    paths = settings.paths()
     # Continued pre-training: every token is learnt (but each example's first, which nothing predicts).
-    for block in read_rows(paths.latest("tokenized_dataset") / "train_blocks.parquet"):
+    for block in read_rows(output(instance, "tokenized_dataset") / "train_blocks.parquet"):
         for token, label, position in zip(
             block["input_ids"], block["labels"], block["position_ids"], strict=True
         ):
             assert label == (token if position > 0 else -100)
-    report = build_report(paths)
+    report = build_report(instance)
     assert report["registry"]["version"] == "1"
     evaluation = report["evaluation"]
     assert evaluation["base_system_prompt"] is None and evaluation["base_few_shot"] is None
@@ -186,7 +185,7 @@ def test_a_text_corpus_runs_end_to_end_evaluated_by_perplexity_and_continuation(
         assert evaluation[variant]["perplexity"] > 1 and evaluation[variant]["exact_match"] is None
         assert evaluation[variant]["stop_rate"] is None
     assert set(report["metrics_by_schema"]) == {"text"}
-    samples = read_json(paths.latest("model_evaluation") / "summary.json")["samples"]
+    samples = read_json(output(home, "model_evaluation") / "summary.json")["samples"]
     texts = [json.loads(line)["text"] for line in (FORMATS / "text.jsonl").read_text().splitlines()]
     assert samples and all(
         any(t.startswith(s["prompt"]) for t in texts) for s in samples

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import DATA_ASSETS, mlflow_statuses, write_config
+from conftest import DATA_ASSETS, mlflow_statuses, output, write_config
 
 from assets.model import fine_tuned_model
 from pipelines import definitions
@@ -73,7 +73,7 @@ def kill_at_checkpoints(home: Path, steps: list[int], sig: int = signal.SIGKILL)
 
 
 def latest_summary(settings: TunegraphSettings) -> dict:
-    return read_json(settings.paths().latest("fine_tuned_model") / "train_summary.json")
+    return read_json(output(Path(settings.home), "fine_tuned_model") / "train_summary.json")
 
 
 @pytest.mark.slow  # about 45 s: keeps `make test` under 10 minutes on a slow day (make test-slow runs it)
@@ -126,7 +126,7 @@ def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_w
     assert metadata["resumed_from_step"].value == 0
     from_base = latest_summary(settings)
     assert from_base["resumed_from_step"] is None and from_base["steps"] == 12
-    registered = read_json(settings.paths().latest("fine_tuned_model") / "mlflow.json")["version"]
+    registered = read_json(output(instance, "fine_tuned_model") / "mlflow.json")["version"]
 
     # Warm start: the same data, but training begins from the registered version's weights.
     warm_settings = settings_with(prepared_home, tmp_path, warm_start_from=registered)
@@ -136,7 +136,7 @@ def test_changed_data_refuses_resume_and_warm_start_begins_from_the_registered_w
     assert warmed["resumed_from_step"] is None and warmed["steps"] == 12
     # Its first logged loss is where the registered run ended, well below a start from the base model.
     assert warmed["history"][0]["loss"] < from_base["history"][0]["loss"] - 0.02
-    lineage = read_json(warm_settings.paths().latest("fine_tuned_model") / "lineage.json")
+    lineage = read_json(output(instance, "fine_tuned_model") / "lineage.json")
     assert lineage["warm_start_from"]["model_uri"] == f"models:/tunegraph-tiny/{registered}"
     assert "RUNNING" not in mlflow_statuses(prepared_home)
 
@@ -165,15 +165,14 @@ def test_held_out_loss_is_measured_while_training_and_early_stopping_ends_a_run_
     from stages.config import TrainingConfig
     from stages.train import train
 
-    paths = TunegraphSettings(home=str(data_template), config_path="configs/tiny.yaml").paths()
-    tokens = paths.latest("tokenized_dataset")
+    tokens = output(data_template, "tokenized_dataset")
 
     def spec(name: str, **training) -> dict:
         settings = {"method": "full", "max_steps": 12, "batch_size": 2, "logging_steps": 2, "save_steps": 100,
                     "eval_steps": 2, "eval_examples": 8}  # fmt: skip
         cfg = TrainingConfig(**{**settings, **training})
         return {
-            "init_model_dir": str(paths.latest("base_model") / "model"),
+            "init_model_dir": str(output(data_template, "base_model") / "model"),
             "train_path": str(tokens / "train_blocks.parquet"),
             "eval_path": str(tokens / "eval.parquet"),
             "output_dir": str(tmp_path / name),
@@ -203,15 +202,14 @@ def test_a_time_budget_ends_the_learning_rate_schedule_where_training_stops(data
     from stages.config import TrainingConfig
     from stages.train import train
 
-    paths = TunegraphSettings(home=str(data_template), config_path="configs/tiny.yaml").paths()
-    tokens = paths.latest("tokenized_dataset")
+    tokens = output(data_template, "tokenized_dataset")
     cfg = TrainingConfig(method="full", max_steps=100_000, batch_size=2, logging_steps=1, save_steps=100_000,
                          eval_steps=100_000, eval_examples=4, learning_rate=1e-3, warmup_steps=2,
                          max_minutes=3 / 60)  # fmt: skip
     lines: list[str] = []
     summary = train(
         {
-            "init_model_dir": str(paths.latest("base_model") / "model"),
+            "init_model_dir": str(output(data_template, "base_model") / "model"),
             "train_path": str(tokens / "train_blocks.parquet"),
             "eval_path": str(tokens / "eval.parquet"),
             "output_dir": str(tmp_path / "budget"),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import write_config
+from conftest import output, write_config
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +68,7 @@ def test_the_champion_answers_as_evaluated_everywhere_carries_its_card_and_expor
     paths = settings.paths()
     tracking = MlflowTracking(home=str(prepared_home))
     client = tracking.client()
-    registry = read_json(paths.latest("fine_tuned_model") / "mlflow.json")
+    registry = read_json(output(instance, "fine_tuned_model") / "mlflow.json")
     assert (
         str(client.get_model_version_by_alias("tunegraph-tiny", "champion").version)
         == registry["version"]
@@ -81,19 +81,19 @@ def test_the_champion_answers_as_evaluated_everywhere_carries_its_card_and_expor
     assert [m.step for m in client.get_metric_history(registry["mlflow_run_id"], "loss")] == list(
         range(2, 31, 2)
     )
-    summary = read_json(paths.latest("fine_tuned_model") / "train_summary.json")
+    summary = read_json(output(instance, "fine_tuned_model") / "train_summary.json")
     assert summary["eval_loss"] == pytest.approx(eval_loss[-1].value)
 
     # The evaluated decoding is the model's own: greedy, the penalty, the token limit, EOS/pad.
-    model_dir = paths.latest("fine_tuned_model") / "model"
+    model_dir = output(instance, "fine_tuned_model") / "model"
     saved = json.loads((model_dir / "generation_config.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert saved["do_sample"] is False and saved["repetition_penalty"] == 1.1 and saved["max_new_tokens"] == 8
     assert (saved["eos_token_id"], saved["pad_token_id"]) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     # The evaluation's own greedy answers to held-out prompts (the samples it records).
-    evaluation = read_json(paths.latest("model_evaluation") / "summary.json")
-    held_out = {r["messages"][-2]["content"]: r for r in read_rows(paths.latest("deduplicated_corpus")
+    evaluation = read_json(output(instance, "model_evaluation") / "summary.json")
+    held_out = {r["messages"][-2]["content"]: r for r in read_rows(output(instance, "deduplicated_corpus")
                                                                     / "eval" / "held_out.parquet")}  # fmt: skip
     samples = [s for s in evaluation["samples"] if len(held_out[s["prompt"]]["messages"]) == 2][:3]
     assert samples and any(s["fine_tuned"] for s in samples), "the tiny model answered nothing at all"
@@ -160,7 +160,7 @@ def test_the_champion_answers_as_evaluated_everywhere_carries_its_card_and_expor
     card = ModelCard.load(card_path)
     assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "text-generation"
     text = card_path.read_text()
-    lineage = read_json(paths.latest("fine_tuned_model") / "lineage.json")
+    lineage = read_json(output(instance, "fine_tuned_model") / "lineage.json")
     for landing in lineage["landing_files"].values():
         assert f"`{landing['content_hash']}`" in text
     for asset in ("tokenized_dataset", "augmented_corpus", "base_model"):
@@ -173,12 +173,12 @@ def test_the_champion_answers_as_evaluated_everywhere_carries_its_card_and_expor
     assert "Not evaluated yet" in (model_dir / "README.md").read_text()
 
     # GGUF: both types written from the champion and read back by transformers within tolerance.
-    exported = read_json(paths.latest("gguf_model") / "summary.json")
+    exported = read_json(output(instance, "gguf_model") / "summary.json")
     assert exported["version"] == "1" and [c["kind"] for c in exported["checks"]] == ["f16", "q8_0"]
     for check in exported["checks"]:
         assert check["passed"] and check["tokenizer_matches"] and check["positions"] > 100
         assert check["relative_diff"] <= TOLERANCE[check["kind"]] and check["top1_agreement"] == 1.0
-        assert (paths.latest("gguf_model") / check["file"]).stat().st_size > 1_000_000
+        assert (output(instance, "gguf_model") / check["file"]).stat().st_size > 1_000_000
 
     # `tunegraph push`: the upload folder holds the model, the evaluated card and the GGUF files;
     # the hub is unreachable here, so the push itself fails with what to check.

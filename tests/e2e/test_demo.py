@@ -17,7 +17,7 @@ def test_demo_fine_tune_beats_the_base_model(home, instance):
     settings = TunegraphSettings(home=str(home), config_path=str(DEFAULT_CONFIG))
     record = Runner(settings, instance).run()
     assert record["status"] == "success", record["errors"]
-    report = build_report(settings.paths())
+    report = build_report(instance)
     evaluation = report["evaluation"]
     assert evaluation["fine_tuned"]["perplexity"] < evaluation["base_zero_shot"]["perplexity"]
     baselines = ("base_zero_shot", "base_system_prompt", "base_few_shot")

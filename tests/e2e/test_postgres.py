@@ -16,7 +16,7 @@ from dagster_ui import dagster_dev
 from pipelines.cli import configure_environment
 from pipelines.report import build_report
 from pipelines.runner import Runner
-from resources.settings import REPO_ROOT, Paths, TunegraphSettings
+from resources.settings import REPO_ROOT, TunegraphSettings
 from resources.tracking import MlflowTracking
 
 DATA = ["deduplicated_corpus", "augmented_corpus", "tokenized_dataset"]
@@ -31,7 +31,7 @@ def landing_records(home: Path) -> int:
 
 def assert_accounting_holds(home: Path, instance: dg.DagsterInstance) -> None:
     """Every landing record is either kept or dropped with a reason, and the check agrees."""
-    data = build_report(Paths(home))["data"]
+    data = build_report(instance)["data"]
     assert data["documents_in"] == landing_records(home) > 0
     assert data["documents_in"] == data["documents_kept"] + sum(data["dropped"].values()), data
     check = instance.get_latest_asset_check_evaluation_record(
