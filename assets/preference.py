@@ -16,13 +16,14 @@ from assets.gates import require_upstream_gates
 from assets.metadata import counts_table, md_table
 from assets.model import fine_tuned_model
 from assets.sources import preference_files, reads_config
-from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
+from assets.training_run import Dataset, TrainingJob, run_training, training_metadata
 from assets.versions import latest_data_version
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import preferences
 from stages.cleaning import Rules
+from stages.code_version import code_version
 from stages.content import content_hash, file_hash
 from stages.decontamination import decontaminate, eval_ngrams, ngrams
 from stages.evaluation import generate
@@ -50,7 +51,17 @@ DISABLED = {"enabled": False, "pairs": 0}
             "evaluation.repetition_penalty",
         ),
     ],  # fmt: skip
-    code_version="preference-pairs-2",
+    code_version=code_version(
+        "stages.preferences",
+        "stages.cleaning",
+        "stages.decontamination",
+        "stages.evaluation",
+        "stages.model_source",
+        "stages.split",
+        "stages.content",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     automation_condition=FOLLOWS_THE_MODEL,
     kinds={"json"},
     description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
@@ -230,7 +241,14 @@ def pairs_not_in_eval(settings: TunegraphSettings) -> dg.AssetCheckResult:
             "preference", "training", "tracking", "evaluation.max_new_tokens", "evaluation.repetition_penalty"
         ),
     ],
-    code_version=f"dpo-2/{code_hash('dpo.py')}",
+    code_version=code_version(
+        "stages.launch",
+        "stages.dpo",
+        "assets.training_run",
+        "stages.lineage",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),  # a crash retries into resume, as for the fine-tune
     kinds={"pytorch", "mlflow"},
