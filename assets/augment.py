@@ -21,6 +21,7 @@ from stages.augmentation import (
     model_paraphrases,
     paraphrase_sources,
 )
+from stages.code_version import code_version
 from stages.config import DataConfig, PipelineConfig
 from stages.content import content_hash
 from stages.decontamination import contamination, record_text
@@ -28,7 +29,7 @@ from stages.dedup import residual_duplicate_of
 from stages.evaluation import generate
 from stages.model_source import load_saved
 from stages.readers import schema_problem
-from stages.scan_cache import CleanSet, Texts, source_salt
+from stages.scan_cache import CleanSet, Texts
 from stages.tables import with_new_records, write_json, write_table
 
 MIN_TRAIN_EXAMPLES = 8
@@ -56,7 +57,19 @@ GATES = {
             "evaluation.max_new_tokens",
         ),
     ],  # fmt: skip
-    code_version="augment-4",
+    code_version=code_version(
+        "stages.augmentation",
+        "stages.evaluation",
+        "stages.model_source",
+        "stages.decontamination",
+        "stages.pii",
+        "stages.dedup",
+        "stages.readers",
+        "stages.scan_cache",
+        "stages.content",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Train records plus seeded instruction paraphrases (train only; capped share).",
@@ -211,7 +224,7 @@ def _enough_examples(train: TrainColumns, eval_rows: list[dict]) -> dg.AssetChec
 
 def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> dg.AssetCheckResult:
     # Texts already found clean by these very patterns are not scanned again.
-    cache = CleanSet(home / "cache" / "pii-clean.json", source_salt(pii))
+    cache = CleanSet(home / "cache" / "pii-clean.json", code_version("stages.pii"))
     hits = cache.scan(train.texts + Texts.of([record_text(r) for r in eval_rows]), pii.find)
     where_found = [i for i, hit in enumerate(hits) if hit]
     found: Counter[str] = sum((hits[i] for i in where_found), Counter())  # a Counter a record cost ~2 s at 1M

@@ -12,6 +12,7 @@ from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from stages import pii
 from stages.cleaning import Rules, clean_all
+from stages.code_version import code_version
 from stages.content import content_hash, file_hash
 from stages.dedup import with_keys
 from stages.readers import ReadResult, read_file
@@ -22,7 +23,9 @@ from stages.tables import read_json, read_rows, write_json, write_rows
     group_name="data",
     partitions_def=landing_files,
     deps=[landing_file, reads_config("corpus")],
-    code_version="raw-2",
+    code_version=code_version(
+        "stages.readers", "stages.pii", "stages.content", "stages.tables", asset_module=__name__
+    ),
     kinds={"parquet"},
     description="Records read from one landing file, with source file and line; unreadable rows quarantined.",
 )
@@ -81,7 +84,14 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     group_name="data",
     partitions_def=landing_files,
     deps=[reads_config("data.cleaning")],
-    code_version="clean-4",
+    code_version=code_version(
+        "stages.cleaning",
+        "stages.pii",
+        "stages.dedup",
+        "stages.content",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     kinds={"parquet"},
     description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
 )

@@ -14,6 +14,7 @@ from assets.sources import reads_config
 from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from stages.cleaning import Rules, clean_records
+from stages.code_version import code_version
 from stages.columns import last_contents_at, record_keys, record_texts
 from stages.content import content_hash, key_bytes
 from stages.decontamination import contamination
@@ -39,7 +40,20 @@ from stages.tables import read_json, read_rows, write_json, write_rows, write_ta
             "data.decontamination",
         ),
     ],  # fmt: skip
-    code_version="dedup-4",
+    code_version=code_version(
+        "stages.dedup",
+        "stages.near_dedup",
+        "stages.columns",
+        "stages.split",
+        "stages.decontamination",
+        "stages.scan_cache",
+        "stages.readers",
+        "stages.cleaning",
+        "stages.content",
+        "stages.tables",
+        "assets.dataset_card",
+        asset_module=__name__,
+    ),
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",

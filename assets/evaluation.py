@@ -22,10 +22,10 @@ from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages import model_card
+from stages.code_version import code_version
 from stages.content import content_hash
 from stages.evaluation import (
     METRICS_BY_SCHEMA,
-    SCORING_VERSION,
     Item,
     applies,
     eval_items,
@@ -42,7 +42,15 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 @dg.asset(
     group_name="evaluation",
     deps=[reads_config("evaluation", "tracking", "data.seed")],
-    code_version="evaluate-4",
+    code_version=code_version(
+        "stages.evaluation",
+        "stages.model_card",
+        "stages.model_source",
+        "stages.promotion",
+        "stages.content",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     kinds={"pytorch", "mlflow"},
     description="Held-out perplexity, ROUGE-L and exact match for each variant; champion alias if better.",
 )
@@ -342,7 +350,7 @@ class BaselineCache:
         items = {
             set_name: [dataclasses.astuple(i) for i in rows] for set_name, rows in sorted(scored.items())
         }
-        payload = [SCORING_VERSION, self.base_version, variant, self.decoding, items]
+        payload = [code_version("stages.evaluation"), self.base_version, variant, self.decoding, items]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def get(self, variant: str, key: str) -> dict[str, Any] | None:

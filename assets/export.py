@@ -19,6 +19,7 @@ from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages import gguf_export
+from stages.code_version import code_version
 from stages.content import content_hash
 from stages.tables import read_rows, write_json
 
@@ -29,7 +30,7 @@ COLUMNS = ["file", "mb", "relative_diff", "tolerance", "max_abs_diff", "top1_agr
 @dg.asset(
     group_name="model",
     deps=[model_evaluation, reads_config("export", "tracking")],  # the champion it exports is MLflow's
-    code_version="gguf-1",
+    code_version=code_version("stages.gguf_export", "stages.content", "stages.tables", asset_module=__name__),
     kinds={"gguf"},
     description="The champion as GGUF files (export.gguf; off by default), checked by loading them back.",
     check_specs=[

@@ -8,12 +8,13 @@ import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.sources import reads_config
-from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
+from assets.training_run import Dataset, TrainingJob, run_training, training_metadata
 from assets.versions import latest_data_version
 from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
+from stages.code_version import code_version
 from stages.content import content_hash
 from stages.model_source import save_base_model
 from stages.tables import read_json, write_json
@@ -22,7 +23,9 @@ from stages.tables import read_json, write_json
 @dg.asset(
     group_name="model",
     deps=[reads_config("model")],
-    code_version="base-2",
+    code_version=code_version(
+        "stages.model_source", "stages.content", "stages.tables", asset_module=__name__
+    ),
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"pytorch"},
     description="The pretrained model + tokenizer + chat template, stored as safetensors (model.base).",
@@ -57,7 +60,14 @@ def base_model(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     ],
     # With the training code's own hash: new training code makes the model stale, and a
     # checkpoint written by other code is never resumed (the code version is in the resume key).
-    code_version=f"finetune-3/{code_hash()}",
+    code_version=code_version(
+        "stages.launch",
+        "stages.train",
+        "assets.training_run",
+        "stages.content",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     pool="gpu",
     # A crash or a killed training process is retried, and the retry resumes from the last checkpoint.
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),

@@ -15,7 +15,7 @@ from assets.automation import FOLLOWS_THE_MODEL
 from assets.dedup import eval_records
 from assets.metadata import counts_table, md_table
 from assets.sources import preference_files, reads_config
-from assets.training_run import Dataset, TrainingJob, code_hash, run_training, training_metadata
+from assets.training_run import Dataset, TrainingJob, run_training, training_metadata
 from assets.versions import latest_data_version
 from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
@@ -23,6 +23,7 @@ from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import preferences
 from stages.cleaning import Rules
+from stages.code_version import code_version
 from stages.content import content_hash, file_hash
 from stages.decontamination import decontaminate, eval_ngrams, ngrams
 from stages.evaluation import generate
@@ -47,7 +48,17 @@ DISABLED = {"enabled": False, "pairs": 0}
             "evaluation.repetition_penalty",
         ),
     ],  # fmt: skip
-    code_version="preference-pairs-2",
+    code_version=code_version(
+        "stages.preferences",
+        "stages.cleaning",
+        "stages.decontamination",
+        "stages.evaluation",
+        "stages.model_source",
+        "stages.split",
+        "stages.content",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     automation_condition=FOLLOWS_THE_MODEL,
     kinds={"json"},
     description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
@@ -232,7 +243,14 @@ def pairs_not_in_eval(settings: TunegraphSettings, out: Path, deduplicated: Path
             "preference", "training", "tracking", "evaluation.max_new_tokens", "evaluation.repetition_penalty"
         ),
     ],
-    code_version=f"dpo-2/{code_hash('dpo.py')}",
+    code_version=code_version(
+        "stages.launch",
+        "stages.dpo",
+        "assets.training_run",
+        "stages.lineage",
+        "stages.tables",
+        asset_module=__name__,
+    ),
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),  # a crash retries into resume, as for the fine-tune
     kinds={"pytorch", "mlflow"},

@@ -14,6 +14,7 @@ from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from stages import plots
 from stages.chat import tokenize_cached, tokenizer_fingerprint
+from stages.code_version import code_version
 from stages.content import content_hash
 from stages.packing import count_blocks_without_labels, write_packed
 from stages.tables import arrow_batches, read_json, write_json
@@ -22,7 +23,15 @@ from stages.tables import arrow_batches, read_json, write_json
 @dg.asset(
     group_name="data",
     deps=[reads_config("data.block_size")],
-    code_version="tokenize-4",
+    code_version=code_version(
+        "stages.chat",
+        "stages.packing",
+        "stages.plots",
+        "stages.content",
+        "stages.tables",
+        "assets.dataset_card",
+        asset_module=__name__,
+    ),
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Examples rendered with the base model's chat template, labels on responses only, BFD-packed.",

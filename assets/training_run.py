@@ -7,7 +7,6 @@ version and write the lineage. A crash marks the run FAILED and a user's stop ma
 (never retried); nothing is ever left RUNNING.
 """
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,13 +38,6 @@ PIP_REQUIREMENTS = [
     "safetensors",
     "accelerate",
 ]
-STAGES = Path(__file__).parents[1] / "stages"
-
-
-def code_hash(*modules: str) -> str:
-    """Part of the resume key: a checkpoint written by other training code is never resumed."""
-    files = ("checkpoints.py", "train.py", *modules)
-    return hashlib.sha256(b"".join((STAGES / f).read_bytes() for f in files)).hexdigest()[:12]
 
 
 @dataclass

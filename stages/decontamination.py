@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from stages.code_version import code_version
 from stages.scan_cache import CleanSet, Texts, digest
 from stages.workers import map_chunks
 
@@ -51,7 +52,8 @@ def contamination(
     eval_texts = [record_text(r) for r in eval_records]
     if cache_file is None:
         return _contamination(texts.take(list(range(len(texts)))), eval_texts, n)
-    cache = CleanSet(cache_file, f"{n}:{digest(chr(0).join(sorted(eval_texts)))}")
+    # Keyed by this code's version too: a verdict found by other matching code is not reused.
+    cache = CleanSet(cache_file, f"{code_version(__name__)}:{n}:{digest(chr(0).join(sorted(eval_texts)))}")
     found = {i: cache.found[key] for i, key in enumerate(texts.keys) if key in cache.found}
     if todo := cache.unknown(texts.keys):
         found |= {todo[j]: gram for j, gram in _contamination(texts.take(todo), eval_texts, n).items()}

@@ -25,10 +25,6 @@ from stages.chat import IGNORE_INDEX, label_positions, prompt_messages, render_p
 from stages.serving import decode_answer, decoding_config
 from stages.split import eval_score
 
-# The scoring code's version, part of every cached baseline's key (assets/evaluation.py BaselineCache):
-# change it with anything here that changes what a model scores (generation, metrics, batching rules).
-SCORING_VERSION = "2"
-
 VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned", "champion")
 # Baselines that change the prompt; a document has none, so on a text-only set they equal zero-shot.
 PROMPT_BASELINES = ("base_system_prompt", "base_few_shot")

@@ -3,9 +3,10 @@
 The blocking checks re-scan every training record on every run (PII patterns, eval n-gram
 overlap). After a one-record edit, all but that record were scanned before with the same rules:
 their keys are kept in a small file under the state folder, salted with what the verdict depends
-on (the scanner's source, the eval set), so any change of rules starts afresh. A text's key is
-its content hash, or for a record its `record_key` (stages/content.py), which the record carries:
-then the texts already found clean are never built or hashed again.
+on (the scanner's code version from stages/code_version.py, the eval set), so any change of rules
+starts afresh. A text's key is its content hash, or for a record its `record_key`
+(stages/content.py), which the record carries: then the texts already found clean are never built
+or hashed again.
 """
 
 import hashlib
@@ -102,9 +103,3 @@ class CleanSet:
 def _found(find: Callable[[str], T], indexed: list[tuple[int, str]]) -> list[tuple[int, T]]:
     """(index, result) for the texts where `find` finds something: only those travel back."""
     return [(i, hit) for i, text in indexed if (hit := find(text))]
-
-
-def source_salt(*modules: object) -> str:
-    """A salt from the source files of the modules a verdict depends on."""
-    data = b"".join(Path(m.__file__).read_bytes() for m in modules)  # type: ignore[attr-defined]
-    return hashlib.sha256(data).hexdigest()[:16]
