@@ -11,7 +11,7 @@ from assets.dedup import eval_records
 from assets.metadata import counts_table, md_table
 from assets.sources import reads_config
 from assets.versions import latest_data_version
-from resources.outputs import new_output, recorded
+from resources.outputs import new_output, output_folder, recorded
 from resources.settings import Paths, TunegraphSettings
 from stages import pii
 from stages.augmentation import (
@@ -49,6 +49,7 @@ GATES = {
     # data.decontamination and data.max_duplicate_rate are read by its gates, which rerun with it;
     # evaluation.max_new_tokens by the optional model paraphrases.
     deps=[
+        "base_model",  # read only for model paraphrases (data.augmentation.model_paraphrase)
         reads_config(
             "data.augmentation",
             "data.seed",
@@ -83,7 +84,6 @@ def augmented_corpus(
     context: dg.AssetExecutionContext,
     settings: TunegraphSettings,
     deduplicated_corpus: Path,
-    base_model: Path,
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     # As an Arrow table: only the records chosen for augmentation become Python dicts.
@@ -91,7 +91,7 @@ def augmented_corpus(
     aug = cfg.data.augmentation
     new = augment_table(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
     if aug.enabled and aug.model_paraphrase:
-        new = _with_model_paraphrases(context, settings, base_model, new, train.to_pylist())
+        new = _with_model_paraphrases(context, settings, new, train.to_pylist())
     methods = Counter({"none": train.num_rows} if train.num_rows else {}) + Counter(
         r["augmentation"] for r in new
     )
@@ -127,11 +127,15 @@ def augmented_corpus(
 def _with_model_paraphrases(
     context: dg.AssetExecutionContext,
     settings: TunegraphSettings,
-    base_model: Path,
     new: list[dict],
     train: list[dict],
 ) -> list[dict]:
     paths = settings.paths()
+    base_model = output_folder(context.instance, "base_model")  # Dagster's record, as an input would be
+    if base_model is None:
+        raise dg.Failure(
+            "data.augmentation.model_paraphrase needs the base model: materialise base_model first"
+        )
     model, tokenizer = load_saved(base_model / "model")
     ev = settings.config().evaluation
 

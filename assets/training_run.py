@@ -92,6 +92,11 @@ def run_training(
     experiment_id = tracking.experiment_id(cfg.tracking.experiment)
     for stale in tracking.end_orphaned_runs(experiment_id):
         context.log.warning(f"MLflow run {stale} was left RUNNING by a killed process: marked KILLED")
+    for version in _delete_unrecorded_versions(context, client, cfg.tracking.registered_model):
+        context.log.warning(
+            f"{cfg.tracking.registered_model} v{version} was registered by a run that ended before Dagster "
+            "recorded it (killed or failed): deleted, as nothing may use a model Dagster never recorded"
+        )
     tags = {
         "mlflow.source.type": "JOB",  # the runs table's Source column
         "mlflow.source.name": f"dagster {asset}",
@@ -179,6 +184,33 @@ def run_training(
         raise
     data_version = content_hash(out / "model", ignore=(model_card.FILE,))
     return TrainedModel(summary, out, run_id, experiment_id, version, plan, loss_png, data_version)
+
+
+def _delete_unrecorded_versions(
+    context: dg.AssetExecutionContext, client: mlflow.MlflowClient, name: str
+) -> list[str]:
+    """Delete the versions this asset registered in runs that ended without Dagster recording them.
+
+    Registering comes last in the training step, but a kill can still fall between it and the
+    materialisation Dagster records: such a version was never evaluated, promoted or read.
+    """
+    asset = context.asset_key.to_user_string()
+    recorded = {
+        str(r.asset_materialization.metadata["registered_model"].value)
+        for r in context.instance.fetch_materializations(context.asset_key, limit=10_000).records
+        if r.asset_materialization and "registered_model" in r.asset_materialization.metadata
+    }
+    deleted = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if f"{name} v{version.version}" in recorded or not version.run_id:
+            continue
+        tags = client.get_run(version.run_id).data.tags
+        run = context.instance.get_run_by_id(tags.get("dagster.run_id", ""))
+        if tags.get("tunegraph.asset") != asset or run is None or not run.is_finished:
+            continue  # another asset's, another instance's, or its run may still record it
+        client.delete_model_version(name, version.version)
+        deleted.append(str(version.version))
+    return deleted
 
 
 def training_metadata(

@@ -13,6 +13,7 @@ Old folders are pruned when a new one is started: what the latest `keep` recorde
 materialisations point at stays, and so does the folder of any run still in progress.
 """
 
+import json
 import re
 import shutil
 import typing
@@ -24,6 +25,7 @@ import dagster as dg
 from assets.gates import blocked_message, gate_states
 from resources.settings import Paths
 
+READS = "reads the recorded materialisations of"  # the log line; storage ids by partition follow
 KEEP = 3  # recorded versions kept per asset (partition): the current one and two to compare or roll back to
 
 
@@ -33,7 +35,7 @@ class Recorded:
 
     storage_id: int
     run_id: str
-    folder: Path
+    folder: Path | None  # None: recorded without one (by an older tunegraph, or reported by hand)
 
 
 def recorded(folder: Path) -> dict[str, dg.MetadataValue]:
@@ -117,13 +119,6 @@ def latest_recorded(
     for record in found:
         materialization = record.asset_materialization
         folder = _folder(materialization) if materialization else None
-        if folder is None:
-            name = key.to_user_string() + (f"[{record.partition_key}]" if record.partition_key else "")
-            raise dg.Failure(
-                f"{name} was recorded without an output folder (by an older tunegraph or by hand): "
-                "materialise it again (`tunegraph run`, or Materialize in the UI)",
-                allow_retries=False,
-            )
         by_partition[record.partition_key if partitions is not None else None] = Recorded(
             record.storage_id, record.run_id, folder
         )
@@ -175,13 +170,22 @@ class RecordedOutputs(dg.IOManager):
                 allow_retries=False,
             )
         self._require_gates(context, found)
-        for entry in found.values():
+        for p, entry in found.items():
+            if entry.folder is None:
+                raise dg.Failure(
+                    f"{context.op_def.name} may not run: {name}{f'[{p}]' if p else ''} was recorded without an "
+                    "output folder (by an older tunegraph, or reported by hand): materialise it again",
+                    allow_retries=False,
+                )
             if not entry.folder.is_dir():
                 raise dg.Failure(
                     f"{context.op_def.name} may not run: the recorded output of {name} ({entry.folder}) is gone "
                     "from disk: materialise it again",
                     allow_retries=False,
                 )
+        # Which recorded materialisations this step reads, in its log (the fault test checks each
+        # one against Dagster's records). Not input metadata: that records an observation upstream.
+        context.log.info(f"{READS} {name} {json.dumps({str(p): e.storage_id for p, e in found.items()})}")
         if many:
             return {str(p): entry.folder for p, entry in found.items()}
         [entry] = found.values()

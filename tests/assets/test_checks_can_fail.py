@@ -70,7 +70,7 @@ def test_accounting_holds_fails_when_a_stage_loses_records(home, instance, setti
     write_example_shards(home, shards=2)
     assert Runner(settings, instance).run(select=DATA[:3])["status"] == "success"
     # A clean partition that says it read one more record than it kept or dropped: a lost record.
-    summary_path = output(instance, "raw_corpus", "stdlib-00.jsonl") / "summary.json"
+    summary_path = output(instance, "clean_corpus", "stdlib-00.jsonl") / "summary.json"
     summary = read_json(summary_path)
     write_json(summary_path, {**summary, "documents_in": summary["documents_in"] + 1})
     record = Runner(settings, instance).run(select=["deduplicated_corpus"], full=True)
@@ -82,9 +82,7 @@ def test_accounting_holds_fails_when_a_stage_loses_records(home, instance, setti
 
 def test_preference_gates_fail_on_contaminated_and_too_few_pairs(prepared_home, instance, tmp_path):
     home = prepared_home
-    held_out = read_rows(
-        next((home / "assets" / "deduplicated_corpus").glob("v-*")) / "eval" / "held_out.parquet"
-    )
+    held_out = read_rows(output(instance, "deduplicated_corpus") / "eval" / "held_out.parquet")
     passage = held_out[0]["messages"][-1]["content"]
     write_jsonl(home / "landing" / "preferences" / "pairs.jsonl", [
         {"prompt": "Explain it.", "chosen": passage, "rejected": "No idea at all, sorry."},
