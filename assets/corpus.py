@@ -79,7 +79,7 @@ def raw_corpus(context: dg.AssetExecutionContext, settings: TunegraphSettings) -
     group_name="data",
     partitions_def=landing_files,
     deps=[raw_corpus, reads_config("data.cleaning")],
-    code_version="clean-4",
+    code_version="clean-5",  # 5: markup removal keeps generics and comparisons (stages/markup.py)
     kinds={"parquet"},
     description="Unicode repaired, markup stripped, hard wraps joined, PII redacted, filter rules applied.",
 )

@@ -40,7 +40,7 @@ from stages.tables import read_rows, write_json, write_rows, write_table
             "data.decontamination",
         ),
     ],  # fmt: skip
-    code_version="dedup-4",
+    code_version="dedup-5",  # 5: eval files cleaned with stages/markup.py
     automation_condition=EAGER_BEHIND_GATES,
     kinds={"parquet"},
     description="Exact dedup across all landing files (first kept), stable train/eval split, n-gram decontamination.",

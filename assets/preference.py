@@ -50,7 +50,7 @@ DISABLED = {"enabled": False, "pairs": 0}
             "evaluation.repetition_penalty",
         ),
     ],  # fmt: skip
-    code_version="preference-pairs-2",
+    code_version="preference-pairs-3",  # 3: pairs cleaned with stages/markup.py
     automation_condition=FOLLOWS_THE_MODEL,
     kinds={"json"},
     description="Preference pairs from landing/preferences/ (or synthetic from the corpus), cleaned and checked.",
