@@ -4,8 +4,9 @@
 `List<Object>`, `a<b>c`, `x < y > z`, `#include <map>`, `cmd <data >out`, `"<b>"` in a string
 literal, `<user@example.com>` and `&params` are text. A tag is markup only when its name is an
 HTML element written as HTML writes it (all lower or all upper case: `<Object>` is a type, `<P>`
-alone a type parameter) and its context says so: a closing tag follows it, or it is an element
-that stands alone (`<br>`, `<img src=...>`, an unclosed `<p>` or `<li>`) not glued to a word.
+alone a type parameter) and its context says so: a closing tag follows it, it has `name=value`
+attributes, or it is an element that stands alone (`<br>`, `<img src=...>`, an unclosed `<p>` or
+`<li>`) not glued to a word.
 Code spans, code fences, doctest lines, `//` comments and `#include` lines are never touched.
 """
 
@@ -106,7 +107,9 @@ def _opening_is_markup(tag: re.Match, text: str, last_close: int, in_html: bool)
         return True
     if name.lower() in VOID:
         return bool(tag["attributes"].strip()) or name.lower() in BARE_VOID
-    if last_close > tag.start():
+    if (
+        last_close > tag.start() or "=" in tag["attributes"]
+    ):  # closed, or `<a href="x">`: no generic has these
         return True
     glued = before.isalnum() or before == "_"  # `vector<data>`, `a<p>b`: a generic or a comparison
     type_parameter = len(name) == 1 and name.isupper()  # `fun <P> f()`

@@ -163,6 +163,8 @@ MARKUP = [
     ("<pre><kbd>Ctrl</kbd>+<kbd>C</kbd></pre>", "Ctrl+C"),
     ("<blockquote cite='x'>Said.</blockquote>", "Said."),
     ('<p class="lead">Return <var>x</var> squared.</p>', "Return x squared."),
+    ('See <a href="https://example.org">the site (the page cut here)', "See the site (the page cut here)"),
+    ('<div class="box">Boxed', "Boxed"),
 ]
 
 
