@@ -104,6 +104,7 @@ def run_training(
         "tunegraph.asset": asset,
         "tunegraph.host": processes.host(),
         "tunegraph.pid": str(os.getpid()),
+        "tunegraph.pid_started": str(processes.started()),  # a reused pid is not this process
         "tunegraph.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",
         **job.tags,
     }

@@ -24,7 +24,7 @@ from pipelines import definitions
 from pipelines.staleness import read_state
 from resources.settings import TunegraphSettings
 from stages.plan import Plan, plan_run
-from stages.processes import host, owner_alive
+from stages.processes import host, owner_alive, started
 from stages.readers import FORMATS_BY_SUFFIX
 
 # Step progress and our own log lines, without Dagster's per-event DEBUG chatter.
@@ -47,8 +47,10 @@ class Runner:
         self.paths = settings.paths()
         self.resources = {**definitions.resources(settings.home, settings.config_path), "settings": settings}
         self.asset_graph = definitions.defs.resolve_asset_graph()
-        # Who runs it: lets the next run tell a killed run from one still going.
-        self.tags = {"tunegraph/source": "cli", "tunegraph/host": host(), "tunegraph/pid": str(os.getpid())}
+        # Who runs it: lets the next run tell a killed run from one still going (the start time
+        # tells this process from a later one that got the same pid).
+        self.tags = {"tunegraph/source": "cli", "tunegraph/host": host(), "tunegraph/pid": str(os.getpid()),
+                     "tunegraph/pid_started": str(started())}  # fmt: skip
 
     def run(self, select: list[str] | None = None, full: bool = False) -> dict[str, Any]:
         """Materialise what is stale (`select`: only those assets; `full`: whether stale or not)."""
@@ -130,7 +132,8 @@ class Runner:
         unfinished = dg.RunsFilter(statuses=[s for s in dg.DagsterRunStatus if s.value in UNFINISHED],
                                    tags={"tunegraph/source": "cli"})  # fmt: skip
         for run in self.instance.get_runs(filters=unfinished):
-            if owner_alive(run.tags.get("tunegraph/host"), run.tags.get("tunegraph/pid")):
+            if owner_alive(run.tags.get("tunegraph/host"), run.tags.get("tunegraph/pid"),
+                           run.tags.get("tunegraph/pid_started")):  # fmt: skip
                 continue
             self.instance.report_run_failed(run, f"its process ({run.tags['tunegraph/pid']}) was killed")
             self.instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

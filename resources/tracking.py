@@ -85,12 +85,16 @@ class MlflowTracking(dg.ConfigurableResource):
         """Mark KILLED the RUNNING runs whose process is gone; return their ids.
 
         A process killed with SIGKILL (or a machine that lost power) cannot end its own run;
-        the next materialisation does. Runs record host and pid in tags; a run from another
-        host is left alone, since its process cannot be checked from here.
+        the next materialisation does. Runs record host, pid and the process's start time in tags
+        (a pid reused by a later process is not the owner); a run from another host is left
+        alone, since its process cannot be checked from here.
         """
         client, ended = self.client(), []
         for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-            if owner_alive(run.data.tags.get("tunegraph.host"), run.data.tags.get("tunegraph.pid")):
+            tags = run.data.tags
+            if owner_alive(
+                tags.get("tunegraph.host"), tags.get("tunegraph.pid"), tags.get("tunegraph.pid_started")
+            ):
                 continue
             client.set_terminated(run.info.run_id, "KILLED")
             ended.append(run.info.run_id)

@@ -1,10 +1,10 @@
 """Normalise, redact and filter canonical records; every dropped record keeps its reason.
 
-Order: Unicode repair (ftfy) -> markup stripped -> whitespace normalised and hard wraps joined
--> PII redacted -> filter rules. Accounting: len(records) == len(kept) + len(dropped).
+Order: Unicode repair (ftfy) -> HTML markup stripped (never code: stages/markup.py) -> whitespace
+normalised and hard wraps joined -> PII redacted -> filter rules.
+Accounting: len(records) == len(kept) + len(dropped).
 """
 
-import html
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,10 +14,10 @@ from typing import Any
 import ftfy
 
 from stages import pii
+from stages.markup import strip_markup
 from stages.workers import map_chunks
 
 _WORD = re.compile(r"\w+")
-_TAG = re.compile(r"</?(?:[a-zA-Z][a-zA-Z0-9]*)(?:\s[^<>]*)?/?>")
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 # A line starting like this is structure (a list, a table, code, a doctest), not a wrapped sentence.
 _STRUCTURE = re.compile(r"^(\s|[-*+•>|]|\d+[.)]\s|>>>|\.\.\.|[A-Za-z_][\w.]*\(.*\)\s*(->.*)?$)")
@@ -70,7 +70,7 @@ def fix_text(text: str) -> str:
 
 def normalise(text: str) -> str:
     text = fix_text(text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = html.unescape(_TAG.sub("", text))
+    text = strip_markup(text)  # real HTML only: generics, comparisons and code stay (stages/markup.py)
     text = "\n".join(_squeeze(line) for line in text.split("\n"))
     return unwrap(text).strip()
 

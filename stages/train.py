@@ -34,6 +34,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_callback import ExportableState
 
 from stages.chat import IGNORE_INDEX, label_positions
 from stages.checkpoints import AtomicCheckpoints
@@ -128,24 +129,44 @@ def cosine_with_warmup(step: int, warmup: int, end: int) -> float:
 PACE_STEPS = 3
 
 
-class TimeBudget(TrainerCallback):
+class TimeBudget(TrainerCallback, ExportableState):
     """Fit training into `training.max_minutes`, sized by measurement: after every step (once
     PACE_STEPS steps after this process's first are measured) the learning-rate schedule's end moves to the last step that the time left
     holds at the pace measured so far, held-out evaluations included, never past max_steps.
     Training stops there with a held-out evaluation, the learning rate decayed as planned: a slow
-    day trains fewer steps, not a half-decayed model."""
+    day trains fewer steps, not a half-decayed model.
+
+    The time used and the planned last step are kept with each checkpoint (HF saves an
+    ExportableState callback's `state()` in trainer_state.json): a resumed run continues both,
+    so a kill and a resume neither restart the budget nor move the learning rate's end back."""
 
     def __init__(self, minutes: float | None, max_steps: int, log: Any = print):
         self.log = log
         self.seconds = None if minutes is None else minutes * 60
         self.max_steps = max_steps
         self.end = max_steps  # read by the learning-rate schedule (CheckpointedTrainer)
-        self.start = time.perf_counter()
+        self.start = time.perf_counter()  # shifted back by the time used before a resume
         self.first: tuple[int, float] | None = None  # (step, time) at this process's first step end
         self.stopped_at: int | None = None
 
+    def state(self) -> dict[str, Any]:
+        # Read back by on_train_begin, not by HF's restore_callback_states_from_checkpoint (left off):
+        # that would replace this object, and the learning-rate schedule reads this one's `end`.
+        minutes = None if self.seconds is None else self.seconds / 60
+        return {
+            "args": {"minutes": minutes, "max_steps": self.max_steps},
+            "attributes": {"used_s": time.perf_counter() - self.start, "end": self.end},
+        }
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.start = time.perf_counter()
+        saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step else None
+        used = saved["attributes"]["used_s"] if saved else 0.0
+        self.start = time.perf_counter() - used
+        if saved:  # resumed from a checkpoint: the same budget and plan, continued
+            self.end = min(self.max_steps, saved["attributes"]["end"])
+            if self.seconds is not None:
+                self.log(f"time budget: resumed at step {state.global_step} with {used:.0f} s of "
+                         f"{self.seconds:.0f} s used, training ends at step {self.end} of {self.max_steps}")  # fmt: skip
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.seconds is None or state.global_step >= self.max_steps:

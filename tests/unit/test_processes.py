@@ -1,10 +1,14 @@
-"""Stopping a server stops everything it started, even a server that ignores Ctrl-C."""
+"""Stopping a server stops everything it started, even a server that ignores Ctrl-C; telling a
+killed owner from a live one, also when its pid was reused."""
 
+import os
 import subprocess
 import time
 from pathlib import Path
 
-from stages.processes import stop_groups
+import psutil
+
+from stages.processes import host, owner_alive, started, stop_groups
 
 STUBBORN = "trap '' INT TERM; sleep 60 & sleep 60 & echo ready; wait"  # ignores SIGINT, as dagster dev did
 
@@ -33,3 +37,28 @@ def _ended(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_an_owner_is_alive_only_as_the_process_that_started_when_recorded():
+    me, since = os.getpid(), started()
+    assert owner_alive(host(), me, str(since))
+    # The same pid, recorded with another start time: a later process got the dead owner's pid
+    # (a container restart, pid reuse). The owner is gone.
+    assert not owner_alive(host(), me, str(since - 3600))
+    assert owner_alive(host(), me)  # a record from before start times were kept: by its pid alone
+    assert owner_alive("another-host", me, str(since - 3600))  # cannot be checked from here
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    assert not owner_alive(host(), exited.pid, str(since))
+
+
+def test_a_killed_owner_not_yet_reaped_is_gone():
+    proc = subprocess.Popen(["sleep", "60"])
+    since = started(proc.pid)
+    assert owner_alive(host(), proc.pid, str(since))
+    proc.kill()
+    deadline = time.monotonic() + 5
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not owner_alive(host(), proc.pid, str(since))  # a zombie: SIGKILLed, its parent has not waited
+    proc.wait()

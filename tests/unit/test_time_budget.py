@@ -2,10 +2,21 @@
 
 import time
 
+import pytest
 import torch
-from transformers import TrainerControl, TrainerState, TrainingArguments, get_cosine_schedule_with_warmup
+from datasets import Dataset
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    get_cosine_schedule_with_warmup,
+)
 
-from stages.train import TimeBudget, budgeted_end, cosine_with_warmup
+from stages import train as train_module
+from stages.train import CheckpointedTrainer, TimeBudget, budgeted_end, cosine_with_warmup
 
 
 def _step(budget: TimeBudget, step: int, args: TrainingArguments | None = None) -> TrainerControl:
@@ -65,3 +76,58 @@ def test_the_schedule_is_hfs_cosine_and_reaches_zero_where_the_budget_ends():
         hf.step()
     assert [round(cosine_with_warmup(s, 3, 40), 6) for s in range(40)] == [round(f, 6) for f in factors]
     assert cosine_with_warmup(28, 3, 28) == 0.0 and cosine_with_warmup(27, 3, 28) < 0.01
+
+
+class _Clock(TrainerCallback):
+    """The training process's clock, 2 s a step (listed before the budget, so it ticks first); it
+    records the learning rate of each step and can stop training after a step, as a kill would."""
+
+    def __init__(self, now: float, stop_after: int | None = None):
+        self.now, self.stop_after, self.lr = now, stop_after, {}
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kw):
+        self.now += 2.0
+        self.lr[state.global_step] = lr_scheduler.get_last_lr()[0]
+        if state.global_step == self.stop_after:
+            control.should_training_stop = True
+
+
+def _budgeted_trainer(tmp_path, clock: _Clock, lines: list[str]) -> tuple[CheckpointedTrainer, TimeBudget]:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    rows = Dataset.from_dict(
+        {"input_ids": [[i % 32] * 8 for i in range(16)], "labels": [[i % 32] * 8 for i in range(16)]}
+    )
+    args = TrainingArguments(output_dir=str(tmp_path / "checkpoints"), max_steps=40, save_steps=6, warmup_steps=2,
+                             per_device_train_batch_size=2, learning_rate=1e-3, lr_scheduler_type="cosine",
+                             use_cpu=True, report_to="none", disable_tqdm=True, logging_steps=100)  # fmt: skip
+    budget = TimeBudget(minutes=1.0, max_steps=40, log=lines.append)  # 60 s at 2 s a step
+    trainer = CheckpointedTrainer(
+        model=model, args=args, train_dataset=rows, callbacks=[clock, budget], budget=budget
+    )
+    return trainer, budget
+
+
+def test_a_resumed_budgeted_run_keeps_its_planned_last_step_and_the_time_already_used(tmp_path, monkeypatch):
+    # First process: the pace (2 s a step) plans the end at step 30 of 40; killed after the checkpoint at step 6.
+    first_clock = _Clock(now=100.0, stop_after=6)
+    monkeypatch.setattr(train_module, "time", first_clock)
+    first, budget = _budgeted_trainer(tmp_path, first_clock, [])
+    first.train()
+    assert budget.end == 30 and (tmp_path / "checkpoints" / "checkpoint-6").is_dir()
+
+    # Second process, its own clock: the 12 s already used and the planned end come with the checkpoint.
+    clock, lines = _Clock(now=5000.0), []
+    monkeypatch.setattr(train_module, "time", clock)
+    resumed, budget = _budgeted_trainer(tmp_path, clock, lines)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-6"))
+    # The budget ran out where the first process planned: 12 s + 24 steps at 2 s = 60 s, step 30.
+    assert budget.stopped_at == 30 and resumed.state.global_step == 30
+    assert lines[0] == "time budget: resumed at step 6 with 12 s of 60 s used, training ends at step 30 of 40"
+    # The learning rate continued the schedule that ends at step 30 (not a new one ending at 40).
+    assert clock.lr[7] == pytest.approx(1e-3 * cosine_with_warmup(7, 2, 30))
+    assert clock.lr[30] == 0.0
