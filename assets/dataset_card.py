@@ -44,6 +44,8 @@ def card_markdown(
         f"- tokens: {tokens['tokens']} in {tokens['blocks']} blocks of {tokens['block_size']} "
         f"(non-pad {tokens['non_pad_fraction']:.3f}, {tokens['truncated']} truncated), "
         f"{tokens['label_tokens']} label tokens",
+        f"- dropped by packing: {tokens['dropped_no_labels']} examples whose prompt fills the "
+        f"block of {tokens['block_size']} (no answer token left to learn)",
         "",
         "| dropped by rule | records |",
         "|---|---|",

@@ -33,7 +33,7 @@ from stages.evaluation import (
     score,
 )
 from stages.model_source import load_saved
-from stages.promotion import LOWER_IS_BETTER, decide
+from stages.promotion import Candidate, choose
 from stages.tables import read_json, read_rows, write_json
 
 BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
@@ -81,15 +81,15 @@ def model_evaluation(
     client = mlflow_tracking.client()
     name = candidates["fine_tuned"]["model_name"]
     champion_version = _alias_version(client, name, "champion")
-    if champion_version in {c["version"] for c in candidates.values()}:
-        champion_version = None  # re-evaluating the champion itself: it is judged against the baselines
+    # The champion as one of the candidates is scored once, as that candidate, and stays a rival.
+    incumbent = next((c for c, entry in candidates.items() if entry["version"] == champion_version), None)
 
     # by_set[eval set][variant] -> scores; the held-out set is the one promotion and the report use.
     by_set: dict[str, dict[str, dict[str, Any] | None]] = {s: {} for s in eval_sets}
     generations: dict[str, list[str]] = {}
     items: dict[str, list] = {}  # held-out items per variant, for the samples
     sources = {"base": BASE_VARIANTS, **{c: (c,) for c in candidates}}
-    if champion_version is not None:
+    if champion_version is not None and incumbent is None:
         sources["champion"] = ("champion",)
     decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
     experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
@@ -139,19 +139,19 @@ def model_evaluation(
         del loaded
         gc.collect()
     for scores in by_set.values():
-        scores.setdefault("champion", None)
+        scores.setdefault("champion", scores[incumbent] if incumbent else None)
     results = by_set["held_out"]
 
-    lower_is_better = LOWER_IS_BETTER[ev.primary_metric]
-    best = sorted(candidates, key=lambda c: results[c][ev.primary_metric] * (1 if lower_is_better else -1))[0]
-    registry, candidate, champion = candidates[best], results[best], results["champion"]
-    promoted, reason = decide(
-        candidate, champion, {v: results[v] for v in BASE_VARIANTS}, ev.primary_metric, ev.promotion_margin
-    )
-    version = registry["version"]
-    client.set_registered_model_alias(name, "champion" if promoted else "challenger", version)
+    decision = choose(
+        {c: Candidate(entry["version"], results[c]) for c, entry in candidates.items()}, champion_version,
+        results["champion"], {v: results[v] for v in BASE_VARIANTS}, ev.primary_metric, ev.promotion_margin,
+    )  # fmt: skip
+    best, promoted, reason, version = decision.candidate, decision.promoted, decision.reason, decision.version
+    registry = candidates[best]
+    if decision.alias:
+        client.set_registered_model_alias(name, decision.alias, version)
     client.set_model_version_tag(name, version, "tunegraph.promotion", reason)
-    new_champion = version if promoted else champion_version
+    new_champion = decision.champion_version
     context.log.info(f"{best} (v{version}) {'promoted' if promoted else 'not promoted'}: {reason}")
 
     table = [{"variant": v, **(m or {})} for v, m in results.items()]

@@ -41,6 +41,7 @@ CONFIG_KEYS = (
     "data.decontamination",
     "data.eval_files",
     "data.eval_fraction",
+    "data.max_dropped_share",
     "data.max_duplicate_rate",
     "data.max_train_examples",
     "data.near_dedup",

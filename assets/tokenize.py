@@ -16,13 +16,13 @@ from stages import plots
 from stages.chat import tokenize_cached, tokenizer_fingerprint
 from stages.code_version import code_version
 from stages.content import content_hash
-from stages.packing import count_blocks_without_labels, write_packed
+from stages.packing import PackStats, count_blocks_without_labels, too_many_dropped, write_packed
 from stages.tables import arrow_batches, read_json, write_json
 
 
 @dg.asset(
     group_name="data",
-    deps=[reads_config("data.block_size")],
+    deps=[reads_config("data.block_size", "data.max_dropped_share")],
     code_version=code_version(
         "stages.chat",
         "stages.packing",
@@ -40,7 +40,8 @@ from stages.tables import arrow_batches, read_json, write_json
             "blocks_have_labels",
             asset="tokenized_dataset",
             blocking=True,
-            description="Every packed block has response tokens to learn.",
+            description="Every packed block has response tokens to learn, and at most "
+            "data.max_dropped_share of the examples were dropped for a prompt that fills the block.",
         )
     ],
 )
@@ -67,7 +68,8 @@ def tokenized_dataset(
     examples, eval_examples = tokens.slice(0, n_train), tokens.slice(n_train).table()
     out = new_output(context, paths)
     stats = write_packed(examples, cfg.data.block_size, out / "train_blocks.parquet")
-    labels_check = _blocks_have_labels(out / "train_blocks.parquet")
+    dropped_fix = too_many_dropped(stats, cfg.data.block_size, cfg.data.max_dropped_share)
+    labels_check = _blocks_have_labels(out / "train_blocks.parquet", stats, dropped_fix)
     pq.write_table(eval_examples, out / "eval.parquet")
     plots.histogram(examples.lengths, cfg.data.block_size, out / "lengths.png", "tokens per training example")
     summary = {
@@ -86,7 +88,8 @@ def tokenized_dataset(
     version = content_hash(out / "train_blocks.parquet", out / "eval.parquet")
     context.log.info(
         f"{stats.examples} examples -> {stats.blocks} blocks of {cfg.data.block_size}, "
-        f"non-pad {stats.non_pad_fraction:.3f}, {stats.truncated} truncated"
+        f"non-pad {stats.non_pad_fraction:.3f}, {stats.truncated} truncated, "
+        f"{stats.dropped_no_labels} dropped (prompt fills the block)"
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -96,6 +99,7 @@ def tokenized_dataset(
             "tokens": stats.tokens,
             "label_tokens": stats.label_tokens,
             "truncated": stats.truncated,
+            "dropped_no_labels": stats.dropped_no_labels,  # prompt fills the block: nothing to learn
             "blocks": stats.blocks,
             "non_pad_fraction": round(stats.non_pad_fraction, 4),
             "eval_examples": eval_examples.num_rows,
@@ -110,21 +114,24 @@ def tokenized_dataset(
     )
 
 
-def _blocks_have_labels(path: Path) -> dg.AssetCheckResult:
-    """Read back from the written file, not from the packer's own counts."""
+def _blocks_have_labels(path: Path, stats: PackStats, dropped_fix: str | None) -> dg.AssetCheckResult:
+    """Blocks read back from the written file, not from the packer's own counts; drops from the packer."""
     blocks, empty = count_blocks_without_labels(path)
-    passed = blocks > 0 and empty == 0
+    passed = blocks > 0 and empty == 0 and dropped_fix is None
     return dg.AssetCheckResult(
         check_name="blocks_have_labels",
         passed=passed,
         metadata={
             "blocks": blocks,
             "without_labels": empty,
+            "dropped_no_labels": stats.dropped_no_labels,
+            "dropped_share": round(stats.dropped_share, 4),
             **(
                 {}
                 if passed
                 else {
-                    "fix": "prompts longer than data.block_size leave no answer tokens to "
+                    "fix": dropped_fix
+                    or "prompts longer than data.block_size leave no answer tokens to "
                     "learn: raise data.block_size or shorten those prompts"
                 }
             ),

@@ -55,7 +55,8 @@ def chat(paths: Paths, config: Path, model_ref: str, question: str | None, syste
 
 
 def push(paths: Paths, config: Path, model_ref: str, repo: str, private: bool, dry_run: bool) -> int:
-    """Fill the upload folder for the version (model, evaluated card, GGUF files), then push it."""
+    """Fill the upload folder for the version (model, evaluated card, GGUF files whose check passed), then
+    push it. A GGUF file whose check failed is refused, with a line on stderr saying what to do."""
     try:
         tracking, version, folder = registered_model(paths, config, model_ref)
     except ValueError as err:
@@ -64,7 +65,9 @@ def push(paths: Paths, config: Path, model_ref: str, repo: str, private: bool, d
     tracking.activate()
     # The card as the registry holds it: with the evaluation, which the model folder's own copy predates.
     card = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}/README.md"))
-    gguf = gguf_files(paths, version.name, str(version.version))
+    gguf, refused = gguf_files(paths, version.name, str(version.version))
+    for line in refused:
+        print(line, file=sys.stderr)
     staged = hub.stage_upload(folder, card.read_text(), gguf, paths.hub_upload(version.name, version.version))
     print(
         f"{version.name} v{version.version}: {', '.join(sorted(p.name for p in staged.iterdir()))} in {staged}"
@@ -88,8 +91,9 @@ def registered_model(paths: Paths, config: Path, model_ref: str) -> tuple:  # no
     return tracking, version, tracking.model_dir(version, paths.model_cache(version.name, version.version))
 
 
-def gguf_files(paths: Paths, name: str, version: str) -> list[Path]:
-    """The GGUF files of gguf_model's current output (Dagster's record), when they are of this version."""
+def gguf_files(paths: Paths, name: str, version: str) -> tuple[list[Path], list[str]]:
+    """The GGUF files of gguf_model's current output (Dagster's record), when they are of this version
+    and passed their check, and a line for each one refused because its check failed."""
     import dagster as dg
 
     from resources.outputs import output_folder
@@ -97,11 +101,11 @@ def gguf_files(paths: Paths, name: str, version: str) -> list[Path]:
     with dg.DagsterInstance.get() as instance:
         out = output_folder(instance, "gguf_model")
     if out is None:
-        return []
+        return [], []
     summary = read_json(out / "summary.json")
     if not summary["enabled"] or (summary["model_name"], summary["version"]) != (name, version):
-        return []
-    return [out / check["file"] for check in summary["checks"]]
+        return [], []
+    return hub.gguf_uploads(out, summary["checks"])
 
 
 def _write(text: str) -> None:

@@ -115,6 +115,13 @@ class DataConfig(_Section):
         None, ge=1, description="Keep only the first N train records (by stable hash); None keeps all."
     )
     block_size: int = Field(512, ge=16, description="Tokens per packed training block.")
+    max_dropped_share: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Blocking check: most share of train examples packing may drop because their prompt "
+        "fills data.block_size (no answer token left to learn); more fails blocks_have_labels.",
+    )
     max_duplicate_rate: float = Field(
         0.05,
         ge=0.0,

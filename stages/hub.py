@@ -12,6 +12,7 @@ another hub.
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
@@ -23,6 +24,27 @@ _HUB_ERRORS = (HfHubHTTPError, *HfHubHTTPError.__bases__)
 
 class HubError(RuntimeError):
     """The hub could not be reached or refused the push; the message says what to check."""
+
+
+def gguf_uploads(folder: Path, checks: list[dict[str, Any]]) -> tuple[list[Path], list[str]]:
+    """(the GGUF files in `folder` whose gguf_matches_safetensors check passed, one line per file
+    refused). A file that fails does not reproduce the model: it is never uploaded, and never in silence."""
+    passed, refused = [], []
+    for check in checks:
+        if check["passed"]:
+            passed.append(folder / check["file"])
+            continue
+        why = (
+            "its tokenizer reads the check texts into other token ids"
+            if not check["tokenizer_matches"]
+            else f"its logits differ by {check['relative_diff']:.4g} of the largest, over the "
+            f"{check['kind']} tolerance {check['tolerance']:.4g}"
+        )
+        refused.append(
+            f"refused {check['file']}: its check gguf_matches_safetensors failed ({why}); fix the export "
+            f"or leave {check['kind']} out of export.gguf_types, rematerialise gguf_model, then push again"
+        )
+    return passed, refused
 
 
 def stage_upload(model_dir: Path, card: str, gguf_files: list[Path], dest: Path) -> Path:

@@ -33,8 +33,28 @@ class PackStats:
     tokens: int
     label_tokens: int
     truncated: int
-    dropped_no_labels: int
+    dropped_no_labels: int  # examples left out: the prompt fills the block, no answer token is kept
     non_pad_fraction: float
+
+    @property
+    def dropped_share(self) -> float:
+        """The share of the examples given to the packer that were left out for having no label."""
+        given = self.examples + self.dropped_no_labels
+        return self.dropped_no_labels / given if given else 0.0
+
+
+def too_many_dropped(stats: PackStats, block_size: int, max_share: float) -> str | None:
+    """What to do when more than `max_share` of the examples were dropped for a prompt that fills
+    the block; None when within. A few long prompts are expected; many mean the block is too small."""
+    if stats.dropped_share <= max_share:
+        return None
+    given = stats.examples + stats.dropped_no_labels
+    return (
+        f"prompts longer than data.block_size ({block_size}) left no answer tokens in "
+        f"{stats.dropped_no_labels} of {given} examples ({stats.dropped_share:.1%}, more than "
+        f"data.max_dropped_share {max_share:.1%}), so they were dropped: raise data.block_size, "
+        "shorten those prompts, or raise data.max_dropped_share"
+    )
 
 
 def pack_bfd(examples: pa.Table, block_size: int) -> tuple[pa.Table, PackStats]:

@@ -5,7 +5,7 @@ test_pipeline.py's worse-model test.)
 """
 
 import dagster as dg
-from conftest import output, write_config, write_example_shards, write_jsonl
+from conftest import DATA_ASSETS, output, write_config, write_example_shards, write_jsonl
 
 from assets.augment import _no_residual_pii, _schema_valid
 from pipelines.runner import Runner
@@ -64,6 +64,50 @@ def test_blocks_have_labels_fails_when_no_answer_fits_in_a_block(home, instance,
         "blocking check tokenized_dataset:blocks_have_labels failed: prompts longer than data.block_size"
     )
     assert instance.get_latest_materialization_event(dg.AssetKey("fine_tuned_model")) is None
+
+
+def test_blocks_have_labels_fails_when_packing_drops_too_many_examples_and_passes_when_the_share_is_raised(
+    home, instance, tmp_path
+):
+    write_example_shards(home, shards=2)
+    # Twenty questions of ~600 tokens (unique words: no cleaning rule, dedup or decontamination takes
+    # them) with short answers: each prompt fills a 256-token block, so packing drops the example.
+    write_jsonl(home / "landing" / "long_prompts.jsonl", [
+        {"instruction": " ".join(f"term{i}x{j}" for j in range(150)) + "?", "output": f"Short answer {i}."}
+        for i in range(20)
+    ])  # fmt: skip
+    record = Runner(settings_for(home, tmp_path), instance).run(select=DATA_ASSETS)
+    assert record["status"] == "failed"
+    error = record["errors"][0]
+    assert error.startswith(
+        "blocking check tokenized_dataset:blocks_have_labels failed: prompts longer than data.block_size "
+        "(256) left no answer tokens in "
+    )
+    assert "raise data.block_size, shorten those prompts, or raise data.max_dropped_share" in error
+    # Counted where users look: the asset's metadata, its dataset card and the check agree.
+    event = instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
+    metadata = event.asset_materialization.metadata
+    dropped = metadata["dropped_no_labels"].value
+    assert dropped >= 10 and f"in {dropped} of {metadata['examples'].value + dropped} examples" in error
+    assert f"- dropped by packing: {dropped} examples whose prompt fills the block of 256" in (
+        metadata["dataset_card"].value
+    )
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("tokenized_dataset"), "blocks_have_labels")]
+    )
+    check_metadata = next(iter(check.values())).event.dagster_event.event_specific_data.metadata
+    assert (
+        check_metadata["dropped_no_labels"].value == dropped and check_metadata["without_labels"].value == 0
+    )
+
+    # The share is a config key the gate reads: raising it reruns tokenized_dataset, which passes.
+    relaxed = Runner(settings_for(home, tmp_path, data={"max_dropped_share": 0.5}), instance).run(
+        select=DATA_ASSETS
+    )
+    assert relaxed["status"] == "success", relaxed["errors"]
+    assert relaxed["stale"]["tokenized_dataset"] == [
+        "pipeline_config[data.max_dropped_share] has a new data version"
+    ]
 
 
 def test_accounting_holds_fails_when_a_stage_loses_records(home, instance, settings):

@@ -55,7 +55,7 @@ def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
         return sorted(mapping.partition_keys)
 
     assert reads("clean_corpus") == ["data.cleaning"]
-    assert reads("tokenized_dataset") == ["data.block_size"]
+    assert reads("tokenized_dataset") == ["data.block_size", "data.max_dropped_share"]
     # The evaluated decoding is saved with the model (generation_config.json): a change retrains.
     decoding = ["evaluation.max_new_tokens", "evaluation.repetition_penalty"]
     assert reads("fine_tuned_model") == [*decoding, "tracking", "training"]

@@ -52,6 +52,21 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
     assert len(client.get_metric_history(run.info.run_id, "rewards/margins")) == 4
     assert preference["version"] == "2"  # SFT is v1; DPO registers the next version
 
+    # Evaluated again, both models are candidates and one of them is the champion: it stays a rival,
+    # scored once as its candidate (the champion row is not empty), and is not crowned anew as if
+    # there were no champion.
+    first = report["registry"]
+    assert first["promoted"] is True and "no champion yet" in first["reason"]
+    again = Runner(settings, instance).run(select=["model_evaluation"], full=True)
+    assert again["status"] == "success", again["errors"]
+    report = build_report(settings.paths())
+    registry, champion = report["registry"], first["candidate"]
+    assert (registry["candidate"], registry["champion_version"]) == (champion, first["version"])
+    assert registry["reason"].startswith(
+        f"{champion} v{first['version']} is the champion and the best candidate"
+    )
+    assert report["evaluation"]["champion"] == report["evaluation"][champion]
+
 
 @pytest.mark.slow
 def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(prepared_home, instance, tmp_path):

@@ -11,7 +11,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages.chat import IGNORE_INDEX, Tokens
-from stages.packing import PackStats, count_blocks_without_labels, pack_bfd, plan, write_packed
+from stages.packing import (
+    PackStats,
+    count_blocks_without_labels,
+    pack_bfd,
+    plan,
+    too_many_dropped,
+    write_packed,
+)
 from stages.train import PackedCollator
 
 
@@ -49,6 +56,23 @@ def test_too_long_examples_are_truncated_and_counted():
     assert stats.truncated == 2
     assert stats.dropped_no_labels == 1  # its prompt alone fills the block
     assert len(blocks) == 1 and len(blocks[0]["input_ids"]) == 16
+
+
+def test_the_share_dropped_for_a_prompt_that_fills_the_block_is_judged_against_the_limit():
+    # 100 examples, 2 of them with a 20-token prompt in a 16-token block: 2 % dropped.
+    examples = [_example(3, 5, offset=i) for i in range(98)] + [_example(20, 2), _example(18, 4)]
+    _, stats = _pack(examples, block_size=16)
+    assert (stats.examples, stats.dropped_no_labels, stats.dropped_share) == (98, 2, 0.02)
+    assert too_many_dropped(stats, 16, max_share=0.02) is None  # at the limit: passes
+    assert too_many_dropped(stats, 16, max_share=0.01) == (
+        "prompts longer than data.block_size (16) left no answer tokens in 2 of 100 examples (2.0%, more "
+        "than data.max_dropped_share 1.0%), so they were dropped: raise data.block_size, shorten those "
+        "prompts, or raise data.max_dropped_share"
+    )
+    # Nothing to pack is not a dropped share (blocks_have_labels fails on the zero blocks instead).
+    empty = PackStats(examples=0, blocks=0, tokens=0, label_tokens=0, truncated=0, dropped_no_labels=0,
+                      non_pad_fraction=0.0)  # fmt: skip
+    assert empty.dropped_share == 0.0 and too_many_dropped(empty, 16, max_share=0.0) is None
 
 
 def _tiny_llama() -> LlamaForCausalLM:
