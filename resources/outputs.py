@@ -9,8 +9,8 @@ passed on their latest materialisations. There is no pointer file to move: a run
 Dagster recorded its output leaves a folder nobody reads, and of two runs of one asset at once,
 downstream reads the one Dagster recorded last.
 
-Old folders are pruned when a new one is started: what the latest `keep` recorded
-materialisations point at stays, and so does the folder of any run still in progress.
+Old folders are pruned when a new one is started: the new one and what the `keep - 1` latest
+recorded materialisations point at stay, and so does the folder of any run still in progress.
 """
 
 import json
@@ -48,7 +48,8 @@ def new_output(context: dg.AssetExecutionContext, paths: Paths, keep: int = KEEP
     partition = context.partition_key if context.has_partition_key and _partitioned(context) else None
     root = paths.asset_root(context.asset_key.to_user_string(), partition)
     root.mkdir(parents=True, exist_ok=True)
-    prune(context.instance, context.asset_key, partition, root, keep)
+    # The new output will be one of the `keep`: keep - 1 recorded ones stay beside it.
+    prune(context.instance, context.asset_key, partition, root, keep - 1)
     folder = root / context.run_id
     # Only a retried step of this same run wrote here before; Dagster never recorded it.
     shutil.rmtree(folder, ignore_errors=True)

@@ -99,5 +99,7 @@ def test_sigkill_then_ctrl_c_then_rerun_redoes_nothing_upstream_and_resumes(home
 def report_of(home: Path) -> dict:
     """`tunegraph report --json`, as a user runs it."""
     env = {**os.environ, "TUNEGRAPH_HOME": str(home)}
-    done = subprocess.run([TUNEGRAPH, "report", "--json"], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [TUNEGRAPH, "report", "--json"], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout)
