@@ -220,7 +220,7 @@ def test_a_time_budget_ends_the_learning_rate_schedule_where_training_stops(data
     )
     stopped = summary["stopped_by_time_budget_at"]
     assert stopped is not None and 3 < stopped < 100_000 and summary["steps"] == stopped
-    assert summary["wall_s"] < 3 * 1.5
+    assert summary["wall_s"] < 3 * 2  # the budget, and a slow step of margin on a loaded machine
     # The rate of the last step (HF logs the one the step used): the schedule had decayed by then.
     assert summary["history"][-1]["step"] == stopped and summary["history"][-1]["learning_rate"] < 1e-3 / 20
     assert max(h["learning_rate"] for h in summary["history"]) > 1e-3 / 2  # it did warm up to the peak
