@@ -5,9 +5,11 @@ schedule's alike), what is stale from Dagster's own resolver, and every number f
 Dagster recorded as current (`resources/outputs.py`). Nothing here is written by one path only.
 """
 
+import re
 from typing import Any
 
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
 from assets.gates import summary as gate_summary
 from assets.sources import ABSENT, landing_file, recorded_versions
@@ -126,12 +128,17 @@ def run_errors(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     ]  # fmt: skip
     for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         event = record.get_dagster_event()
-        error = event.step_failure_data.error if event.step_failure_data else None
-        while error is not None and error.cause is not None and "dagster" in error.cls_name.lower():
-            error = error.cause  # the user's error, not Dagster's wrapper around it
-        if error is not None:
-            failed.append(f"{event.step_key}: {error.message.strip().splitlines()[0]}")
+        if event.step_failure_data and event.step_failure_data.error:
+            failed.append(f"{event.step_key}: {user_error(event.step_failure_data.error)}")
     return failed
+
+
+def user_error(error: SerializableErrorInfo) -> str:
+    """A failed step's own error on one line: not Dagster's wrapper around it, nor its class."""
+    while error.cause is not None and "dagster" in (error.cls_name or "").lower():
+        error = error.cause
+    first_line = error.message.strip().splitlines()[0]
+    return re.sub(rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line)  # drop "pkg.SomeError: "
 
 
 def _preference(instance: dg.DagsterInstance) -> dict[str, Any] | None:

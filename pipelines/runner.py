@@ -11,7 +11,6 @@ A thin loop over what Dagster already knows; it keeps no state of its own:
 
 import gc
 import os
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ import dagster as dg
 from assets import sources
 from assets.gates import summary
 from pipelines import definitions
+from pipelines.report import user_error
 from pipelines.staleness import read_state
 from resources.settings import TunegraphSettings
 from stages.plan import Plan, plan_run
@@ -201,13 +201,5 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
         return f"blocking check {'; '.join(failed)} (its metadata in the Dagster UI shows the records)"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            # The user's error, not Dagster's wrapper around it.
-            while error.cause is not None and "dagster" in error.cls_name.lower():
-                error = error.cause
-            first_line = error.message.strip().splitlines()[0]
-            message = re.sub(
-                rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line
-            )  # drop "pkg.SomeError: "
-            return f"{event.step_key}: {message}"
+            return f"{event.step_key}: {user_error(event.step_failure_data.error)}"
     return "the run did not succeed"
