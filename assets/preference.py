@@ -281,7 +281,7 @@ def preference_model(
         inputs={
             "init_model_dir": str(sft_dir / "model"),
             "pairs_path": str(pairs_dir / "pairs.jsonl"),
-            "preference": cfg.preference.model_dump(mode="json"),
+            "preference": cfg.preference,
         },
         resume_key={
             "data_version": latest_data_version(context.instance, "preference_pairs") or "",

@@ -182,7 +182,9 @@ def record(instance: dg.DagsterInstance, changes: SourceChanges) -> None:
         instance.report_runless_asset_event(observation)
 
 
-def recorded_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> dict[str, str]:
+def recorded_versions(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]
+) -> dict[str, str]:
     """The version each partition of a source was last observed at (absent: never observed)."""
     latest = instance.event_log_storage.get_latest_tags_by_partition(
         key, dg.DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], list(partitions)

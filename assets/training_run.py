@@ -29,6 +29,7 @@ from stages.config import PipelineConfig
 from stages.content import content_hash
 from stages.lineage import run_name
 from stages.model_source import load_saved
+from stages.spec import MlflowTarget, TrainingSpec
 from stages.tables import read_json, read_rows, records_frame, write_json
 
 # Listed explicitly: MLflow's inferred requirements import torchvision, which is not installed.
@@ -46,7 +47,7 @@ class TrainingJob:
 
     module: str  # the entry point, run as `python -m MODULE SPEC.json`
     run_name: str
-    inputs: dict[str, Any]  # spec entries of this stage: the model to start from, its data, its config
+    inputs: dict[str, Any]  # this stage's TrainingSpec fields: the model to start from, its data, its config
     resume_key: dict[str, str]
     tags: dict[str, str]
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)  # (file, MLflow folder)
@@ -125,20 +126,19 @@ def run_training(
         )
         client.log_inputs(run_id, datasets=[_dataset_input(d) for d in job.datasets])
         out = new_output(context, paths)
-        spec = {
+        spec = TrainingSpec(
             **job.inputs,
-            "output_dir": str(out),
-            "checkpoint_dir": str(checkpoint_dir),
-            "resume_from": str(plan.checkpoint) if plan.checkpoint else None,
-            "resumed_from_step": plan.step if plan.checkpoint else None,
+            output_dir=out,
+            checkpoint_dir=checkpoint_dir,
+            resume_from=plan.checkpoint,
+            resumed_from_step=plan.step if plan.checkpoint else None,
             # A local training process watches this step's pid; a pod cannot see it.
-            "parent_pid": os.getpid() if cfg.training.launcher.kind == "local" else None,
-            "training": cfg.training.model_dump(mode="json"),
-            "mlflow": {"tracking_uri": tracking.uri(), "run_id": run_id},
-        }
-        write_json(out / "spec.json", spec)
+            parent_pid=os.getpid() if cfg.training.launcher.kind == "local" else None,
+            training=cfg.training,
+            mlflow=MlflowTarget(tracking_uri=tracking.uri(), run_id=run_id),
+        ).write(out / "spec.json")
         # Where it trains is the config's; the device and process count are decided there.
-        launcher.launch(context, job.module, str(out / "spec.json"), cfg.training.launcher, str(paths.home))
+        launcher.launch(context, job.module, str(spec), cfg.training.launcher, str(paths.home))
         summary = read_json(out / "train_summary.json")
         history, evals = summary["history"], summary.get("eval_history", [])
         plots.curves({"train": ([h["step"] for h in history], [h["loss"] for h in history]),

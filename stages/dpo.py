@@ -6,7 +6,6 @@ starts from the supervised model (`init_model_dir`); with LoRA the frozen starti
 also DPO's reference, so no second copy is held in memory. Adapters are merged before saving.
 """
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer
 
 from stages.checkpoints import AtomicCheckpoints
-from stages.config import PreferenceConfig, TrainingConfig
+from stages.spec import TrainingSpec
 from stages.train import (
     WORLD_SIZE,
     ParentWatch,
@@ -33,16 +32,18 @@ class CheckpointedDPOTrainer(AtomicCheckpoints, DPOTrainer):
     """TRL's DPOTrainer, with checkpoints renamed into place only once complete."""
 
 
-def train_dpo(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
-    cfg = TrainingConfig.model_validate(spec["training"])
-    pref = PreferenceConfig.model_validate(spec["preference"])
+def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
+    cfg = spec.training
+    if spec.preference is None or spec.pairs_path is None:
+        raise ValueError("a DPO spec names its preference settings and pairs_path")
+    pref = spec.preference
     set_seed(cfg.seed)
     precision = resolve_precision(cfg)
-    source = Path(spec["init_model_dir"])
+    source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     peft_config = lora_config(cfg.lora) if pref.method == "lora" else None
-    pairs = Dataset.from_json(spec["pairs_path"])
+    pairs = Dataset.from_json(str(spec.pairs_path))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({precision})")
     args = DPOConfig(
@@ -62,7 +63,7 @@ def train_dpo(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[telemetry, ParentWatch(spec.get("parent_pid"))],
+        callbacks=[telemetry, ParentWatch(spec.parent_pid)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result, wall_s = fit(trainer, spec, telemetry, log)

@@ -16,12 +16,12 @@ set to keep the memory it frees (`allocator_environment`).
 """
 
 import ctypes.util
-import json
 import os
 import sys
 from pathlib import Path
 
 from stages.config import TrainingConfig
+from stages.spec import TrainingSpec
 
 THREADS_ENV = "TUNEGRAPH_TORCH_THREADS"  # read by the training entry point (torch.set_num_threads)
 ALLOCATOR_ENV = "TUNEGRAPH_ALLOCATOR"  # "system" keeps glibc's malloc
@@ -139,7 +139,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit("usage: python -m stages.launch MODULE SPEC.json (e.g. stages.train)")
     module, spec_path = argv
-    training = TrainingConfig.model_validate(json.loads(Path(spec_path).read_text())["training"])
+    training = TrainingSpec.read(Path(spec_path)).training
     threads = int(os.environ[THREADS_ENV]) if os.environ.get(THREADS_ENV) else None
     gpus, allocator = visible_gpus(), cpu_allocator()
     try:

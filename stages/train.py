@@ -42,6 +42,7 @@ from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
 from stages.launch import malloc_in_use
 from stages.packed_attention import PACKED_SDPA, use_packed_sdpa
+from stages.spec import TrainingSpec
 
 RANK = int(os.environ.get("RANK", "0"))
 WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
@@ -348,10 +349,10 @@ def lora_config(lora: LoraSettings) -> Any:
                       target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
 
 
-def shared_arguments(spec: dict[str, Any], cfg: TrainingConfig, precision: str) -> dict[str, Any]:
+def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: str) -> dict[str, Any]:
     """Trainer arguments every training stage sets the same way (checkpoints, seed, device)."""
     return {
-        "output_dir": spec["checkpoint_dir"],
+        "output_dir": str(spec.checkpoint_dir),
         "save_total_limit": cfg.save_total_limit,
         "seed": cfg.seed,
         "bf16": precision == "bf16",
@@ -364,16 +365,15 @@ def shared_arguments(spec: dict[str, Any], cfg: TrainingConfig, precision: str) 
     }
 
 
-def telemetry_for(spec: dict[str, Any], collator: Any, log: Any) -> Telemetry:
+def telemetry_for(spec: TrainingSpec, collator: Any, log: Any) -> Telemetry:
     """Telemetry to the spec's MLflow run; only rank 0 talks to MLflow."""
-    mlflow_spec = spec.get("mlflow") or {}
-    client = MlflowClient(mlflow_spec["tracking_uri"]) if mlflow_spec and RANK == 0 else None
-    return Telemetry(client, mlflow_spec.get("run_id"), collator, log)
+    client = MlflowClient(spec.mlflow.tracking_uri) if spec.mlflow and RANK == 0 else None
+    return Telemetry(client, spec.mlflow.run_id if spec.mlflow else None, collator, log)
 
 
-def fit(trainer: Trainer, spec: dict[str, Any], telemetry: Telemetry, log: Any) -> tuple[Any, float]:
+def fit(trainer: Trainer, spec: TrainingSpec, telemetry: Telemetry, log: Any) -> tuple[Any, float]:
     """Train, from the spec's checkpoint if it names one; (train output, wall seconds)."""
-    resume_from = spec.get("resume_from")
+    resume_from = str(spec.resume_from) if spec.resume_from else None
     if resume_from:
         log(f"resuming from {resume_from}")
     started = time.perf_counter()
@@ -386,7 +386,7 @@ def fit(trainer: Trainer, spec: dict[str, Any], telemetry: Telemetry, log: Any) 
 def save_and_summarise(
     model: Any,
     tokenizer: Any,
-    spec: dict[str, Any],
+    spec: TrainingSpec,
     result: Any,
     telemetry: Telemetry,
     lora: bool,
@@ -400,7 +400,7 @@ def save_and_summarise(
         return {}
     if lora:
         model = model.merge_and_unload()
-    out_dir = Path(spec["output_dir"])
+    out_dir = spec.output_dir
     model.config.use_cache = True
     if model.config._attn_implementation == PACKED_SDPA:  # a training-only attention: saved models use SDPA
         model.set_attn_implementation("sdpa")
@@ -409,7 +409,7 @@ def save_and_summarise(
     tokenizer.save_pretrained(model_dir)
     summary = {
         "steps": int(result.global_step),
-        "resumed_from_step": spec.get("resumed_from_step"),
+        "resumed_from_step": spec.resumed_from_step,
         "num_processes": WORLD_SIZE,
         "train_loss": telemetry.history[-1]["loss"] if telemetry.history else float(result.training_loss),
         "mean_train_loss": float(result.training_loss),
@@ -452,11 +452,11 @@ def evaluation_arguments(cfg: TrainingConfig, evaluating: bool) -> dict[str, Any
     }
 
 
-def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
-    cfg = TrainingConfig.model_validate(spec["training"])
+def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
+    cfg = spec.training
     set_seed(cfg.seed)
     precision = resolve_precision(cfg)
-    source = Path(spec["init_model_dir"])
+    source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     model.config.use_cache = False  # with a KV cache, packed examples would attend to each other
@@ -474,9 +474,9 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         f"attention {attention}): {trainable:,} trainable parameters"
     )
 
-    dataset = Dataset.from_parquet(spec["train_path"])
+    dataset = Dataset.from_parquet(str(spec.train_path))
     collator = PackedCollator(tokenizer.pad_token_id)
-    held_out = held_out_set(spec.get("eval_path"), cfg)
+    held_out = held_out_set(str(spec.eval_path) if spec.eval_path else None, cfg)
     if held_out is not None:
         log(f"held-out loss every {cfg.eval_steps} steps on {len(held_out)} examples")
     args = TrainingArguments(
@@ -509,7 +509,7 @@ def train(spec: dict[str, Any], log: Any = print) -> dict[str, Any]:
         eval_dataset=held_out,
         data_collator=collator,
         eval_collator=PackedCollator(tokenizer.pad_token_id),
-        callbacks=[telemetry, ParentWatch(spec.get("parent_pid")), budget, *stopping],
+        callbacks=[telemetry, ParentWatch(spec.parent_pid), budget, *stopping],
         budget=budget,
     )
     result, wall_s = fit(trainer, spec, telemetry, log)
@@ -541,7 +541,7 @@ def main(train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
     train_fn = train_fn or train
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m {train_fn.__module__} SPEC.json")
-    spec = json.loads(Path(sys.argv[1]).read_text())
+    spec = TrainingSpec.read(Path(sys.argv[1]))
     torch.set_num_threads(int(os.environ.get("TUNEGRAPH_TORCH_THREADS", torch.get_num_threads())))
     if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ or RANK != 0:  # by hand, or a DDP worker
         train_fn(spec)

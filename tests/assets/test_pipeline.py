@@ -205,9 +205,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert [k.to_user_string() for k in request.asset_selection] == retrain
     third = Runner(lr, instance).run()
     assert third["status"] == "success", third["errors"]
-    assert (
-        third["partitions_processed"] == [] and build_report(instance)["registry"]["version"] == "3"
-    )
+    assert third["partitions_processed"] == [] and build_report(instance)["registry"]["version"] == "3"
 
     # `tunegraph compare` names exactly that shard and that config key; `lineage` follows the file.
     result, markdown = compare(client, "tunegraph-tiny", "3", "1")

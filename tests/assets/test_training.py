@@ -163,22 +163,22 @@ def test_held_out_loss_is_measured_while_training_and_early_stopping_ends_a_run_
 ):
     """The training entry point on the template's tokenized data, run by hand (no Dagster, no MLflow)."""
     from stages.config import TrainingConfig
+    from stages.spec import TrainingSpec
     from stages.train import train
 
     tokens = output(data_template, "tokenized_dataset")
 
-    def spec(name: str, **training) -> dict:
+    def spec(name: str, **training) -> TrainingSpec:
         settings = {"method": "full", "max_steps": 12, "batch_size": 2, "logging_steps": 2, "save_steps": 100,
                     "eval_steps": 2, "eval_examples": 8}  # fmt: skip
-        cfg = TrainingConfig(**{**settings, **training})
-        return {
-            "init_model_dir": str(output(data_template, "base_model") / "model"),
-            "train_path": str(tokens / "train_blocks.parquet"),
-            "eval_path": str(tokens / "eval.parquet"),
-            "output_dir": str(tmp_path / name),
-            "checkpoint_dir": str(tmp_path / f"{name}-checkpoints"),
-            "training": cfg.model_dump(mode="json"),
-        }
+        return TrainingSpec(
+            init_model_dir=output(data_template, "base_model") / "model",
+            train_path=tokens / "train_blocks.parquet",
+            eval_path=tokens / "eval.parquet",
+            output_dir=tmp_path / name,
+            checkpoint_dir=tmp_path / f"{name}-checkpoints",
+            training=TrainingConfig(**{**settings, **training}),
+        )
 
     learning = train(spec("learning", learning_rate=1e-3))
     assert [e["step"] for e in learning["eval_history"]] == [2, 4, 6, 8, 10, 12]
@@ -200,6 +200,7 @@ def test_a_time_budget_ends_the_learning_rate_schedule_where_training_stops(data
     """training.max_minutes on a real (tiny) run: it stops before max_steps, at the step its measured
     pace planned, with the learning rate decayed to ~0 there and the held-out loss measured there."""
     from stages.config import TrainingConfig
+    from stages.spec import TrainingSpec
     from stages.train import train
 
     tokens = output(data_template, "tokenized_dataset")
@@ -208,14 +209,14 @@ def test_a_time_budget_ends_the_learning_rate_schedule_where_training_stops(data
                          max_minutes=3 / 60)  # fmt: skip
     lines: list[str] = []
     summary = train(
-        {
-            "init_model_dir": str(output(data_template, "base_model") / "model"),
-            "train_path": str(tokens / "train_blocks.parquet"),
-            "eval_path": str(tokens / "eval.parquet"),
-            "output_dir": str(tmp_path / "budget"),
-            "checkpoint_dir": str(tmp_path / "budget-checkpoints"),
-            "training": cfg.model_dump(mode="json"),
-        },
+        TrainingSpec(
+            init_model_dir=output(data_template, "base_model") / "model",
+            train_path=tokens / "train_blocks.parquet",
+            eval_path=tokens / "eval.parquet",
+            output_dir=tmp_path / "budget",
+            checkpoint_dir=tmp_path / "budget-checkpoints",
+            training=cfg,
+        ),
         log=lines.append,
     )
     stopped = summary["stopped_by_time_budget_at"]

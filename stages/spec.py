@@ -1,0 +1,46 @@
+"""The training process's spec: what a training asset writes as `spec.json`, and what
+`python -m stages.train|stages.dpo SPEC.json` (and `stages.launch`) read.
+
+Typed, so a missing or misspelt entry is a one-line error when the process starts, not a
+KeyError after the model loaded. Paths are absolute: the process may run in a pod that mounts
+the same state folder.
+"""
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stages.config import PreferenceConfig, TrainingConfig
+
+
+class MlflowTarget(BaseModel):
+    """The MLflow run the process logs its loss curve and system metrics to (rank 0 only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str
+    run_id: str
+
+
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    init_model_dir: Path = Field(description="The model (and tokenizer) training starts from.")
+    output_dir: Path = Field(description="Where the trained model and train_summary.json are written.")
+    checkpoint_dir: Path = Field(description="Where checkpoints go (and are resumed from).")
+    training: TrainingConfig
+    train_path: Path | None = Field(default=None, description="SFT: the packed training blocks (Parquet).")
+    eval_path: Path | None = Field(default=None, description="SFT: held-out examples for the eval loss.")
+    pairs_path: Path | None = Field(default=None, description="DPO: preference pairs (JSONL).")
+    preference: PreferenceConfig | None = Field(default=None, description="DPO: its settings.")
+    resume_from: Path | None = Field(default=None, description="A checkpoint to resume from.")
+    resumed_from_step: int | None = None
+    parent_pid: int | None = Field(default=None, description="Stop if this process (the Dagster step) dies.")
+    mlflow: MlflowTarget | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> "TrainingSpec":
+        return cls.model_validate_json(Path(path).read_text())
+
+    def write(self, path: Path) -> Path:
+        path.write_text(self.model_dump_json(indent=2))
+        return path
