@@ -83,6 +83,7 @@ defs = dg.Definitions(
     asset_checks=ASSET_CHECKS,
     jobs=[ingest_job, train_job],
     sensors=[build_landing_sensor(ingest_job), automation],
-    schedules=[build_retrain_schedule(train_job, _retrain_cron())],
+    # The schedule targets the per-file assets too: it reads stale landing files nobody is reading.
+    schedules=[build_retrain_schedule(dg.AssetSelection.assets(*ASSETS), _retrain_cron())],
     resources=resources(),
 )

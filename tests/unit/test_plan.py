@@ -87,6 +87,6 @@ def test_retrain_is_due_only_for_a_stale_model_behind_passed_gates_and_ingested_
         "evaluation",
     ]
     waiting = retrain(plan_run(GRAPH, {"raw": {"b.jsonl"}}, FILES, {}), "model")
-    assert waiting == ([], "landing files not yet read and cleaned: b.jsonl (the landing sensor runs them)")
+    assert waiting == ([], "landing files not yet read and cleaned: b.jsonl (they are read first)")
     held = retrain(plan_run(GRAPH, {"model": {None}}, FILES, {"augmented": [CONTAMINATED]}), "model")
     assert held == ([], f"blocking checks did not pass: {CONTAMINATED.name} {CONTAMINATED.detail}")
