@@ -108,12 +108,12 @@ def retrain(plan: Plan, model: str) -> tuple[list[str], str]:
     """What a scheduled retrain materialises (nothing, with the reason, when it is not due).
 
     Due when `model` is stale and no gate holds it back. Landing files still to be read come
-    first (the landing sensor runs them), so a model never trains on a half-updated corpus.
+    first (`unread_partitions`), so a model never trains on a half-updated corpus.
     """
     if plan.partitions:
         return (
             [],
-            f"landing files not yet read and cleaned: {', '.join(plan.partitions)} (the landing sensor runs them)",
+            f"landing files not yet read and cleaned: {', '.join(plan.partitions)} (they are read first)",
         )
     if model in plan.blocked:
         return [], "blocking checks did not pass: " + "; ".join(
@@ -122,3 +122,13 @@ def retrain(plan: Plan, model: str) -> tuple[list[str], str]:
     if model not in plan.assets:
         return [], f"{model} is up to date with its data, config and code"
     return plan.assets, f"{model} is stale: materialising {', '.join(plan.assets)}"
+
+
+def unread_partitions(plan: Plan, being_read: set[str]) -> dict[str, list[str]]:
+    """Landing partitions to read now (partition -> assets): stale, and no unfinished run reads them.
+
+    The landing sensor requests each change it observes; what it never will (a run that failed,
+    a request lost after its observation was recorded, a partition made stale by code or config)
+    is requested by whoever asks this, so nothing waits for ever on the sensor.
+    """
+    return {key: assets for key, assets in plan.partitions.items() if key not in being_read}

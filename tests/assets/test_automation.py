@@ -1,4 +1,5 @@
-"""The landing sensor against a real Dagster instance (the retrain schedule: test_pipeline.py, test_gates.py)."""
+"""The landing sensor against a real Dagster instance (every observed change, the schedule as its
+backstop: test_landing_sensor.py; the retrain schedule: test_pipeline.py, test_gates.py)."""
 
 import json
 

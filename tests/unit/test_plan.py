@@ -2,7 +2,7 @@
 
 import pytest
 
-from stages.plan import Failed, Graph, plan_run, retrain
+from stages.plan import Failed, Graph, plan_run, retrain, unread_partitions
 
 #   raw -> clean -> dedup -> augmented -> tokens -> model -> evaluation
 #                                      base ---------^
@@ -87,6 +87,14 @@ def test_retrain_is_due_only_for_a_stale_model_behind_passed_gates_and_ingested_
         "evaluation",
     ]
     waiting = retrain(plan_run(GRAPH, {"raw": {"b.jsonl"}}, FILES, {}), "model")
-    assert waiting == ([], "landing files not yet read and cleaned: b.jsonl (the landing sensor runs them)")
+    assert waiting == ([], "landing files not yet read and cleaned: b.jsonl (they are read first)")
     held = retrain(plan_run(GRAPH, {"model": {None}}, FILES, {"augmented": [CONTAMINATED]}), "model")
     assert held == ([], f"blocking checks did not pass: {CONTAMINATED.name} {CONTAMINATED.detail}")
+
+
+def test_stale_landing_files_no_run_reads_are_read_by_whoever_asks():
+    # b.jsonl changed (the sensor's request was lost); a.jsonl's cleaning rules changed.
+    plan = plan_run(GRAPH, {"raw": {"b.jsonl"}, "clean": {"a.jsonl"}}, FILES, {})
+    assert unread_partitions(plan, set()) == {"a.jsonl": ["clean"], "b.jsonl": ["raw", "clean"]}
+    assert unread_partitions(plan, {"b.jsonl"}) == {"a.jsonl": ["clean"]}  # a run is on its way for b
+    assert unread_partitions(plan_run(GRAPH, {"model": {None}}, FILES, {}), set()) == {}
