@@ -59,7 +59,7 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
     assert first["promoted"] is True and "no champion yet" in first["reason"]
     again = Runner(settings, instance).run(select=["model_evaluation"], full=True)
     assert again["status"] == "success", again["errors"]
-    report = build_report(settings.paths())
+    report = build_report(instance)
     registry, champion = report["registry"], first["candidate"]
     assert (registry["candidate"], registry["champion_version"]) == (champion, first["version"])
     assert registry["reason"].startswith(
