@@ -67,26 +67,27 @@ def _utc(timestamp: float):  # noqa: ANN202
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
-def kill_after_step_starts(home: Path, step: str, delay: float) -> str:
-    """Start `tunegraph run`; SIGKILL its group `delay` s after `step` starts. Returns what happened."""
+def kill_in_step(home: Path, step: str, delay: float) -> str:
+    """Start `tunegraph run`; SIGKILL its group `delay` s after `step`, or a later one if `step` is
+    already done, starts (the kills progress through the graph). Returns what happened."""
+    later = set(STEPS[STEPS.index(step) :])
     started = time.time()
     proc = start_run(home)
-    deadline = started + 300
     with instance_at(home) as instance:
-        while proc.poll() is None and time.time() < deadline:
-            if step in started_steps(instance, started - 1):
+        while proc.poll() is None and time.time() < started + 300:
+            if hit := sorted(later & started_steps(instance, started - 1)):
                 time.sleep(delay)
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=60)
-                    return f"killed {delay:.2f}s into {step}"
+                    return f"killed {delay:.2f}s into {hit[0]} (planned: {step})"
                 break
             time.sleep(0.05)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         return f"killed after {time.time() - started:.0f}s ({step} never started)"
-    return f"finished (rc {proc.returncode}) before the kill"
+    return f"finished (rc {proc.returncode}) before the kill planned in {step}"
 
 
 def assert_reads_were_recorded_and_gated(instance: dg.DagsterInstance) -> int:
@@ -167,13 +168,13 @@ def test_twenty_kills_anywhere_never_let_downstream_read_an_unrecorded_or_ungate
     plan = [(STEPS[i * len(STEPS) // KILLS], round(rng.uniform(0.0, 3.0), 2)) for i in range(KILLS)]
     outcomes = []
     for step, delay in plan:
-        outcomes.append(kill_after_step_starts(faulty, step, delay))
+        outcomes.append(kill_in_step(faulty, step, delay))
         with instance_at(faulty) as instance:
             assert_reads_were_recorded_and_gated(instance)
             assert_outputs_match_their_records(instance, instance.get_dynamic_partitions("landing_files"))
     killed = [o for o in outcomes if o.startswith("killed")]
     print("\n".join(outcomes))
-    assert len(killed) >= KILLS // 2, outcomes  # most kills landed inside a run
+    assert len(killed) >= KILLS * 3 // 4, outcomes  # most kills landed inside a run
 
     assert start_run(faulty).wait(timeout=900) == 0, "the run after the kills did not finish"
     with instance_at(faulty) as instance:
