@@ -55,7 +55,15 @@ def gate_states(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) ->
         for r in instance.get_asset_records(list({c.asset_key for c in checks}))
         if r.asset_entry.last_materialization_record
     }
-    return {check: _state(check, executions.get(check), latest.get(check.asset_key)) for check in checks}
+    states = {check: _state(check, executions.get(check), latest.get(check.asset_key)) for check in checks}
+    for check, gate in states.items():
+        if gate.not_run and check.asset_key in latest:  # a run may be checking it right now
+            run = instance.get_run_by_id(latest[check.asset_key].event_log_entry.run_id)
+            if run is not None and not run.is_finished:
+                states[check] = Gate(check, False, f"has not run yet on the latest materialisation of "
+                                     f"{check.asset_key.to_user_string()}: run {run.run_id} is materialising it "
+                                     "now; materialise again once it has finished")  # fmt: skip
+    return states
 
 
 def _state(check: dg.AssetCheckKey, execution, materialization) -> Gate:  # noqa: ANN001
