@@ -16,6 +16,8 @@ import dagster as dg
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+FINISHED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+HISTORY = 10  # evaluations looked back through for the one that judged the latest materialisation
 SHOWN_METADATA = 4  # numbers and short texts from a failed check's metadata, after its `fix`
 
 
@@ -46,7 +48,8 @@ def blocking_checks(asset_graph: BaseAssetGraph, assets: Iterable[dg.AssetKey]) 
 
 
 def gate_states(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) -> dict[dg.AssetCheckKey, Gate]:
-    """Each check's state on the latest materialisation of its asset (two queries in all)."""
+    """Each check's state on the latest materialisation of its asset (two queries, more only when
+    another run planned a check after that materialisation was judged)."""
     if not checks:
         return {}
     executions = instance.event_log_storage.get_latest_asset_check_execution_by_key(checks)
@@ -55,17 +58,32 @@ def gate_states(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) ->
         for r in instance.get_asset_records(list({c.asset_key for c in checks}))
         if r.asset_entry.last_materialization_record
     }
-    return {check: _state(check, executions.get(check), latest.get(check.asset_key)) for check in checks}
+    states = {check: _state(check, executions.get(check), latest.get(check.asset_key)) for check in checks}
+    for check, gate in states.items():
+        # Another run may have planned the check since (its latest execution): look further back
+        # for the evaluation that judged this materialisation.
+        if gate.not_run and check.asset_key in latest:
+            for execution in instance.event_log_storage.get_asset_check_execution_history(
+                check, limit=HISTORY, status=FINISHED
+            ):
+                if _targets(execution, latest[check.asset_key]):
+                    states[check] = _state(check, execution, latest[check.asset_key])
+                    break
+    for check, gate in states.items():
+        if gate.not_run and check.asset_key in latest:  # a run may be checking it right now
+            run = instance.get_run_by_id(latest[check.asset_key].event_log_entry.run_id)
+            if run is not None and not run.is_finished:
+                states[check] = Gate(check, False, f"has not run yet on the latest materialisation of "
+                                     f"{check.asset_key.to_user_string()}: run {run.run_id} is materialising it "
+                                     "now; materialise again once it has finished")  # fmt: skip
+    return states
 
 
 def _state(check: dg.AssetCheckKey, execution, materialization) -> Gate:  # noqa: ANN001
     asset = check.asset_key.to_user_string()
     if materialization is None:
         return Gate(check, False, f"has not run: {asset} has not been materialised")
-    finished = execution is not None and execution.status in (
-        AssetCheckExecutionRecordStatus.SUCCEEDED,
-        AssetCheckExecutionRecordStatus.FAILED,
-    )
+    finished = execution is not None and execution.status in FINISHED
     if not finished or not _targets(execution, materialization):
         return Gate(
             check,

@@ -22,10 +22,9 @@ from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import preferences
-from stages.cleaning import Rules
 from stages.code_version import code_version
-from stages.content import content_hash, file_hash
-from stages.decontamination import decontaminate, eval_ngrams, ngrams
+from stages.content import content_hash
+from stages.decontamination import eval_ngrams, ngrams
 from stages.evaluation import generate
 from stages.lineage import dpo_lineage
 from stages.model_source import load_saved
@@ -97,57 +96,19 @@ def preference_pairs(
             check_results=_checks(settings, out, deduplicated_corpus),
         )
 
-    files = paths.preference_files()
-    keys = {path: path.relative_to(paths.landing).as_posix() for path in files}
-    pairs, quarantine = [], []
-    if files:
-        for path, key in keys.items():
-            read = preferences.read_pairs(path, key, cfg.corpus.format, cfg.corpus.fields)
-            pairs += read.records
-            quarantine += read.quarantine
-    elif pref.synthetic:
-        pairs = _synthetic(context, settings, augmented_corpus, fine_tuned_model)
-    else:
+    files = {path: path.relative_to(paths.landing).as_posix() for path in paths.preference_files()}
+    if not files and not pref.synthetic:
         raise dg.Failure(
             f"preference.enabled but no files in {paths.preference_landing} and preference.synthetic is false: "
             "add prompt/chosen/rejected files there (see the README) or set preference.synthetic: true"
         )
-    if files:
-        cleaned = preferences.clean_pairs(pairs, Rules(**cfg.data.cleaning.model_dump()))
-        kept, dropped, pii_counts = cleaned.kept, cleaned.dropped, dict(cleaned.pii)
-    else:  # built from records that were cleaned as corpus; the model's answers were redacted
-        kept, dropped, pii_counts = pairs, [], {}
-    if cfg.data.decontamination.enabled:
-        kept, contaminated = decontaminate(
-            kept,
-            eval_records(deduplicated_corpus),
-            cfg.data.decontamination.ngram,
-            text=preferences.pair_text,
-        )
-        dropped += [{"source_file": c["source_file"], "source_line": c["source_line"], "detail": c["id"],
-                     "reason": "contaminated", "raw": c["shared_ngram"]} for c in contaminated]  # fmt: skip
-    reasons = Counter(r["reason"] for r in quarantine + dropped)
-    summary = {
-        "enabled": True,
-        "synthetic": not files,
-        "files": [p.name for p in files],
-        "pairs_in": len(pairs) + len(quarantine),
-        "pairs": len(kept),
-        "dropped": dict(reasons),
-        "pii": pii_counts,
-        # What the DPO model's lineage records: each preference file's content and pairs kept from it.
-        "landing_files": {
-            key: {
-                "content_hash": file_hash(path),
-                "train_records": sum(p["source_file"] == key for p in kept),
-            }
-            for path, key in keys.items()
-        },
-    }
+    synthetic = None if files else _synthetic(context, settings, augmented_corpus, fine_tuned_model)
+    built = preferences.build_pairs(files, synthetic, cfg, eval_records(deduplicated_corpus))
+    kept, summary, reasons = built.kept, built.summary, built.summary["dropped"]
     out = new_output(context, paths)
     write_rows(out / "pairs.parquet", kept)
     (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
-    write_rows(out / "quarantine.parquet", quarantine + dropped)
+    write_rows(out / "quarantine.parquet", built.dropped)
     write_json(out / "summary.json", summary)
     version = content_hash(out / "pairs.parquet", out / "quarantine.parquet")
     context.log.info(f"{len(kept)} preference pairs kept of {summary['pairs_in']} ({dict(reasons)})")

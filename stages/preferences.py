@@ -11,11 +11,16 @@ reference answer is chosen and the fine-tuned model's own answer rejected, when 
 the two differ enough for the reference to be the better one. Such pairs are marked synthetic.
 """
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages import metrics, pii
 from stages.cleaning import CleanResult, Rules, clean_records, normalise
+from stages.config import PipelineConfig
+from stages.content import file_hash
+from stages.decontamination import decontaminate
 from stages.readers import (
     RECORD_FIELDS,
     BadRecordError,
@@ -138,3 +143,55 @@ def dpo_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for p in pairs
     ]
+
+
+@dataclass
+class PairSet:
+    """The pairs preference_pairs keeps, those it does not (each with a reason), and its summary."""
+
+    kept: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def build_pairs(
+    files: dict[Path, str],
+    synthetic: list[dict[str, Any]] | None,
+    cfg: PipelineConfig,
+    eval_rows: list[dict[str, Any]],
+) -> PairSet:
+    """Landed pairs (`files`: path -> key under landing/) read and cleaned like the corpus, or the
+    synthetic pairs as built; then decontaminated against every eval record when that is on."""
+    pairs, quarantine = [], []
+    for path, key in files.items():
+        read = read_pairs(path, key, cfg.corpus.format, cfg.corpus.fields)
+        pairs += read.records
+        quarantine += read.quarantine
+    if files:
+        cleaned = clean_pairs(pairs, Rules(**cfg.data.cleaning.model_dump()))
+        kept, dropped, pii_counts = cleaned.kept, cleaned.dropped, dict(cleaned.pii)
+    else:  # built from records that were cleaned as corpus; the model's answers were redacted
+        pairs = synthetic or []
+        kept, dropped, pii_counts = pairs, [], {}
+    if cfg.data.decontamination.enabled:
+        kept, contaminated = decontaminate(kept, eval_rows, cfg.data.decontamination.ngram, text=pair_text)
+        dropped += [{"source_file": c["source_file"], "source_line": c["source_line"], "detail": c["id"],
+                     "reason": "contaminated", "raw": c["shared_ngram"]} for c in contaminated]  # fmt: skip
+    summary = {
+        "enabled": True,
+        "synthetic": not files,
+        "files": [p.name for p in files],
+        "pairs_in": len(pairs) + len(quarantine),
+        "pairs": len(kept),
+        "dropped": dict(Counter(r["reason"] for r in quarantine + dropped)),
+        "pii": pii_counts,
+        # What the DPO model's lineage records: each preference file's content and pairs kept from it.
+        "landing_files": {
+            key: {
+                "content_hash": file_hash(path),
+                "train_records": sum(p["source_file"] == key for p in kept),
+            }
+            for path, key in files.items()
+        },
+    }
+    return PairSet(kept, quarantine + dropped, summary)

@@ -88,3 +88,32 @@ def test_synthetic_pairs_keep_only_answers_that_differ_from_the_reference():
     assert pairs[0]["synthetic"] is True and pairs[0]["rejected"] == "It is a banana, ask <EMAIL>."
     assert pairs[0]["messages"][-1]["content"] == "Split the string at whitespace."
     assert pairs[1]["rejected"] == ""  # a blank answer: answering is preferred to silence
+
+
+def test_pairs_are_read_cleaned_decontaminated_and_accounted_for_in_one_place(tmp_path):
+    from stages.config import parse_config
+    from stages.preferences import build_pairs
+
+    passage = "the reference walker visits every node in order before any callback sees a partial result"
+    path = tmp_path / "prefs.jsonl"
+    rows = [GOOD,
+            {"prompt": "How does it walk?", "chosen": f"In short: {passage}.", "rejected": "It does not walk."},
+            {"prompt": "Same?", "chosen": "Exactly the same answer.", "rejected": "Exactly the same answer."}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"prompt": "broken\n')
+    cfg = parse_config({"data": {"decontamination": {"enabled": True, "ngram": 13}}})
+    eval_rows = [{"id": "e1", "messages": [{"role": "user", "content": "Describe it."},
+                                           {"role": "assistant", "content": passage.capitalize()}]}]  # fmt: skip
+    built = build_pairs({path: "preferences/prefs.jsonl"}, None, cfg, eval_rows)
+    assert [p["messages"][-1]["content"] for p in built.kept] == [GOOD["chosen"]]
+    # Nothing leaves in silence: 4 read, 1 kept, 3 dropped each with its reason.
+    assert built.summary["pairs_in"] == 4 and built.summary["pairs"] == 1
+    assert built.summary["dropped"] == {"invalid_json": 1, "chosen_equals_rejected": 1, "contaminated": 1}
+    assert sorted(d["reason"] for d in built.dropped) == [
+        "chosen_equals_rejected",
+        "contaminated",
+        "invalid_json",
+    ]
+    assert built.summary["landing_files"]["preferences/prefs.jsonl"]["train_records"] == 1
+    # Synthetic pairs (no files) are taken as built, labelled synthetic.
+    synthetic = build_pairs({}, built.kept, parse_config({}), [])
+    assert synthetic.summary["synthetic"] is True and synthetic.kept == built.kept
