@@ -61,6 +61,7 @@ class DagsterUI:
         partition: str | None = None,
         run_config: dict | None = None,
         timeout: float = 600,
+        tags: dict[str, str] | None = None,
     ) -> tuple[str, list[str]]:
         """Launch the assets as "Materialize" does (their checks included), wait; (status, step errors)."""
         params = {
@@ -72,7 +73,8 @@ class DagsterUI:
             },
             "mode": "default",
             "executionMetadata": {
-                "tags": [{"key": "dagster/partition", "value": partition}] if partition else []
+                "tags": [{"key": "dagster/partition", "value": partition}] * bool(partition)
+                + [{"key": k, "value": v} for k, v in (tags or {}).items()]
             },
             "runConfigData": run_config or {},
         }

@@ -9,13 +9,14 @@ content is what Dagster recorded).
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import pytest
 from conftest import TINY_CONFIG, instance_at, write_example_shards
 from dagster_ui import dagster_dev
-from test_faults import CONTENT, assert_outputs_match_their_records, assert_reads_were_recorded_and_gated
+from test_faults import assert_outputs_match_their_records, assert_reads_were_recorded_and_gated
 
 from resources.outputs import latest_recorded
 from resources.settings import REPO_ROOT
@@ -30,10 +31,22 @@ def tunegraph_run(home) -> subprocess.CompletedProcess:  # noqa: ANN001
                           capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
+def wait_until_started(home, round_: str) -> None:  # noqa: ANN001
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with instance_at(home) as instance:
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"test/round": round_}))
+        if runs and runs[0].status != dg.DagsterRunStatus.QUEUED:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the UI's run of round {round_} did not start in 2 minutes")
+
+
 @pytest.mark.slow
 def test_tunegraph_run_and_a_ui_materialize_of_the_same_assets_never_mix_outputs(home):
     [shard, *_] = write_example_shards(home, shards=2)
     assert tunegraph_run(home).returncode == 0  # the landing files read, the base model saved
+    outcomes = []
     with dagster_dev(home, TINY_CONFIG) as ui:
         for i in range(5):
             with shard.open("a") as f:  # a data fix each round: both have the whole chain to redo
@@ -41,7 +54,10 @@ def test_tunegraph_run_and_a_ui_materialize_of_the_same_assets_never_mix_outputs
                     f'{{"instruction": "Round {i}?", "output": "The answer to round {i} is a sentence."}}\n'
                 )
             with ThreadPoolExecutor(1) as pool:
-                from_ui = pool.submit(ui.materialize, DATA)
+                from_ui = pool.submit(
+                    ui.materialize, DATA, tags={"test/launched": "ui", "test/round": str(i)}
+                )
+                wait_until_started(home, str(i))  # the UI's run is queued first: start the CLI beside it
                 cli = tunegraph_run(home)
                 status, errors = from_ui.result()
             assert cli.returncode == 0 or "may not run" in cli.stdout + cli.stderr, cli.stdout + cli.stderr
@@ -54,9 +70,15 @@ def test_tunegraph_run_and_a_ui_materialize_of_the_same_assets_never_mix_outputs
                         assert entry.folder.name == entry.run_id, f"{asset}: a folder of another run"
                 assert_outputs_match_their_records(instance, instance.get_dynamic_partitions("landing_files"))
                 assert_reads_were_recorded_and_gated(instance)
-    # Both paths recorded outputs over the rounds, each its own.
+            outcomes.append((cli.returncode, status, errors[:1]))
+    print(outcomes)
+    # They really ran at the same time: every UI run overlapped a run of `tunegraph run`.
     with instance_at(home) as instance:
-        runs = {r.run_id: r for r in instance.get_runs()}
-        sources = {runs[r.run_id].tags.get("tunegraph/source", "ui")
-                   for r in instance.fetch_materializations(dg.AssetKey("tokenized_dataset"), limit=100).records}  # fmt: skip
-    assert sources == {"cli", "ui"} and set(DATA) <= set(CONTENT)
+        records = [instance.get_run_record_by_id(r.run_id) for r in instance.get_runs()]
+    ui_runs = [r for r in records if r.dagster_run.tags.get("test/launched") == "ui"]
+    cli_runs = [r for r in records if r.dagster_run.tags.get("tunegraph/source") == "cli" and r.start_time]
+    assert len(ui_runs) == 5
+    for ui_run in ui_runs:
+        assert any(c.start_time < ui_run.end_time and ui_run.start_time < c.end_time for c in cli_runs), (
+            ui_run
+        )
