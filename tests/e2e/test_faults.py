@@ -80,7 +80,7 @@ def kill_in_step(home: Path, step: str, delay: float) -> str:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=60)
-                    return f"killed {delay:.2f}s into {hit[0]} (planned: {step})"
+                    return f"killed {delay:.2f}s after {step} or a later step started (started: {', '.join(hit)})"
                 break
             time.sleep(0.05)
     if proc.poll() is None:
