@@ -162,6 +162,7 @@ class RecordedOutputs(dg.IOManager):
         many = typing.get_origin(context.dagster_type.typing_type) is dict
         partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
         found = latest_recorded(context.instance, key, partitions)
+        self._require_gates(context, found)  # first: a failed gate upstream says more than a missing input
         missing = [p for p in (partitions or [None]) if p not in found]
         if missing:
             what = ", ".join(f"{name}[{p}]" if p else name for p in missing)
@@ -170,7 +171,6 @@ class RecordedOutputs(dg.IOManager):
                 "run `tunegraph run` (or Materialize it in the UI)",
                 allow_retries=False,
             )
-        self._require_gates(context, found)
         for p, entry in found.items():
             if entry.folder is None:
                 raise dg.Failure(

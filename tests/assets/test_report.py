@@ -28,5 +28,6 @@ def test_report_shows_the_latest_run_whether_the_ui_or_the_cli_launched_it(home,
     report = build_report(instance)
     assert (report["status"], report["run_id"]) == ("failed", failed.run_id)
     assert report["errors"][0].startswith(
-        "tokenized_dataset: tokenized_dataset may not run: augmented_corpus has not been materialised"
+        "tokenized_dataset: tokenized_dataset may not run: augmented_corpus:duplicate_rate has not run: "
+        "augmented_corpus has not been materialised"
     ), report["errors"]
