@@ -36,7 +36,10 @@ def materialize_fine_tune(
 ) -> dg.ExecuteInProcessResult:
     resources = definitions.resources(settings.home, settings.config_path)
     resources["settings"] = settings
-    return dg.materialize([fine_tuned_model], instance=instance, resources=resources, raise_on_error=False)
+    # Its inputs come from what Dagster recorded for the other assets: the whole graph, one selected.
+    return dg.materialize([*definitions.SOURCES, *definitions.ASSETS, *definitions.ASSET_CHECKS],
+                          selection=[fine_tuned_model], instance=instance, resources=resources,
+                          raise_on_error=False)  # fmt: skip
 
 
 def training_pids(home: Path) -> list[int]:
