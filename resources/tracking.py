@@ -43,7 +43,15 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def activate(self) -> None:
         """Point the fluent `mlflow.*` API (used by mlflow.transformers) at this store."""
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri())
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI, which `uri()` reads first: left set, every
+        # later MlflowTracking in this process (another state folder's) and every process it starts
+        # would use this store. The environment stays the user's.
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         mlflow.set_registry_uri(self.uri())
 
     def experiment_id(self, name: str) -> str:

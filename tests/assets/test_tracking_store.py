@@ -108,3 +108,17 @@ def test_postgres_holds_mlflow_runs_and_dagster_storage(home: Path, postgres_url
         event = instance.get_latest_materialization_event(dg.AssetKey("probe"))
         assert event.run_id == result.run_id
         assert event.asset_materialization.metadata["rows"].value == 3
+
+
+def test_activating_one_store_leaves_another_state_folder_its_own(home: Path, tmp_path: Path) -> None:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; left set, it would send another state
+    folder's MlflowTracking (and every process started after) to this store."""
+    import os
+
+    import mlflow
+
+    first, second = MlflowTracking(home=str(home)), MlflowTracking(home=str(tmp_path / "other"))
+    first.activate()
+    assert mlflow.get_tracking_uri() == first.uri()  # the fluent API uses it
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert second.uri() != first.uri()

@@ -50,6 +50,7 @@ BLOCKING = {"deduplicated_corpus", "augmented_corpus", "tokenized_dataset", "pre
 
 def start_run(home: Path) -> subprocess.Popen:
     env = {**os.environ, "TUNEGRAPH_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # each home its own MLflow store (an earlier test may have set one)
     log = (home / f"run-{time.time_ns()}.log").open("w")
     return subprocess.Popen([TUNEGRAPH, "--config", str(TINY_CONFIG), "run"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -162,6 +163,7 @@ def test_twenty_kills_anywhere_never_let_downstream_read_an_unrecorded_or_ungate
         home.mkdir()
         write_example_shards(home, shards=2)
     monkeypatch.setenv("DAGSTER_HOME", str(Path(__file__).parents[2]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it in-process
     assert start_run(clean).wait(timeout=900) == 0
 
     rng = random.Random(27)

@@ -11,7 +11,7 @@ import time
 
 import dagster as dg
 import pytest
-from conftest import TINY_CONFIG, training_runs, write_example_shards, write_jsonl
+from conftest import TINY_CONFIG, output, training_runs, write_example_shards, write_jsonl
 from dagster_ui import processes_of, tunegraph_ui
 
 from pipelines.cli import configure_environment
@@ -69,13 +69,8 @@ def test_a_dropped_file_flows_through_a_launchpad_override_trains_and_the_ui_sto
             latest = training_runs(home)[-1]
             assert latest.data.params["training.max_steps"] == "2"  # the effective config reached MLflow
             assert "training.max_steps=2" in latest.info.run_name
-            lineage = json.loads(
-                (home / "assets" / "fine_tuned_model")
-                .joinpath(
-                    (home / "assets" / "fine_tuned_model" / "LATEST").read_text().strip(), "lineage.json"
-                )
-                .read_text()
-            )
+            # The UI's run's output, as Dagster recorded it.
+            lineage = json.loads((output(instance, "fine_tuned_model") / "lineage.json").read_text())
             assert lineage["config"]["training.max_steps"] == 2
 
             # Ctrl-C, as a terminal sends it to `tunegraph ui` (SIGTERM from a supervisor alike).
