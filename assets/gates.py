@@ -60,22 +60,23 @@ def gate_states(instance: dg.DagsterInstance, checks: list[dg.AssetCheckKey]) ->
     }
     states = {check: _state(check, executions.get(check), latest.get(check.asset_key)) for check in checks}
     for check, gate in states.items():
+        if not (gate.not_run and check.asset_key in latest):
+            continue
+        materialization = latest[check.asset_key]
         # Another run may have planned the check since (its latest execution): look further back
         # for the evaluation that judged this materialisation.
-        if gate.not_run and check.asset_key in latest:
-            for execution in instance.event_log_storage.get_asset_check_execution_history(
-                check, limit=HISTORY, status=FINISHED
-            ):
-                if _targets(execution, latest[check.asset_key]):
-                    states[check] = _state(check, execution, latest[check.asset_key])
-                    break
-    for check, gate in states.items():
-        if gate.not_run and check.asset_key in latest:  # a run may be checking it right now
-            run = instance.get_run_by_id(latest[check.asset_key].event_log_entry.run_id)
-            if run is not None and not run.is_finished:
-                states[check] = Gate(check, False, f"has not run yet on the latest materialisation of "
-                                     f"{check.asset_key.to_user_string()}: run {run.run_id} is materialising it "
-                                     "now; materialise again once it has finished")  # fmt: skip
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            check, limit=HISTORY, status=FINISHED
+        )
+        judged = next((e for e in history if _targets(e, materialization)), None)
+        if judged is not None:
+            states[check] = _state(check, judged, materialization)
+            continue
+        run = instance.get_run_by_id(materialization.event_log_entry.run_id)
+        if run is not None and not run.is_finished:  # a run is checking it right now
+            states[check] = Gate(check, False, f"has not run yet on the latest materialisation of "
+                                 f"{check.asset_key.to_user_string()}: run {run.run_id} is materialising it "
+                                 "now; materialise again once it has finished")  # fmt: skip
     return states
 
 
