@@ -135,6 +135,7 @@ def run_training(
             # A local training process watches this step's pid; a pod cannot see it.
             parent_pid=os.getpid() if cfg.training.launcher.kind == "local" else None,
             training=cfg.training,
+            model_dtype=cfg.model.dtype,
             mlflow=MlflowTarget(tracking_uri=tracking.uri(), run_id=run_id),
         ).write(out / "spec.json")
         # Where it trains is the config's; the device and process count are decided there.

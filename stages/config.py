@@ -141,6 +141,12 @@ class ModelConfig(_Section):
         "bundled:smollm2-135m-instruct",
         description="bundled:<name>, a Hugging Face model id, or a local directory.",
     )
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Weights that do not train (a LoRA run's frozen base; evaluation, chat, pair synthesis) "
+        "and saved models: auto = the training precision (bf16 halves a 7B LoRA's frozen base, 28 -> 14 GB); "
+        "trained weights stay fp32 masters for the optimizer whatever this says.",
+    )
 
     @field_validator("base")
     @classmethod
@@ -232,8 +238,11 @@ class TrainingConfig(_Section):
     num_processes: int = Field(
         1, ge=1, description="Training processes: GPUs, or CPU workers (DDP over gloo, started by torchrun)."
     )
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a CUDA card that supports it, fp32 otherwise."
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Number format of training and of every model load after it (stages/precision.py). auto: "
+        "bf16 on a GPU of compute capability >= 8.0, fp16 with loss scaling on older GPUs, and on a CPU "
+        "bf16 where a bf16 matmul measures faster than fp32 (fp32 otherwise).",
     )
     accelerate_config: str | None = Field(
         None, description="An `accelerate config` YAML (FSDP, DeepSpeed) for multi-GPU runs; GPUs only."

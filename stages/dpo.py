@@ -8,12 +8,12 @@ also DPO's reference, so no second copy is held in memory. Adapters are merged b
 
 from typing import Any
 
-import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer
 
 from stages.checkpoints import AtomicCheckpoints
+from stages.precision import resolve_precision, training_device, weights_dtype
 from stages.spec import TrainingSpec
 from stages.train import (
     WORLD_SIZE,
@@ -21,7 +21,6 @@ from stages.train import (
     fit,
     lora_config,
     main,
-    resolve_precision,
     save_and_summarise,
     shared_arguments,
     telemetry_for,
@@ -38,14 +37,16 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         raise ValueError("a DPO spec names its preference settings and pairs_path")
     pref = spec.preference
     set_seed(cfg.seed)
-    precision = resolve_precision(cfg)
+    device = training_device()
+    precision = resolve_precision(cfg.precision, device)
     source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     peft_config = lora_config(cfg.lora) if pref.method == "lora" else None
+    dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     pairs = Dataset.from_json(str(spec.pairs_path))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({precision})")
+    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} "
+        f"({precision.name}: {precision.reason}; weights {dtype})")  # fmt: skip
     args = DPOConfig(
         **shared_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
@@ -78,6 +79,8 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         reward_margin=last.get("rewards/margins"),
         reward_accuracy=last.get("rewards/accuracies"),
         pairs=len(pairs),
+        **precision.as_params(),
+        weights_dtype=str(dtype).removeprefix("torch."),
         wall_s=wall_s,
         trainable_parameters=trainable,
     )

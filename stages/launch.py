@@ -113,8 +113,6 @@ def training_command(
         command += ["--num_machines", "1", "--dynamo_backend", "no"]
         if training.accelerate_config:
             command += ["--config_file", training.accelerate_config]
-        if training.mixed_precision != "auto":
-            command += ["--mixed_precision", training.mixed_precision]
         if not gpus:
             command += ["--cpu", "--num_cpu_threads_per_process", str(threads or cores)]
         env = {THREADS_ENV: str(threads)} if threads else {}

@@ -28,6 +28,9 @@ class TrainingSpec(BaseModel):
     output_dir: Path = Field(description="Where the trained model and train_summary.json are written.")
     checkpoint_dir: Path = Field(description="Where checkpoints go (and are resumed from).")
     training: TrainingConfig
+    model_dtype: str = Field(
+        default="auto", description="model.dtype: the frozen weights' format (stages/precision.py)."
+    )
     train_path: Path | None = Field(default=None, description="SFT: the packed training blocks (Parquet).")
     eval_path: Path | None = Field(default=None, description="SFT: held-out examples for the eval loss.")
     pairs_path: Path | None = Field(default=None, description="DPO: preference pairs (JSONL).")

@@ -24,7 +24,7 @@ import torch
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 from datasets import Dataset
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -42,6 +42,7 @@ from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
 from stages.launch import malloc_in_use
 from stages.packed_attention import PACKED_SDPA, use_packed_sdpa
+from stages.precision import Precision, resolve_precision, training_device, weights_dtype
 from stages.spec import TrainingSpec
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -256,6 +257,19 @@ class Telemetry(TrainerCallback):
         self.first_step = 0
         self.budget: TimeBudget | None = None  # when set, progress counts to the step it plans to end at
 
+    def record_precision(self, precision: Precision) -> None:
+        """The precision chosen and the probe that chose it: tags (a resumed run on another machine may
+        choose differently, and a param cannot change) and the measured matmul rates as metrics."""
+        if self.client is None:
+            return
+        now = int(time.time() * 1000)
+        params = precision.as_params()
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in params.items() if isinstance(v, float)],
+            tags=[RunTag(f"tunegraph.{k}", str(v)) for k, v in params.items() if isinstance(v, str)],
+        )
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.first_step = state.global_step  # a resumed run starts past 0: its ETA counts from here
 
@@ -303,21 +317,6 @@ class Telemetry(TrainerCallback):
         self.tracking_s += time.perf_counter() - t
 
 
-def resolve_precision(cfg: TrainingConfig) -> str:
-    """`mixed_precision: auto` -> bf16 autocast where bf16 matmuls are fast, fp32 ("no") elsewhere.
-
-    Fast means a CUDA card that supports bf16, or a CPU with AMX-BF16 tiles (Sapphire Rapids and
-    later), where oneDNN's bf16 matmul ran 6x the fp32 one (2.36 vs 0.38 TFLOP/s on 2 cores) and a
-    SmolLM2 step 2x faster. Without AMX, bf16 on a CPU is emulated and slower than fp32. Decided in
-    the training process itself, so a pod decides for the machine it runs on.
-    """
-    if cfg.mixed_precision != "auto":
-        return cfg.mixed_precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if cpu_has_amx_bf16() else "no"
-
-
 def training_attention(model: Any, precision: str) -> str:
     """Switch `model` to one causal SDPA call per packed example (stages/packed_attention.py) where that
     was measured faster than transformers' SDPA with a block-diagonal mask, and say which runs.
@@ -327,19 +326,10 @@ def training_attention(model: Any, precision: str) -> str:
     30 layers' attention forward + backward 1.28 s per example against 0.87 s masked. Re-measured on
     2026-12-04 with the examples split rather than sliced: 6 alternating demo LoRA bf16 steps each, 29.8 s
     with a call per example against 29.7 s masked, so bf16 and GPUs keep the masked kernel."""
-    on_cpu_fp32 = not torch.cuda.is_available() and precision == "no"
+    on_cpu_fp32 = not torch.cuda.is_available() and precision == "fp32"
     if on_cpu_fp32 and use_packed_sdpa(model):
         return "one SDPA call per packed example"
     return model.config._attn_implementation
-
-
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU advertises AMX-BF16 (Linux: /proc/cpuinfo flags; elsewhere: no)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
 
 
 def lora_config(lora: LoraSettings) -> Any:
@@ -349,14 +339,14 @@ def lora_config(lora: LoraSettings) -> Any:
                       target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
 
 
-def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: str) -> dict[str, Any]:
+def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: Precision) -> dict[str, Any]:
     """Trainer arguments every training stage sets the same way (checkpoints, seed, device)."""
     return {
         "output_dir": str(spec.checkpoint_dir),
         "save_total_limit": cfg.save_total_limit,
         "seed": cfg.seed,
-        "bf16": precision == "bf16",
-        "fp16": precision == "fp16",
+        "bf16": precision.name == "bf16",
+        "fp16": precision.name == "fp16",
         "use_cpu": not torch.cuda.is_available(),
         "lr_scheduler_type": "cosine",
         "report_to": "none",
@@ -455,23 +445,24 @@ def evaluation_arguments(cfg: TrainingConfig, evaluating: bool) -> dict[str, Any
 def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     cfg = spec.training
     set_seed(cfg.seed)
-    precision = resolve_precision(cfg)
+    device = training_device()
+    precision = resolve_precision(cfg.precision, device)
     source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=cfg.method == "full")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     model.config.use_cache = False  # with a KV cache, packed examples would attend to each other
-    attention = training_attention(model, precision)
+    attention = training_attention(model, precision.name)
     if cfg.method == "lora":
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(cfg.lora))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     malloc = malloc_in_use()
     loss_path = f"chunked, {CHUNK_ROWS} rows of logits at a time" if plain_head(model) else "full logits"
     log(
-        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, malloc {malloc}, loss {loss_path}, "
-        f"attention {attention}): {trainable:,} trainable parameters"
+        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision.name}: {precision.reason}; weights {dtype}, "
+        f"malloc {malloc}, loss {loss_path}, attention {attention}): {trainable:,} trainable parameters"
     )
 
     dataset = Dataset.from_parquet(str(spec.train_path))
@@ -495,6 +486,7 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         remove_unused_columns=False,
     )
     telemetry = telemetry_for(spec, collator, log)
+    telemetry.record_precision(precision)
     stopping = (
         [EarlyStoppingCallback(cfg.early_stopping_patience)]
         if held_out and cfg.early_stopping_patience
@@ -526,7 +518,8 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         telemetry,
         lora=cfg.method == "lora",
         label_tokens=collator.label_tokens,
-        precision=precision,
+        **precision.as_params(),
+        weights_dtype=str(dtype).removeprefix("torch."),
         malloc=malloc,
         loss_path=loss_path,
         stopped_by_time_budget_at=budget.stopped_at,

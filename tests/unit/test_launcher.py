@@ -87,12 +87,11 @@ def test_the_pod_decides_the_device_and_process_count():
     """`python -m stages.launch` in each pod: the same spec, different machines, different commands."""
     tail = ["-m", "stages.train", SPEC]
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
-    one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2, mixed_precision="bf16")
+    one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2)
 
     # A GPU pod with two cards: both used, no --cpu, whatever the Dagster run pod has.
     assert training_command("stages.train", SPEC, two, gpus=2, cores=16) == (
-        [*accelerate, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
-         "--mixed_precision", "bf16", *tail], {},
+        [*accelerate, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no", *tail], {},
     )  # fmt: skip
     # A CPU pod: one process on all its cores, or two torchrun workers splitting them.
     assert training_command("stages.train", SPEC, one, gpus=0, cores=8) == (
