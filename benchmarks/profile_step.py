@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", choices=["tiny", "default"])
     parser.add_argument("--method", default="lora", choices=["full", "lora"])
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as mixed_precision auto on AMX")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as training.precision bf16")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=20, help="operators shown")
     args = parser.parse_args()
@@ -43,7 +43,7 @@ def main() -> None:
     batches = packed_batches(examples, 512, 4, tokenizer.pad_token_id)[: args.steps + 1]
     model = build_model(args.model, len(tokenizer), args.method).train()
     model.config.use_cache = False
-    training_attention(model, "bf16" if args.bf16 else "no")
+    training_attention(model, "bf16" if args.bf16 else "fp32")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
 
     def step(batch: dict) -> None:

@@ -18,9 +18,14 @@ Reported: effective label tokens/s (label tokens that count in the loss, per sec
 forward + backward + optimizer step), each path's non-pad fraction, and the speedup. Packing can
 at best recover what padding wastes, so the goal is speedup >= 0.9 / baseline non-pad fraction.
 
+Precision: every path trains in --precision (default auto: what training.precision auto chooses
+here, stages/precision.py), and the packed path once more in the other of fp32 / bf16, so one run
+gives both rows, each with its MFU against its own format's peak.
+
 MFU, the packed path's model FLOP/s as a fraction of the machine's peak:
-  peak      on CPU, measured in the same run: the best of several 2048 x 2048 fp32 `torch.mm` at the
-            thread count training uses (2 n^3 FLOPs each); on CUDA, the card's dense bf16 data-sheet peak
+  peak      measured in the same run, in the format the path trains in: the best of several n x n
+            `torch.mm` (2 n^3 FLOPs each; n 2048 on a CPU at training's thread count, 8192 on CUDA), the
+            probe stages/precision.py chooses the precision by (a data sheet's peak is printed beside it)
   FLOPs     per processed token, 6 N for a full fine-tune (forward 2N, backward 2N for activations and
             2N for weights) and 4 N for LoRA (frozen weights get no gradient; the adapters are < 1 %),
             N = the matmul parameters: every nn.Linear of the model, the LM head included, not the
@@ -44,6 +49,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
@@ -61,15 +67,19 @@ from stages.launch import exec_with_cpu_allocator, malloc_in_use  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
 from stages.packed_attention import PACKED_SDPA, example_spans  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
+from stages.precision import DTYPES, matmul_gflops, resolve_precision, weights_dtype  # noqa: E402
 from stages.train import PackedCollator, lora_config, training_attention  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
-def build_model(name: str, vocab_size: int, method: str = "full") -> Any:
+def build_model(name: str, vocab_size: int, method: str = "full", dtype: torch.dtype = torch.float32) -> Any:
+    """The model as training holds it: `dtype` for LoRA's frozen base (stages.precision.weights_dtype),
+    fp32 for weights the optimizer updates (peft keeps its adapters fp32)."""
     model = _model(name, vocab_size)
     if method == "lora":
+        model = model.to(dtype)
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(LoraSettings()))
@@ -102,24 +112,16 @@ def matmul_parameters(model: Any) -> tuple[int, int]:
     return linear, head
 
 
-def cpu_peak_flops(n: int = 2048, repeats: int = 8) -> float:
-    """The best fp32 matmul rate of this machine at the current thread count (FLOP/s)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def peak_flops(device: str) -> tuple[float | None, str]:
-    if device == "cpu":
-        return cpu_peak_flops(), f"fp32 torch.mm 2048x2048, {torch.get_num_threads()} threads"
-    card = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16.items() if k in card), None), f"{card} bf16 data sheet"
+def peak_flops(device: str, name: str) -> tuple[float, str]:
+    """The measured matmul rate of format `name` here (FLOP/s): stages.precision's probe, the one that
+    chose the precision (on CUDA the data sheet's dense peak is printed beside it)."""
+    n = 2048 if device == "cpu" else 8192
+    rate = matmul_gflops(DTYPES[name], device, n) * 1e9
+    where = f"{torch.get_num_threads()} threads" if device == "cpu" else torch.cuda.get_device_name()
+    sheet = next((v for k, v in PEAK_BF16.items() if device == "cuda" and k in where), None)
+    return rate, f"{name} torch.mm {n}x{n} measured, {where}" + (
+        f" (data sheet {sheet / 1e12:.0f} TFLOP/s)" if sheet else ""
+    )
 
 
 def padded_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int) -> list[dict]:
@@ -173,18 +175,18 @@ def example_lengths(batch: dict, real: torch.Tensor) -> list[int]:
     ]
 
 
-def train_on(model: Any, batches: list[dict], device: str, loss_of: Any) -> dict[str, dict[str, float]]:
+def train_on(
+    model: Any, batches: list[dict], device: str, loss_of: Any, precision: str = "fp32"
+) -> dict[str, dict[str, float]]:
     """Over the WARMUP_STEPS untimed steps ("warmup") and over all batches after them ("timed"):
     seconds, label tokens, real tokens, slots, squared example lengths (attention's model FLOPs) and
     attention slots executed (rows x width^2 with a mask; squared span lengths with packed_sdpa)."""
     model.to(device).train()
     model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the trainer's: adamw_torch_fused
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, fused=True)  # the trainer's: adamw_torch_fused
+    # As the Trainer's bf16/fp16 switches: autocast over the forward, fp32 master weights.
+    autocast = torch.autocast(device, dtype=DTYPES[precision], enabled=precision != "fp32")
     per_example = model.config._attn_implementation == PACKED_SDPA
     keys = ("seconds", "labels", "real", "slots", "example_sq", "attention_slots")
     totals = {phase: dict.fromkeys(keys, 0.0) for phase in ("warmup", "timed")}
@@ -243,6 +245,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="baseline examples per batch")
     parser.add_argument("--block-size", type=int, default=512)
     parser.add_argument("--method", default="full", choices=["full", "lora"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="as training.precision; the packed path also runs in the other of fp32/bf16")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.device == "cpu":
@@ -259,16 +263,20 @@ def main() -> None:
     # Same tokens per step on average: blocks per batch sized to the baseline's real tokens per batch.
     mean_tokens = sum(len(e["input_ids"]) for e in examples) * args.batch_size / len(examples)
     packed = packed_batches(examples, args.block_size, max(1, round(mean_tokens / args.block_size)), pad)
-    paths = (("baseline", baseline, model_loss), ("packed_full_logits", packed, model_loss),
-             ("packed", packed, trainer_loss))  # fmt: skip
+    chosen = resolve_precision(args.precision, args.device)
+    other = "fp32" if chosen.name != "fp32" else "bf16"
+    # Every path in the chosen precision, as training runs; the packed path once more in the other format.
+    paths = (("baseline", baseline, model_loss, chosen.name), ("packed_full_logits", packed, model_loss, chosen.name),
+             ("packed", packed, trainer_loss, chosen.name), (f"packed_{other}", packed, trainer_loss, other))  # fmt: skip
     results, totals = {}, {}
-    for name, batches, loss_of in paths:
-        model = build_model(args.model, len(tokenizer), args.method)
-        if loss_of is trainer_loss:  # the trainer's attention too (fp32 here, bf16 autocast on CUDA)
-            training_attention(model, "bf16" if args.device == "cuda" else "no")
+    for name, batches, loss_of, precision in paths:
+        frozen = weights_dtype("auto", dataclasses.replace(chosen, name=precision), args.method == "full")
+        model = build_model(args.model, len(tokenizer), args.method, frozen)
+        if loss_of is trainer_loss:  # the trainer's attention too
+            training_attention(model, precision)
         n_matmul, n_head = matmul_parameters(model)
         layers, width = attention_width(model)
-        totals[name] = train_on(model, batches, args.device, loss_of)
+        totals[name] = train_on(model, batches, args.device, loss_of, precision)
         t = totals[name]["timed"]
         results[name] = {
             "tokens_per_s": t["labels"] / t["seconds"],
@@ -285,7 +293,9 @@ def main() -> None:
         "device": args.device,
         "examples": len(examples),
         "warmup_steps": WARMUP_STEPS,
-        **{name: {k: round(v, 4) for k, v in results[name].items()} for name, _, _ in paths},
+        "precision": chosen.name,
+        "precision_reason": chosen.reason,
+        **{name: {k: round(v, 4) for k, v in results[name].items()} for name, *_ in paths},
         "speedup": round(speedup, 3),
         "speedup_over_full_logits": round(
             results["packed"]["tokens_per_s"] / results["packed_full_logits"]["tokens_per_s"], 3
@@ -299,12 +309,13 @@ def main() -> None:
     def model_flops(t: dict[str, float]) -> float:
         return per_param * n_matmul * t["real"] + 12 * layers * width * t["example_sq"]
 
-    peak, peak_source = peak_flops(args.device)
+    peaks = {p: peak_flops(args.device, p) for p in (chosen.name, other)}
+    peak, peak_source = peaks[chosen.name]
 
-    def mfu(name: str, phases: tuple[str, ...] = ("timed",)) -> float | None:
+    def mfu(name: str, phases: tuple[str, ...] = ("timed",), against: float | None = None) -> float | None:
         flops = sum(model_flops(totals[name][p]) for p in phases)
         seconds = sum(totals[name][p]["seconds"] for p in phases)
-        return round(flops / seconds / peak, 3) if peak else None
+        return round(flops / seconds / (against or peak), 3)
 
     t = totals["packed"]["timed"]
     executed = (
@@ -331,6 +342,15 @@ def main() -> None:
         "hardware_flops_fraction": round(executed / t["seconds"] / peak, 3) if peak else None,
         "mfu_full_logits": mfu("packed_full_logits"),
         "baseline_mfu": mfu("baseline"),
+        # The trainer's path in both formats, each against its own measured matmul peak.
+        "precisions": {
+            p: {
+                "tokens_per_s": round(results[row]["tokens_per_s"], 2),
+                "peak_flops": round(peaks[p][0]),
+                "mfu": mfu(row, against=peaks[p][0]),
+            }
+            for p, row in ((chosen.name, "packed"), (other, f"packed_{other}"))
+        },
     }
     if args.json:
         print(json.dumps(out))
@@ -339,7 +359,7 @@ def main() -> None:
         f"{args.model} on {args.device}: {len(examples)} examples, same examples and label tokens on every path"
     )
     print(f"{'path':<20}{'label tok/s':>14}{'non-pad':>10}{'label tokens':>14}{'seconds':>10}")
-    for name, _, _ in paths:
+    for name, *_ in paths:
         r = out[name]
         print(
             f"{name:<20}{r['tokens_per_s']:>14.1f}{r['non_pad_fraction']:>10.3f}{r['label_tokens']:>14}{r['seconds']:>10.1f}"
@@ -354,6 +374,13 @@ def main() -> None:
             f"executed {out['hardware_flops_fraction']}, with the {WARMUP_STEPS} warm-up steps "
             f"{out['mfu_including_warmup']}; before (full logits, masked attention) MFU "
             f"{out['mfu_full_logits']}; padded baseline MFU {out['baseline_mfu']}"
+        )
+    print(
+        f"precision {chosen.name} ({chosen.reason}); the packed path in each format, MFU against its own peak:"
+    )
+    for p, r in out["precisions"].items():
+        print(
+            f"  {p:<6}{r['tokens_per_s']:>10.1f} label tok/s  peak {r['peak_flops'] / 1e9:>8.1f} GFLOP/s  MFU {r['mfu']}"
         )
 
 

@@ -14,6 +14,7 @@ The probe's figures travel with the choice (MLflow params, Dagster metadata, the
 MFU peak), so a reader sees why a run trained as it did.
 """
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -85,17 +86,26 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeat
 
 
 def resolve_precision(choice: str, device: str) -> Precision:
-    """The format `choice` ("auto", "fp32", "bf16", "fp16") means on `device` ("cpu" or "cuda")."""
+    """The format `choice` ("auto", "fp32", "bf16", "fp16") means on `device` ("cpu" or "cuda"), measured."""
     if device == "cuda":
-        return _cuda(choice)
+        capability, name = torch.cuda.get_device_capability(), torch.cuda.get_device_name()
+        chosen = cuda_choice(choice, capability, name)
+        probe = {k: matmul_gflops(DTYPES[k], "cuda", 8192) for k in dict.fromkeys(("fp32", chosen.name))}
+        return dataclasses.replace(chosen, matmul_gflops=probe)
     if device != "cpu":
         raise ValueError(f"unknown device '{device}': tunegraph trains on cpu or cuda")
+    if choice == "fp16":  # refused before the probe: no reason to measure
+        return cpu_choice(choice, {})
+    return cpu_choice(choice, _cpu_probe(torch.get_num_threads()))
+
+
+def cpu_choice(choice: str, probe: dict[str, float]) -> Precision:
+    """The decision on a CPU, given its measured matmul GFLOP/s per format (`_cpu_probe`)."""
     if choice == "fp16":
         raise ValueError(
             "training.precision fp16 needs a CUDA GPU (loss scaling is a GPU feature): "
             "use auto, bf16 or fp32 on a CPU"
         )
-    probe = _cpu_probe(torch.get_num_threads())
     if choice != "auto":
         return Precision(choice, "cpu", "set in training.precision", probe)  # type: ignore[arg-type]
     speedup = probe["bf16"] / probe["fp32"]
@@ -109,33 +119,25 @@ def resolve_precision(choice: str, device: str) -> Precision:
     )
 
 
+def cuda_choice(choice: str, capability: tuple[int, int], name: str) -> Precision:
+    """The decision on a CUDA card of `capability` (major, minor); its probe is added by the caller."""
+    native_bf16 = capability >= CUDA_NATIVE_BF16
+    where = f"{name}, compute capability {capability[0]}.{capability[1]}"
+    if choice == "auto":
+        return Precision(
+            "bf16" if native_bf16 else "fp16",
+            "cuda",
+            f"{where}: " + ("native bf16" if native_bf16 else "no native bf16, fp16 with loss scaling"),
+        )
+    if choice == "bf16" and not native_bf16:
+        raise ValueError(f"training.precision bf16 on {where} (< 8.0) is emulated and slow: use fp16 or auto")
+    return Precision(choice, "cuda", "set in training.precision")  # type: ignore[arg-type]
+
+
 @functools.cache
 def _cpu_probe(threads: int) -> dict[str, float]:
     # Once per process and thread count: evaluation loads several models, each asks.
     return {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
-
-
-def _cuda(choice: str) -> Precision:
-    capability = torch.cuda.get_device_capability()
-    native_bf16 = capability >= CUDA_NATIVE_BF16
-    name = torch.cuda.get_device_name()
-    if choice == "auto":
-        choice = "bf16" if native_bf16 else "fp16"
-        reason = f"{name}, compute capability {capability[0]}.{capability[1]}: " + (
-            "native bf16" if native_bf16 else "no native bf16, fp16 with loss scaling"
-        )
-    elif choice == "bf16" and not native_bf16:
-        raise ValueError(
-            f"training.precision bf16 on {name} (compute capability {capability[0]}.{capability[1]} < 8.0) "
-            "is emulated and slow: use fp16 or auto"
-        )
-    else:
-        reason = "set in training.precision"
-    probe = {
-        "fp32": matmul_gflops(torch.float32, "cuda", 8192),
-        choice: matmul_gflops(DTYPES[choice], "cuda", 8192),
-    }
-    return Precision(choice, "cuda", reason, probe)  # type: ignore[arg-type]
 
 
 def weights_dtype(model_dtype: str, precision: Precision, trains_all_weights: bool) -> torch.dtype:

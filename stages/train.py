@@ -14,6 +14,7 @@ Under DDP every rank trains; only rank 0 talks to Dagster and MLflow and saves t
 import json
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -23,8 +24,6 @@ from typing import Any
 import torch
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 from datasets import Dataset
-from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -245,10 +244,10 @@ class Telemetry(TrainerCallback):
     tracking costs a few SQLite writes per run instead of one per metric.
     """
 
-    def __init__(self, client: MlflowClient | None, run_id: str | None, collator: Any, log: Any):
+    def __init__(self, client: Any, run_id: str | None, collator: Any, log: Any):
         self.client, self.run_id, self.collator, self.log = client, run_id, collator, log
         self.world_size = WORLD_SIZE  # the collator counts this rank's tokens only
-        self.buffer: list[Metric] = []
+        self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, ms, step): mlflow Metric's fields
         self.history: list[dict[str, float]] = []
         self.evals: list[dict[str, float]] = []
         self.flush_every = 10
@@ -262,13 +261,13 @@ class Telemetry(TrainerCallback):
         choose differently, and a param cannot change) and the measured matmul rates as metrics."""
         if self.client is None:
             return
+        from mlflow.entities import RunTag
+
         now = int(time.time() * 1000)
         params = precision.as_params()
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in params.items() if isinstance(v, float)],
-            tags=[RunTag(f"tunegraph.{k}", str(v)) for k, v in params.items() if isinstance(v, str)],
-        )
+        self.buffer += [(k, float(v), now, 0) for k, v in params.items() if isinstance(v, float)]
+        tags = [RunTag(f"tunegraph.{k}", str(v)) for k, v in params.items() if isinstance(v, str)]
+        self.client.log_batch(self.run_id, tags=tags)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.first_step = state.global_step  # a resumed run starts past 0: its ETA counts from here
@@ -280,7 +279,7 @@ class Telemetry(TrainerCallback):
             row = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
             self.evals.append(row)
             self.log(f"step {row['step']}/{self._end(state)} eval_loss {row['eval_loss']:.4f}")
-            self.buffer.append(Metric("eval_loss", row["eval_loss"], int(time.time() * 1000), row["step"]))
+            self.buffer.append(("eval_loss", row["eval_loss"], int(time.time() * 1000), row["step"]))
             return
         if not logs or "loss" not in logs:
             return
@@ -298,7 +297,7 @@ class Telemetry(TrainerCallback):
         self.log(f"step {row['step']}/{self._end(state)} loss {row['loss']:.4f} {extra} "
                  f"({elapsed:.0f} s, about {left:.0f} s left)")  # fmt: skip
         now = int(time.time() * 1000)
-        self.buffer += [Metric(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
+        self.buffer += [(k, v, now, row["step"]) for k, v in row.items() if k != "step"]
         if len(self.history) % self.flush_every == 0:
             self.flush()
 
@@ -309,10 +308,13 @@ class Telemetry(TrainerCallback):
         if self.client is None or not self.buffer:
             self.buffer = []
             return
+        from mlflow.entities import Metric
+
         t = time.perf_counter()
+        metrics = [Metric(*m) for m in self.buffer]
         # MLflow accepts at most 1000 metrics per log_batch call.
-        for i in range(0, len(self.buffer), 1000):
-            self.client.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
         self.buffer = []
         self.tracking_s += time.perf_counter() - t
 
@@ -356,8 +358,13 @@ def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: Precisi
 
 
 def telemetry_for(spec: TrainingSpec, collator: Any, log: Any) -> Telemetry:
-    """Telemetry to the spec's MLflow run; only rank 0 talks to MLflow."""
-    client = MlflowClient(spec.mlflow.tracking_uri) if spec.mlflow and RANK == 0 else None
+    """Telemetry to the spec's MLflow run; only rank 0 talks to MLflow (imported only then: a training
+    process run by hand, or on a GPU machine without MLflow, logs to its summary alone)."""
+    client = None
+    if spec.mlflow and RANK == 0:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(spec.mlflow.tracking_uri)
     return Telemetry(client, spec.mlflow.run_id if spec.mlflow else None, collator, log)
 
 
@@ -405,7 +412,8 @@ def save_and_summarise(
         "mean_train_loss": float(result.training_loss),
         "eval_loss": telemetry.evals[-1]["eval_loss"] if telemetry.evals else None,
         "tracking_s": telemetry.tracking_s,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": training_device(),
+        "peak_memory_mb": peak_memory_mb(),
         **extra,
         "history": telemetry.history,
         "eval_history": telemetry.evals,
@@ -413,6 +421,14 @@ def save_and_summarise(
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory: the CUDA allocator's peak on a GPU, the peak resident set on a CPU
+    (what the memory estimate before a launch is checked against)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def held_out_set(path: str | None, cfg: TrainingConfig) -> Dataset | None:
