@@ -225,7 +225,7 @@ def training_metadata(
         "train_loss": round(summary["train_loss"], 4),
         "eval_loss": "not measured" if summary.get("eval_loss") is None else round(summary["eval_loss"], 4),
         "wall_s": round(summary["wall_s"], 1),
-        "device": f"{summary['num_processes']} x {summary['device']}, malloc {summary.get('malloc', 'unknown')}",
+        "device": f"{summary['num_processes']} x {summary['device']} ({summary['distributed']}), malloc {summary.get('malloc', 'unknown')}",
         "mlflow_run_id": trained.run_id,
         "mlflow_run": dg.MetadataValue.url(tracking.ui_url(trained.run_id, trained.experiment_id)),
         "registered_model": f"{registered_model} v{trained.version}",

@@ -21,10 +21,13 @@ from stages.train import (
     fit,
     lora_config,
     main,
+    one_device_per_process,
     resolve_precision,
     save_and_summarise,
+    sharding,
     shared_arguments,
     telemetry_for,
+    whole_model,
 )
 
 
@@ -44,8 +47,6 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     peft_config = lora_config(cfg.lora) if pref.method == "lora" else None
     pairs = Dataset.from_json(str(spec.pairs_path))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({precision})")
     args = DPOConfig(
         **shared_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
@@ -56,6 +57,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         logging_steps=pref.logging_steps,
         save_steps=pref.save_steps,
     )
+    device = one_device_per_process(args)
     telemetry = telemetry_for(spec, None, log)
     trainer = CheckpointedDPOTrainer(
         model=model,
@@ -66,15 +68,19 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.parent_pid)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({precision}, "
+        f"{sharding(trainer)})")  # fmt: skip
     result, wall_s = fit(trainer, spec, telemetry, log)
     last = telemetry.history[-1] if telemetry.history else {}
     return save_and_summarise(
-        trainer.model,
+        whole_model(trainer, trainer.model, spec, lora=peft_config is not None),
         tokenizer,
         spec,
         result,
         telemetry,
         lora=peft_config is not None,
+        device=device,
+        distributed=sharding(trainer),
         reward_margin=last.get("rewards/margins"),
         reward_accuracy=last.get("rewards/accuracies"),
         pairs=len(pairs),

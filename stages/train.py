@@ -184,9 +184,7 @@ class TimeBudget(TrainerCallback, ExportableState):
             pace = (now - self.first[1]) / measured
             end = budgeted_end(done, now - self.start, self.seconds, pace, self.end)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            agreed = torch.tensor([end])  # every rank stops at the same step: the earliest planned
-            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
-            end = int(agreed.item())
+            end = agreed_min(end, args.device)  # every rank stops at the same step: the earliest planned
         if end != self.end:
             self.log(f"time budget: training ends at step {end} of {self.max_steps} "
                      f"({time.perf_counter() - self.start:.0f} s of {self.seconds:.0f} s used at step {done})")  # fmt: skip
@@ -195,6 +193,15 @@ class TimeBudget(TrainerCallback, ExportableState):
             control.should_training_stop = True
             control.should_evaluate = args is not None and args.eval_strategy != "no"
             self.stopped_at = done
+
+
+def agreed_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over the processes of the default process group, agreed with a tensor on
+    this process's own `device` (the Trainer's `args.device`): NCCL, the GPU backend, reduces CUDA
+    tensors only ("No backend type associated with device type cpu" for a CPU tensor), gloo CPU ones."""
+    agreed = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return int(agreed.item())
 
 
 class PackedCollator:
@@ -362,6 +369,13 @@ def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: str) ->
         "report_to": "none",
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
+        # Non-reentrant: works with frozen inputs (LoRA) and under FSDP, as PyTorch recommends. Set only when
+        # on: transformers 5.25 warns of the name (activation_checkpointing there, absent from older 5.x).
+        **(
+            {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+            if cfg.gradient_checkpointing
+            else {}
+        ),
     }
 
 
@@ -415,7 +429,6 @@ def save_and_summarise(
         "mean_train_loss": float(result.training_loss),
         "eval_loss": telemetry.evals[-1]["eval_loss"] if telemetry.evals else None,
         "tracking_s": telemetry.tracking_s,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
         **extra,
         "history": telemetry.history,
         "eval_history": telemetry.evals,
@@ -423,6 +436,51 @@ def save_and_summarise(
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def one_device_per_process(args: TrainingArguments) -> str:
+    """This process's device type ("cuda", "cpu"), refusing one process over several GPUs: the Trainer
+    would wrap the model in nn.DataParallel (a batch N times larger, other results). `stages.launch`
+    starts a process per GPU and shows each only its own; this catches a run started by hand."""
+    if args.n_gpu > 1:
+        raise SystemExit(
+            f"error: this process sees {args.n_gpu} GPUs and would train them with nn.DataParallel: start it "
+            "with `python -m stages.launch`, which runs one process per GPU (or set CUDA_VISIBLE_DEVICES)"
+        )
+    return args.device.type
+
+
+def sharding(trainer: Trainer) -> str:
+    """How the processes share the model, as the Trainer's accelerator set it up (not as the config
+    asked): fsdp, deepspeed, ddp, or none for one process."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    if trainer.is_deepspeed_enabled:
+        return "deepspeed"
+    return "ddp" if WORLD_SIZE > 1 else "none"
+
+
+def whole_model(trainer: Trainer, model: Any, spec: TrainingSpec, lora: bool) -> Any:
+    """The trained model with every weight whole, for rank 0 to save (None on the other ranks under FSDP).
+
+    Under DDP every process holds the whole model: `model` itself. Under FSDP each holds a shard of
+    every weight (the module's own parameters are views of it): the full state dict is gathered onto
+    rank 0 (a collective: every rank calls this) and loaded into a fresh copy of the starting model,
+    with its LoRA adapters when it has them, so the model is merged and saved as under DDP. That copy
+    is a second model in rank 0's host memory at the end of training.
+    """
+    if not trainer.is_fsdp_enabled:
+        return model
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if RANK != 0:
+        return None
+    whole = AutoModelForCausalLM.from_pretrained(spec.init_model_dir, dtype=torch.float32)
+    if lora:
+        from peft import get_peft_model
+
+        whole = get_peft_model(whole, lora_config(spec.training.lora))
+    whole.load_state_dict(state)
+    return whole
 
 
 def held_out_set(path: str | None, cfg: TrainingConfig) -> Dataset | None:
@@ -464,15 +522,12 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     if cfg.method == "lora":
         from peft import get_peft_model
 
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # the frozen embeddings' output must carry a gradient
         model = get_peft_model(model, lora_config(cfg.lora))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     malloc = malloc_in_use()
     loss_path = f"chunked, {CHUNK_ROWS} rows of logits at a time" if plain_head(model) else "full logits"
-    log(
-        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, malloc {malloc}, loss {loss_path}, "
-        f"attention {attention}): {trainable:,} trainable parameters"
-    )
 
     dataset = Dataset.from_parquet(str(spec.train_path))
     collator = PackedCollator(tokenizer.pad_token_id)
@@ -494,6 +549,7 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         ddp_find_unused_parameters=False if WORLD_SIZE > 1 else None,
         remove_unused_columns=False,
     )
+    device = one_device_per_process(args)
     telemetry = telemetry_for(spec, collator, log)
     stopping = (
         [EarlyStoppingCallback(cfg.early_stopping_patience)]
@@ -512,6 +568,10 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.parent_pid), budget, *stopping],
         budget=budget,
     )
+    log(
+        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision}, {sharding(trainer)}, malloc {malloc}, "
+        f"loss {loss_path}, attention {attention}): {trainable:,} trainable parameters"
+    )
     result, wall_s = fit(trainer, spec, telemetry, log)
     if budget.stopped_at is not None:
         log(
@@ -519,12 +579,15 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
             f"training.max_minutes {cfg.max_minutes} holds no more steps at the pace measured"
         )
     return save_and_summarise(
-        model,
+        whole_model(trainer, model, spec, cfg.method == "lora"),
         tokenizer,
         spec,
         result,
         telemetry,
         lora=cfg.method == "lora",
+        device=device,
+        distributed=sharding(trainer),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         label_tokens=collator.label_tokens,
         precision=precision,
         malloc=malloc,
