@@ -463,13 +463,15 @@ def sharding(trainer: Trainer) -> str:
 def whole_model(trainer: Trainer, model: Any, spec: TrainingSpec, lora: bool) -> Any:
     """The trained model with every weight whole, for rank 0 to save (None on the other ranks under FSDP).
 
-    Under DDP every process holds the whole model: `model` itself. Under FSDP each holds a shard of
-    every weight (the module's own parameters are views of it): the full state dict is gathered onto
-    rank 0 (a collective: every rank calls this) and loaded into a fresh copy of the starting model,
-    with its LoRA adapters when it has them, so the model is merged and saved as under DDP. That copy
-    is a second model in rank 0's host memory at the end of training.
+    Under DDP every process holds the whole model: `model` itself. Under FSDP or ZeRO-3 each holds a
+    shard of every weight (the module's own parameters are views of it, or empty): the full state dict
+    is gathered onto rank 0 by accelerate (a collective: every rank calls this; ZeRO-3 needs
+    zero3_save_16bit_model, set in the shipped config) and loaded into a fresh copy of the starting
+    model, with its LoRA adapters when it has them, so the model is merged and saved as under DDP. That
+    copy is a second model in rank 0's host memory at the end of training. Measured under FSDP on CPU
+    (tests/unit/test_devices.py); the DeepSpeed path has not run here (no GPU, no deepspeed).
     """
-    if not trainer.is_fsdp_enabled:
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         return model
     state = trainer.accelerator.get_state_dict(trainer.model)
     if RANK != 0:
