@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stages import memory
 from stages.config import TrainingConfig
 from stages.spec import TrainingSpec
 
@@ -150,7 +151,7 @@ def training_command(
     `threads`: torch threads per CPU process when set; otherwise the cores, split between processes.
     `allocator`: a malloc library to preload into CPU training (`cpu_allocator`).
     """
-    n = training.num_processes or max(1, len(devices))
+    n = process_count(training, devices)
     if devices and n > len(devices):
         raise ValueError(
             f"training.num_processes is {n} but {len(devices)} GPU(s) are visible here: "
@@ -186,6 +187,11 @@ def training_command(
             "-m", module, spec_path], env  # fmt: skip
 
 
+def process_count(training: TrainingConfig, devices: Sequence[str]) -> int:
+    """Processes to start: training.num_processes, or one per visible GPU (one on a CPU)."""
+    return training.num_processes or max(1, len(devices))
+
+
 def visible_devices() -> list[str]:
     """The CUDA (or ROCm) devices this process can use, as CUDA_VISIBLE_DEVICES names them (or their
     indices when it is unset). Without a GPU driver's device node there are none, and torch is not
@@ -203,15 +209,27 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit("usage: python -m stages.launch MODULE SPEC.json (e.g. stages.train)")
     module, spec_path = argv
-    training = TrainingSpec.read(Path(spec_path)).training
+    spec = TrainingSpec.read(Path(spec_path))
     threads = int(os.environ[THREADS_ENV]) if os.environ.get(THREADS_ENV) else None
     devices, allocator = visible_devices(), cpu_allocator()
     try:
         command, env = training_command(
-            module, spec_path, training, devices, len(os.sched_getaffinity(0)), threads, allocator
+            module, spec_path, spec.training, devices, len(os.sched_getaffinity(0)), threads, allocator
         )
-    except ValueError as err:
+        # Before anything loads: a run that cannot fit is refused here, not by an out-of-memory an hour in.
+        fit = memory.gate(spec, devices, process_count(spec.training, devices))
+    except ValueError as err:  # DoesNotFit is one
         raise SystemExit(f"error: {err}") from None
+    if fit is None:
+        print("memory: not estimated (the spec names no block_size)", file=sys.stderr, flush=True)
+    else:
+        estimate, device = fit
+        print(f"memory: about {estimate.describe()} per process; {device.name} has {device.bytes / 1e9:.1f} GB",
+              file=sys.stderr, flush=True)  # fmt: skip
+        env |= {
+            memory.ESTIMATE_ENV: str(int(estimate.total)),
+            memory.DEVICE_MEMORY_ENV: str(int(device.bytes)),
+        }
     env = with_current_preload(env)
     if "LD_PRELOAD" not in env and not devices and os.environ.get(ALLOCATOR_ENV) != "system":
         print("malloc: glibc's (no tcmalloc here: apt-get install libtcmalloc-minimal4 for about 2x faster CPU steps)",

@@ -34,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from stages.chunked_loss import CHUNK_ROWS, PLAIN_HEAD_MODELS
+from stages.spec import TrainingSpec
 
 GB = 1e9
+# Set by `stages.launch` for the training process, which reports them (train_summary.json, MLflow).
+ESTIMATE_ENV, DEVICE_MEMORY_ENV = "TUNEGRAPH_MEMORY_ESTIMATE", "TUNEGRAPH_DEVICE_MEMORY"
 HEADROOM = 0.9  # the share of a device's memory a run may plan to use
-# Per process, measured idle after imports on this machine: ~0.45 GB RSS (torch, transformers, datasets);
+# Per process, measured after imports on this machine: 0.54 GB RSS (torch, transformers, datasets, peft);
 # a CUDA context adds ~0.5 GB on the card.
 RUNTIME_BYTES = {"cpu": 0.5 * GB, "cuda": 1.0 * GB}
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -174,18 +177,26 @@ def estimate(model: ModelShape, run: RunShape, device_type: str) -> Estimate:
     gradients = 2 * trainable * trainable_bytes  # the gradients and the foreach AdamW step's temporary
     if run.sharded:
         unit = max(model.layer_parameters, model.embedding_parameters) * run.weight_bytes
-        weights, states, gradients = weights / run.processes + 2 * unit, states / run.processes, gradients / run.processes
+        weights, states, gradients = (
+            weights / run.processes + 2 * unit,
+            states / run.processes,
+            gradients / run.processes,
+        )
     elif run.processes > 1:
         gradients += trainable * trainable_bytes  # DDP's gradient buckets
 
     h, i, tokens = model.hidden, model.intermediate, run.batch_size * run.block_size
-    per_layer = tokens * (11 * h + 4 * i + (6 * h + i if run.method == "lora" and run.lora_dropout > 0 else 0))
+    per_layer = tokens * (
+        11 * h + 4 * i + (6 * h + i if run.method == "lora" and run.lora_dropout > 0 else 0)
+    )
     if device_type != "cuda":
         # CPU attention keeps each example's scores and probabilities for backward (at most block_size² per
         # row and head): measured, a 4 x 512 batch's peak grew by that (134 MB over 4 layers, 4 heads).
         per_layer += 2 * run.batch_size * model.heads * run.block_size**2
     # Checkpointed: each layer's input, and in backward one layer's recomputed activations and their gradients.
-    kept = tokens * model.layers * h + 2 * per_layer if run.gradient_checkpointing else model.layers * per_layer
+    kept = (
+        tokens * model.layers * h + 2 * per_layer if run.gradient_checkpointing else model.layers * per_layer
+    )
     activations = kept * run.activation_bytes
 
     head_grad = model.vocab * h * 4 if run.method == "full" else 0
@@ -289,3 +300,29 @@ def merged(current: RunShape, candidate: RunShape, original: RunShape) -> RunSha
     """`current` with what `candidate` changed from `original` applied too."""
     changed = {k: v for k, v in candidate.__dict__.items() if original.__dict__[k] != v}
     return replace(current, **changed)
+
+
+def spec_run(
+    spec: TrainingSpec, processes: int, precision: str = "no", weight_bytes: int = 4
+) -> RunShape | None:
+    """The run a training spec asks for, or None when it does not say its sequence length (a spec written
+    by hand without block_size). DPO holds a chosen and a rejected sequence of max_length per pair.
+    `precision` and `weight_bytes` default to fp32, an upper bound until the caller knows them."""
+    if spec.preference is not None:
+        pref = spec.preference
+        run = RunShape.of(spec.training, pref.max_length, processes, precision, weight_bytes)
+        return replace(run, method=pref.method, batch_size=2 * pref.batch_size)
+    if spec.block_size is None:
+        return None
+    return RunShape.of(spec.training, spec.block_size, processes, precision, weight_bytes)
+
+
+def gate(spec: TrainingSpec, devices: Sequence[str], processes: int) -> tuple[Estimate, DeviceMemory] | None:
+    """Refuse (DoesNotFit) a run whose estimate does not fit the memory of `devices` (the GPUs it trains
+    on; none: this machine's RAM); else (estimate, memory), or None when the spec gives no sequence length."""
+    run = spec_run(spec, processes)
+    if run is None:
+        return None
+    memory = device_memory(devices[:processes])
+    device_type = "cuda" if devices else "cpu"
+    return check_fit(ModelShape.read(spec.init_model_dir), run, memory, device_type), memory

@@ -41,6 +41,7 @@ from stages.checkpoints import AtomicCheckpoints
 from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
 from stages.launch import malloc_in_use
+from stages.memory import DEVICE_MEMORY_ENV, ESTIMATE_ENV
 from stages.packed_attention import PACKED_SDPA, use_packed_sdpa
 from stages.spec import TrainingSpec
 
@@ -421,6 +422,7 @@ def save_and_summarise(
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
+    figures = {"memory_estimate_gb": ESTIMATE_ENV, "device_memory_gb": DEVICE_MEMORY_ENV}
     summary = {
         "steps": int(result.global_step),
         "resumed_from_step": spec.resumed_from_step,
@@ -429,6 +431,8 @@ def save_and_summarise(
         "mean_train_loss": float(result.training_loss),
         "eval_loss": telemetry.evals[-1]["eval_loss"] if telemetry.evals else None,
         "tracking_s": telemetry.tracking_s,
+        # stages.memory's estimate before launch, and the memory of the device it was checked against.
+        **{k: round(int(os.environ[v]) / 1e9, 2) for k, v in figures.items() if v in os.environ},
         **extra,
         "history": telemetry.history,
         "eval_history": telemetry.evals,
