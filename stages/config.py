@@ -239,8 +239,9 @@ class TrainingConfig(_Section):
     distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp",
         description="How several processes share the model: ddp (a full copy each), fsdp (parameters, "
-        "gradients and optimizer states sharded: configs/accelerate/fsdp.yaml; GPUs or CPU) or deepspeed "
-        "(ZeRO-3: configs/accelerate/deepspeed_zero3.yaml; GPUs, pip install deepspeed).",
+        "gradients and optimizer states sharded: configs/accelerate/fsdp.yaml) or deepspeed (ZeRO-3: "
+        "configs/accelerate/deepspeed_zero3.yaml, pip install deepspeed). Sharding runs on GPUs only: "
+        "accelerate does not shard CPU processes, so a CPU run with fsdp or deepspeed is refused.",
     )
     gradient_checkpointing: bool = Field(
         False,
@@ -253,7 +254,7 @@ class TrainingConfig(_Section):
     accelerate_config: str | None = Field(
         None,
         description="Your own `accelerate config` YAML instead of the shipped one training.distributed names "
-        "(leave distributed at ddp); on a CPU only its FSDP settings apply.",
+        "(leave distributed at ddp); GPUs only when it shards.",
     )
     eval_steps: int | None = Field(
         20,

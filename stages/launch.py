@@ -107,30 +107,24 @@ def accelerate_config(training: TrainingConfig) -> str | None:
     return str(shipped) if shipped else None
 
 
-def sharding_environment(config_file: str, processes: int) -> dict[str, str]:
-    """The ACCELERATE_USE_FSDP / FSDP_* variables `accelerate launch --config_file` would set for this
-    file, for processes that torchrun starts (on a CPU, where accelerate launch starts one process only).
-
-    Mapped by accelerate's own code (its launch parser, config loading and environment preparation),
-    so every setting of the file reaches the processes exactly as accelerate would pass it. A DeepSpeed
-    file is refused: DeepSpeed trains on GPUs only.
-    """
+def refuse_cpu_sharding(config_file: str, processes: int) -> None:
+    """Refuse an accelerate config that shards (FSDP, DeepSpeed, as accelerate's own launch parser reads
+    it) for CPU processes: accelerate would train them unsharded without a word."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
 
     parsed = launch_command_parser().parse_args(
         ["--config_file", config_file, "--num_processes", str(processes), "-m", "stages.train", "spec.json"]
     )
     args = _validate_launch_command(parsed)[0]
-    if args.use_deepspeed:
+    if args.use_deepspeed or args.use_fsdp:
+        # accelerate 1.16 turns FSDP on only for GPU-type states: its MULTI_CPU state ignores these variables
+        # and the processes would train as DDP. Forced on, FSDP1 refused the CPU device and FSDP2 trained (the
+        # same losses as one process, to 1e-7) but its end-of-training checkpoint broke gloo (measured here).
+        kind = "DeepSpeed" if args.use_deepspeed else "FSDP"
         raise ValueError(
-            f"{config_file} is a DeepSpeed config, and DeepSpeed trains on GPUs only: on a CPU use "
-            "training.distributed: fsdp (or ddp)"
+            f"{config_file} shards with {kind}, which accelerate runs on GPUs only (on a CPU its processes "
+            "would train unsharded): use training.distributed: ddp on a CPU"
         )
-    if not args.use_fsdp:
-        return {}
-    env = prepare_multi_gpu_env(args)
-    return {k: v for k, v in env.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
 
 
 def training_command(
@@ -182,7 +176,7 @@ def training_command(
     # Several CPU workers: split the cores between them rather than oversubscribing them.
     env = {THREADS_ENV: str(threads or max(1, cores // n))} | cpu
     if config_file:
-        env |= sharding_environment(config_file, n)
+        refuse_cpu_sharding(config_file, n)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
             "-m", module, spec_path], env  # fmt: skip
 

@@ -126,28 +126,40 @@ def test_one_process_per_visible_gpu_by_default_and_only_the_chosen_gpus_visible
     assert "--cpu" in command and command[command.index("--num_processes") + 1] == "1"
 
 
-def test_distributed_selects_a_shipped_accelerate_config_on_gpus_and_cpu():
-    """training.distributed names a file under configs/accelerate/; on GPUs it goes to accelerate launch,
-    on a CPU torchrun's processes get the FSDP variables accelerate itself derives from it."""
+def test_distributed_selects_a_shipped_accelerate_config_on_gpus_and_is_refused_on_a_cpu():
+    """training.distributed names a file under configs/accelerate/ that goes to accelerate launch on GPUs.
+    On a CPU accelerate would run the processes unsharded without a word: refused in one line."""
     fsdp = parse_config({"training": {"distributed": "fsdp", "num_processes": 2}}).training
     command, _ = training_command("stages.train", SPEC, fsdp, devices=["0", "1"], cores=16)
     config = Path(command[command.index("--config_file") + 1])
     assert config == SHIPPED_CONFIGS["fsdp"] and config.is_file() and "--multi_gpu" not in command
-    command, env = training_command("stages.train", SPEC, fsdp, devices=[], cores=2)
-    assert command[2] == "torch.distributed.run" and env["ACCELERATE_USE_FSDP"] == "true"
+    with pytest.raises(ValueError, match="shards with FSDP, which accelerate runs on GPUs only") as err:
+        training_command("stages.train", SPEC, fsdp, devices=[], cores=2)
+    assert "\n" not in str(err.value)
+
+    deepspeed = parse_config({"training": {"distributed": "deepspeed", "num_processes": 2}}).training
+    command, _ = training_command("stages.train", SPEC, deepspeed, devices=["0", "1"], cores=16)
+    assert Path(command[command.index("--config_file") + 1]) == SHIPPED_CONFIGS["deepspeed"]
+    with pytest.raises(ValueError, match="shards with DeepSpeed"):
+        training_command("stages.train", SPEC, deepspeed, devices=[], cores=2)
+    with pytest.raises(ConfigError, match="keep one of them"):
+        parse_config({"training": {"distributed": "fsdp", "accelerate_config": "mine.yaml"}})
+
+
+def test_the_shipped_fsdp_config_reaches_the_processes_as_accelerate_passes_it():
+    """Not run here (no GPU): accelerate's own launch code reads the file as FULL_SHARD FSDP, one unit per
+    decoder layer, the model gathered whole for saving (what stages.train's whole_model needs)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    argv = ["--config_file", str(SHIPPED_CONFIGS["fsdp"]), "--num_processes", "2", "-m", "stages.train", SPEC]
+    env = prepare_multi_gpu_env(_validate_launch_command(launch_command_parser().parse_args(argv))[0])
+    assert env["ACCELERATE_USE_FSDP"] == "true"
     assert (env["FSDP_SHARDING_STRATEGY"], env["FSDP_AUTO_WRAP_POLICY"]) == (
         "FULL_SHARD",
         "TRANSFORMER_BASED_WRAP",
     )
     assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT" and env["FSDP_USE_ORIG_PARAMS"] == "true"
-
-    deepspeed = parse_config({"training": {"distributed": "deepspeed", "num_processes": 2}}).training
-    command, _ = training_command("stages.train", SPEC, deepspeed, devices=["0", "1"], cores=16)
-    assert Path(command[command.index("--config_file") + 1]) == SHIPPED_CONFIGS["deepspeed"]
-    with pytest.raises(ValueError, match="DeepSpeed trains on GPUs only"):
-        training_command("stages.train", SPEC, deepspeed, devices=[], cores=2)
-    with pytest.raises(ConfigError, match="keep one of them"):
-        parse_config({"training": {"distributed": "fsdp", "accelerate_config": "mine.yaml"}})
 
 
 def test_the_shipped_deepspeed_config_is_a_zero3_accelerate_config():
