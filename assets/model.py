@@ -98,6 +98,7 @@ def fine_tuned_model(
             "init_model_dir": str(init_dir),
             "train_path": str(tokens_dir / "train_blocks.parquet"),
             "eval_path": str(tokens_dir / "eval.parquet"),  # held-out loss every training.eval_steps
+            "block_size": cfg.data.block_size,  # the memory estimate's sequence length
         },
         resume_key={
             "data_version": upstream["tokenized_dataset"],

@@ -24,7 +24,7 @@ from resources.outputs import new_output
 from resources.settings import Paths
 from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
-from stages import checkpoints, model_card, plots, processes, serving
+from stages import checkpoints, launch, memory, model_card, plots, processes, serving
 from stages.config import PipelineConfig
 from stages.content import content_hash
 from stages.lineage import run_name
@@ -126,7 +126,7 @@ def run_training(
         )
         client.log_inputs(run_id, datasets=[_dataset_input(d) for d in job.datasets])
         out = new_output(context, paths)
-        spec = TrainingSpec(
+        spec_model = TrainingSpec(
             **job.inputs,
             output_dir=out,
             checkpoint_dir=checkpoint_dir,
@@ -137,7 +137,16 @@ def run_training(
             training=cfg.training,
             model_dtype=cfg.model.dtype,
             mlflow=MlflowTarget(tracking_uri=tracking.uri(), run_id=run_id),
-        ).write(out / "spec.json")
+        )
+        spec = spec_model.write(out / "spec.json")
+        if cfg.training.launcher.kind == "local":
+            # stages.launch runs this gate where training runs; here too, so that a run that cannot fit
+            # fails its step once, in one line, instead of a retried launch (a pod's gate runs in the pod).
+            devices = launch.visible_devices()
+            try:
+                memory.gate(spec_model, devices, launch.process_count(cfg.training, devices))
+            except memory.DoesNotFit as err:
+                raise dg.Failure(str(err), allow_retries=False) from None
         # Where it trains is the config's; the device and process count are decided there.
         launcher.launch(context, job.module, str(spec), cfg.training.launcher, str(paths.home))
         summary = read_json(out / "train_summary.json")
@@ -226,7 +235,14 @@ def training_metadata(
         "train_loss": round(summary["train_loss"], 4),
         "eval_loss": "not measured" if summary.get("eval_loss") is None else round(summary["eval_loss"], 4),
         "wall_s": round(summary["wall_s"], 1),
-        "device": f"{summary['num_processes']} x {summary['device']}, malloc {summary.get('malloc', 'unknown')}",
+        "device": f"{summary['num_processes']} x {summary['device']} ({summary['distributed']}), malloc {summary.get('malloc', 'unknown')}",
+        **(
+            {
+                "memory": f"about {summary['memory_estimate_gb']} GB estimated of {summary['device_memory_gb']} GB"
+            }
+            if "memory_estimate_gb" in summary
+            else {}
+        ),
         "mlflow_run_id": trained.run_id,
         "mlflow_run": dg.MetadataValue.url(tracking.ui_url(trained.run_id, trained.experiment_id)),
         "registered_model": f"{registered_model} v{trained.version}",

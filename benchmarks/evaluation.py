@@ -92,7 +92,10 @@ def main() -> None:
         records = read_rows(current["deduplicated_corpus"] / "eval" / "held_out.parquet")[: ev.max_examples]
         shots = few_shot_examples(read_rows(current["augmented_corpus"] / "train.parquet"), ev.few_shot_k,
                                   cfg.data.seed)  # fmt: skip
-        models = {"base": current["base_model"] / "model", "fine_tuned": current["fine_tuned_model"] / "model"}
+        models = {
+            "base": current["base_model"] / "model",
+            "fine_tuned": current["fine_tuned_model"] / "model",
+        }
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(
             f"{err}: run `make demo` first, or pass --home with a state folder where it ran"

@@ -133,14 +133,24 @@ def scored_loss(
 ) -> tuple[torch.Tensor, Any]:
     """The causal-LM loss of a PackedCollator batch, its LM head applied in chunks to the scored positions.
 
-    The model runs with an empty `logits_to_keep` (its head projects no row) and returns its final,
-    normalised hidden states; `head` is the model's LM head, used outside its forward (under DDP its
-    gradient is still reduced: it is the same parameter in the same backward). The loss is the summed
-    cross-entropy over `num_items` (the Trainer's count across gradient-accumulation steps) or, without
-    it, the mean over this batch's scored tokens, as transformers' ForCausalLMLoss. Returns (loss, outputs).
+    The loss is computed inside the model's forward, where its head would run: for this call the head's
+    forward is the chunked cross-entropy of the rows the model hands it (`logits_to_keep`: the scored
+    positions) against their targets, and the model returns that sum as its `logits`. Inside the forward
+    the head's weight is the whole matrix under every wrapper: DDP's, and FSDP's or ZeRO-3's, which
+    gather a sharded weight for the forward and reduce-scatter its gradient after backward (read outside
+    the forward, an FSDP weight is this process's shard). The loss is the summed cross-entropy over
+    `num_items` (the Trainer's count across gradient-accumulation steps) or, without it, the mean over
+    this batch's scored tokens, as transformers' ForCausalLMLoss. Returns (loss, outputs).
     """
     keep, targets = batch["logits_to_keep"], batch["shift_labels"]
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "logits_to_keep")}
-    outputs = model(**inputs, logits_to_keep=torch.zeros_like(keep), output_hidden_states=True)
-    total = chunked_cross_entropy(outputs.hidden_states[-1][keep], head.weight, targets, chunk_rows)
-    return total / (num_items if num_items is not None else max(len(targets), 1)), outputs
+
+    def loss_head(hidden: torch.Tensor) -> torch.Tensor:
+        return chunked_cross_entropy(hidden, head.weight, targets, chunk_rows)
+
+    head.forward = loss_head  # an instance attribute: this call only, removed below
+    try:
+        outputs = model(**inputs, logits_to_keep=keep)
+    finally:
+        del head.forward
+    return outputs.logits / (num_items if num_items is not None else max(len(targets), 1)), outputs

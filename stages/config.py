@@ -235,8 +235,24 @@ class TrainingConfig(_Section):
     )
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
     seed: int = 0
-    num_processes: int = Field(
-        1, ge=1, description="Training processes: GPUs, or CPU workers (DDP over gloo, started by torchrun)."
+    num_processes: int | None = Field(
+        None,
+        ge=1,
+        description="Training processes, one per device: None uses every visible GPU (one process on a CPU); "
+        "a number narrows to that many GPUs (only those are made visible), or starts that many CPU workers "
+        "(DDP over gloo, started by torchrun). Never one process over several GPUs (nn.DataParallel).",
+    )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="How several processes share the model: ddp (a full copy each), fsdp (parameters, "
+        "gradients and optimizer states sharded: configs/accelerate/fsdp.yaml) or deepspeed (ZeRO-3: "
+        "configs/accelerate/deepspeed_zero3.yaml, pip install deepspeed). Sharding runs on GPUs only: "
+        "accelerate does not shard CPU processes, so a CPU run with fsdp or deepspeed is refused.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in backward instead of keeping them (non-reentrant, "
+        "works with LoRA): activations shrink from every layer's to one layer's, at about a third more compute.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
@@ -245,7 +261,9 @@ class TrainingConfig(_Section):
         "bf16 where a bf16 matmul measures faster than fp32 (fp32 otherwise).",
     )
     accelerate_config: str | None = Field(
-        None, description="An `accelerate config` YAML (FSDP, DeepSpeed) for multi-GPU runs; GPUs only."
+        None,
+        description="Your own `accelerate config` YAML instead of the shipped one training.distributed names "
+        "(leave distributed at ddp); GPUs only when it shards.",
     )
     eval_steps: int | None = Field(
         20,
@@ -279,9 +297,18 @@ class TrainingConfig(_Section):
     @model_validator(mode="after")
     def _gpu_pod_fits_the_processes(self) -> "TrainingConfig":
         gpus = self.launcher.resources.gpus
-        if gpus and self.num_processes > gpus:
+        if gpus and self.num_processes is not None and self.num_processes > gpus:
             raise ValueError(
                 f"num_processes {self.num_processes} needs as many GPUs, but launcher.resources.gpus is {gpus}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_accelerate_config(self) -> "TrainingConfig":
+        if self.accelerate_config is not None and self.distributed != "ddp":
+            raise ValueError(
+                f"distributed {self.distributed} selects the shipped accelerate config, and accelerate_config "
+                "names another: keep one of them"
             )
         return self
 

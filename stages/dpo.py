@@ -21,9 +21,12 @@ from stages.train import (
     fit,
     lora_config,
     main,
+    one_device_per_process,
     save_and_summarise,
+    sharding,
     shared_arguments,
     telemetry_for,
+    whole_model,
 )
 
 
@@ -37,16 +40,13 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         raise ValueError("a DPO spec names its preference settings and pairs_path")
     pref = spec.preference
     set_seed(cfg.seed)
-    device = training_device()
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, training_device())
     source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
     peft_config = lora_config(cfg.lora) if pref.method == "lora" else None
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     pairs = Dataset.from_json(str(spec.pairs_path))
-    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} "
-        f"({precision.name}: {precision.reason}; weights {dtype})")  # fmt: skip
     args = DPOConfig(
         **shared_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
@@ -57,6 +57,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         logging_steps=pref.logging_steps,
         save_steps=pref.save_steps,
     )
+    device = one_device_per_process(args)
     telemetry = telemetry_for(spec, None, log)
     trainer = CheckpointedDPOTrainer(
         model=model,
@@ -67,15 +68,19 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.parent_pid)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({sharding(trainer)}; "
+        f"{precision.name}: {precision.reason}; weights {dtype})")  # fmt: skip
     result, wall_s = fit(trainer, spec, telemetry, log)
     last = telemetry.history[-1] if telemetry.history else {}
     return save_and_summarise(
-        trainer.model,
+        whole_model(trainer, trainer.model, spec, lora=peft_config is not None, dtype=dtype),
         tokenizer,
         spec,
         result,
         telemetry,
         lora=peft_config is not None,
+        device=device,
+        distributed=sharding(trainer),
         reward_margin=last.get("rewards/margins"),
         reward_accuracy=last.get("rewards/accuracies"),
         pairs=len(pairs),

@@ -18,10 +18,14 @@ set to keep the memory it frees (`allocator_environment`).
 import ctypes.util
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from stages import memory
 from stages.config import TrainingConfig
 from stages.spec import TrainingSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 THREADS_ENV = "TUNEGRAPH_TORCH_THREADS"  # read by the training entry point (torch.set_num_threads)
 ALLOCATOR_ENV = "TUNEGRAPH_ALLOCATOR"  # "system" keeps glibc's malloc
@@ -87,67 +91,137 @@ def preload(current: str, library: str | None) -> str:
     return " ".join([*libraries, library] if library and library not in libraries else libraries)
 
 
+# The accelerate configs `training.distributed` selects, shipped with the project.
+SHIPPED_CONFIGS = {
+    "fsdp": REPO_ROOT / "configs" / "accelerate" / "fsdp.yaml",
+    "deepspeed": REPO_ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml",
+}
+
+
+def accelerate_config(training: TrainingConfig) -> str | None:
+    """The accelerate config file this run uses: the user's own, the shipped one `distributed` names, or
+    none (ddp: accelerate's defaults)."""
+    if training.accelerate_config:
+        return training.accelerate_config
+    shipped = SHIPPED_CONFIGS.get(training.distributed)
+    return str(shipped) if shipped else None
+
+
+def refuse_cpu_sharding(config_file: str, processes: int) -> None:
+    """Refuse an accelerate config that shards (FSDP, DeepSpeed, as accelerate's own launch parser reads
+    it) for CPU processes: accelerate would train them unsharded without a word."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    parsed = launch_command_parser().parse_args(
+        ["--config_file", config_file, "--num_processes", str(processes), "-m", "stages.train", "spec.json"]
+    )
+    args = _validate_launch_command(parsed)[0]
+    if args.use_deepspeed or args.use_fsdp:
+        # accelerate 1.16 turns FSDP on only for GPU-type states: its MULTI_CPU state ignores these variables
+        # and the processes would train as DDP. Forced on, FSDP1 refused the CPU device and FSDP2 trained (the
+        # same losses as one process, to 1e-7) but its end-of-training checkpoint broke gloo (measured here).
+        kind = "DeepSpeed" if args.use_deepspeed else "FSDP"
+        raise ValueError(
+            f"{config_file} shards with {kind}, which accelerate runs on GPUs only (on a CPU its processes "
+            "would train unsharded): use training.distributed: ddp on a CPU"
+        )
+
+
 def training_command(
     module: str,
     spec_path: str,
     training: TrainingConfig,
-    gpus: int,
+    devices: Sequence[str],
     cores: int,
     threads: int | None = None,
     allocator: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """(command, environment additions) to train with `gpus` GPUs or else `cores` CPU cores here.
+    """(command, environment additions) to train on `devices` (GPU ids as CUDA_VISIBLE_DEVICES names them,
+    `visible_devices`) or, with none, on `cores` CPU cores here.
 
+    One process per device, always: every visible GPU by default, the first `training.num_processes`
+    of them when it narrows, and only those made visible to the processes (a process that sees two
+    GPUs is wrapped in nn.DataParallel by the Trainer: a larger batch than asked, other results).
     `threads`: torch threads per CPU process when set; otherwise the cores, split between processes.
     `allocator`: a malloc library to preload into CPU training (`cpu_allocator`).
     """
-    cpu = allocator_environment(allocator) if not gpus else {}
-    n = training.num_processes
-    if gpus and n > gpus:
+    n = process_count(training, devices)
+    if devices and n > len(devices):
         raise ValueError(
-            f"training.num_processes is {n} but {gpus} GPU(s) are visible here: "
+            f"training.num_processes is {n} but {len(devices)} GPU(s) are visible here: "
             f"lower it or give the pod more GPUs (training.launcher.resources.gpus)"
         )
-    if gpus or n == 1:
+    config_file = accelerate_config(training)
+    if devices:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
         command += ["--num_machines", "1", "--dynamo_backend", "no"]
-        if training.accelerate_config:
-            command += ["--config_file", training.accelerate_config]
-        if not gpus:
-            command += ["--cpu", "--num_cpu_threads_per_process", str(threads or cores)]
+        if config_file:
+            command += ["--config_file", config_file]
+        elif n > 1:
+            command += ["--multi_gpu"]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(devices[:n])}
+        return [*command, "-m", module, spec_path], env | ({THREADS_ENV: str(threads)} if threads else {})
+    cpu = allocator_environment(allocator)
+    if n == 1:
+        # One process shards nothing: the accelerate config (FSDP, DeepSpeed) is left out.
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
+        command += ["--num_machines", "1", "--dynamo_backend", "no"]
+        command += ["--cpu", "--num_cpu_threads_per_process", str(threads or cores)]
         env = {THREADS_ENV: str(threads)} if threads else {}
         return [*command, "-m", module, spec_path], env | cpu
     # Several CPU workers: split the cores between them rather than oversubscribing them.
     env = {THREADS_ENV: str(threads or max(1, cores // n))} | cpu
+    if config_file:
+        refuse_cpu_sharding(config_file, n)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
             "-m", module, spec_path], env  # fmt: skip
 
 
-def visible_gpus() -> int:
-    """CUDA (or ROCm) devices this process can use. Without a GPU driver's device node there are none,
-    and torch is not imported for nothing (about 2 s per training run on this machine)."""
+def process_count(training: TrainingConfig, devices: Sequence[str]) -> int:
+    """Processes to start: training.num_processes, or one per visible GPU (one on a CPU)."""
+    return training.num_processes or max(1, len(devices))
+
+
+def visible_devices() -> list[str]:
+    """The CUDA (or ROCm) devices this process can use, as CUDA_VISIBLE_DEVICES names them (or their
+    indices when it is unset). Without a GPU driver's device node there are none, and torch is not
+    imported for nothing (about 2 s per training run on this machine)."""
     if not (Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()):
-        return 0
+        return []
     import torch
 
-    return torch.cuda.device_count()
+    count = torch.cuda.device_count()
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:count] if named else [str(i) for i in range(count)]
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit("usage: python -m stages.launch MODULE SPEC.json (e.g. stages.train)")
     module, spec_path = argv
-    training = TrainingSpec.read(Path(spec_path)).training
+    spec = TrainingSpec.read(Path(spec_path))
     threads = int(os.environ[THREADS_ENV]) if os.environ.get(THREADS_ENV) else None
-    gpus, allocator = visible_gpus(), cpu_allocator()
+    devices, allocator = visible_devices(), cpu_allocator()
     try:
         command, env = training_command(
-            module, spec_path, training, gpus, len(os.sched_getaffinity(0)), threads, allocator
+            module, spec_path, spec.training, devices, len(os.sched_getaffinity(0)), threads, allocator
         )
-    except ValueError as err:
+        # Before anything loads: a run that cannot fit is refused here, not by an out-of-memory an hour in.
+        fit = memory.gate(spec, devices, process_count(spec.training, devices))
+    except ValueError as err:  # DoesNotFit is one
         raise SystemExit(f"error: {err}") from None
+    if fit is None:
+        print("memory: not estimated (the spec names no block_size)", file=sys.stderr, flush=True)
+    else:
+        estimate, device = fit
+        print(f"memory: about {estimate.describe()} per process; {device.name} has {device.bytes / 1e9:.1f} GB",
+              file=sys.stderr, flush=True)  # fmt: skip
+        env |= {
+            memory.ESTIMATE_ENV: str(int(estimate.total)),
+            memory.DEVICE_MEMORY_ENV: str(int(device.bytes)),
+        }
     env = with_current_preload(env)
-    if "LD_PRELOAD" not in env and not gpus and os.environ.get(ALLOCATOR_ENV) != "system":
+    if "LD_PRELOAD" not in env and not devices and os.environ.get(ALLOCATOR_ENV) != "system":
         print("malloc: glibc's (no tcmalloc here: apt-get install libtcmalloc-minimal4 for about 2x faster CPU steps)",
               file=sys.stderr, flush=True)  # fmt: skip
     print("launching: " + " ".join(command), file=sys.stderr, flush=True)

@@ -33,6 +33,9 @@ class TrainingSpec(BaseModel):
     )
     train_path: Path | None = Field(default=None, description="SFT: the packed training blocks (Parquet).")
     eval_path: Path | None = Field(default=None, description="SFT: held-out examples for the eval loss.")
+    block_size: int | None = Field(
+        default=None, description="SFT: tokens per packed block (data.block_size), for the memory estimate."
+    )
     pairs_path: Path | None = Field(default=None, description="DPO: preference pairs (JSONL).")
     preference: PreferenceConfig | None = Field(default=None, description="DPO: its settings.")
     resume_from: Path | None = Field(default=None, description="A checkpoint to resume from.")

@@ -40,6 +40,7 @@ from stages.checkpoints import AtomicCheckpoints
 from stages.chunked_loss import CHUNK_ROWS, plain_head, scored_loss
 from stages.config import LoraSettings, TrainingConfig
 from stages.launch import malloc_in_use
+from stages.memory import DEVICE_MEMORY_ENV, ESTIMATE_ENV
 from stages.packed_attention import PACKED_SDPA, use_packed_sdpa
 from stages.precision import Precision, resolve_precision, training_device, weights_dtype
 from stages.spec import TrainingSpec
@@ -184,9 +185,7 @@ class TimeBudget(TrainerCallback, ExportableState):
             pace = (now - self.first[1]) / measured
             end = budgeted_end(done, now - self.start, self.seconds, pace, self.end)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            agreed = torch.tensor([end])  # every rank stops at the same step: the earliest planned
-            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
-            end = int(agreed.item())
+            end = agreed_min(end, args.device)  # every rank stops at the same step: the earliest planned
         if end != self.end:
             self.log(f"time budget: training ends at step {end} of {self.max_steps} "
                      f"({time.perf_counter() - self.start:.0f} s of {self.seconds:.0f} s used at step {done})")  # fmt: skip
@@ -195,6 +194,15 @@ class TimeBudget(TrainerCallback, ExportableState):
             control.should_training_stop = True
             control.should_evaluate = args is not None and args.eval_strategy != "no"
             self.stopped_at = done
+
+
+def agreed_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over the processes of the default process group, agreed with a tensor on
+    this process's own `device` (the Trainer's `args.device`): NCCL, the GPU backend, reduces CUDA
+    tensors only ("No backend type associated with device type cpu" for a CPU tensor), gloo CPU ones."""
+    agreed = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return int(agreed.item())
 
 
 class PackedCollator:
@@ -354,6 +362,13 @@ def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: Precisi
         "report_to": "none",
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
+        # Non-reentrant: works with frozen inputs (LoRA) and under FSDP, as PyTorch recommends. Set only when
+        # on: transformers 5.25 warns of the name (activation_checkpointing there, absent from older 5.x).
+        **(
+            {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+            if cfg.gradient_checkpointing
+            else {}
+        ),
     }
 
 
@@ -404,6 +419,7 @@ def save_and_summarise(
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
+    figures = {"memory_estimate_gb": ESTIMATE_ENV, "device_memory_gb": DEVICE_MEMORY_ENV}
     summary = {
         "steps": int(result.global_step),
         "resumed_from_step": spec.resumed_from_step,
@@ -412,8 +428,9 @@ def save_and_summarise(
         "mean_train_loss": float(result.training_loss),
         "eval_loss": telemetry.evals[-1]["eval_loss"] if telemetry.evals else None,
         "tracking_s": telemetry.tracking_s,
-        "device": training_device(),
         "peak_memory_mb": peak_memory_mb(),
+        # stages.memory's estimate before launch, and the memory of the device it was checked against.
+        **{k: round(int(os.environ[v]) / 1e9, 2) for k, v in figures.items() if v in os.environ},
         **extra,
         "history": telemetry.history,
         "eval_history": telemetry.evals,
@@ -429,6 +446,53 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def one_device_per_process(args: TrainingArguments) -> str:
+    """This process's device type ("cuda", "cpu"), refusing one process over several GPUs: the Trainer
+    would wrap the model in nn.DataParallel (a batch N times larger, other results). `stages.launch`
+    starts a process per GPU and shows each only its own; this catches a run started by hand."""
+    if args.n_gpu > 1:
+        raise SystemExit(
+            f"error: this process sees {args.n_gpu} GPUs and would train them with nn.DataParallel: start it "
+            "with `python -m stages.launch`, which runs one process per GPU (or set CUDA_VISIBLE_DEVICES)"
+        )
+    return args.device.type
+
+
+def sharding(trainer: Trainer) -> str:
+    """How the processes share the model, as the Trainer's accelerator set it up (not as the config
+    asked): fsdp, deepspeed, ddp, or none for one process."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    if trainer.is_deepspeed_enabled:
+        return "deepspeed"
+    return "ddp" if WORLD_SIZE > 1 else "none"
+
+
+def whole_model(trainer: Trainer, model: Any, spec: TrainingSpec, lora: bool, dtype: torch.dtype) -> Any:
+    """The trained model with every weight whole, for rank 0 to save (None on the other ranks under FSDP).
+
+    Under DDP every process holds the whole model: `model` itself. Under FSDP or ZeRO-3 each holds a
+    shard of every weight (the module's own parameters are views of it, or empty): the full state dict
+    is gathered onto rank 0 by accelerate (a collective: every rank calls this; ZeRO-3 needs
+    zero3_save_16bit_model, set in the shipped config) and loaded into a fresh copy of the starting
+    model, with its LoRA adapters when it has them, so the model is merged and saved as under DDP. That
+    copy is a second model in rank 0's host memory at the end of training. Measured under FSDP on CPU
+    (tests/unit/test_devices.py); the DeepSpeed path has not run here (no GPU, no deepspeed).
+    """
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return model
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if RANK != 0:
+        return None
+    whole = AutoModelForCausalLM.from_pretrained(spec.init_model_dir, dtype=dtype)
+    if lora:
+        from peft import get_peft_model
+
+        whole = get_peft_model(whole, lora_config(spec.training.lora))
+    whole.load_state_dict(state)
+    return whole
 
 
 def held_out_set(path: str | None, cfg: TrainingConfig) -> Dataset | None:
@@ -461,8 +525,7 @@ def evaluation_arguments(cfg: TrainingConfig, evaluating: bool) -> dict[str, Any
 def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     cfg = spec.training
     set_seed(cfg.seed)
-    device = training_device()
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, training_device())
     source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=cfg.method == "full")
@@ -472,14 +535,12 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     if cfg.method == "lora":
         from peft import get_peft_model
 
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # the frozen embeddings' output must carry a gradient
         model = get_peft_model(model, lora_config(cfg.lora))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     malloc = malloc_in_use()
     loss_path = f"chunked, {CHUNK_ROWS} rows of logits at a time" if plain_head(model) else "full logits"
-    log(
-        f"training {cfg.method} on {WORLD_SIZE} x {device} ({precision.name}: {precision.reason}; weights {dtype}, "
-        f"malloc {malloc}, loss {loss_path}, attention {attention}): {trainable:,} trainable parameters"
-    )
 
     dataset = Dataset.from_parquet(str(spec.train_path))
     collator = PackedCollator(tokenizer.pad_token_id)
@@ -501,6 +562,7 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         ddp_find_unused_parameters=False if WORLD_SIZE > 1 else None,
         remove_unused_columns=False,
     )
+    device = one_device_per_process(args)
     telemetry = telemetry_for(spec, collator, log)
     telemetry.record_precision(precision)
     stopping = (
@@ -520,6 +582,10 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.parent_pid), budget, *stopping],
         budget=budget,
     )
+    log(
+        f"training {cfg.method} on {WORLD_SIZE} x {device} ({sharding(trainer)}; {precision.name}: {precision.reason}; "
+        f"weights {dtype}, malloc {malloc}, loss {loss_path}, attention {attention}): {trainable:,} trainable parameters"
+    )
     result, wall_s = fit(trainer, spec, telemetry, log)
     if budget.stopped_at is not None:
         log(
@@ -527,12 +593,15 @@ def train(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
             f"training.max_minutes {cfg.max_minutes} holds no more steps at the pace measured"
         )
     return save_and_summarise(
-        model,
+        whole_model(trainer, model, spec, cfg.method == "lora", dtype),
         tokenizer,
         spec,
         result,
         telemetry,
         lora=cfg.method == "lora",
+        device=device,
+        distributed=sharding(trainer),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         label_tokens=collator.label_tokens,
         **precision.as_params(),
         weights_dtype=str(dtype).removeprefix("torch."),

@@ -13,7 +13,7 @@ from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR
 
 from resources.training import launch_command, pod_spec
 from stages.config import ConfigError, LauncherConfig, TrainingConfig, parse_config
-from stages.launch import cpu_allocator, preload, training_command
+from stages.launch import SHIPPED_CONFIGS, cpu_allocator, preload, training_command
 
 HOME = "/data/tunegraph"
 SPEC = f"{HOME}/assets/fine_tuned_model/.tmp-v-1/spec.json"
@@ -90,20 +90,95 @@ def test_the_pod_decides_the_device_and_process_count():
     one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2)
 
     # A GPU pod with two cards: both used, no --cpu, whatever the Dagster run pod has.
-    assert training_command("stages.train", SPEC, two, gpus=2, cores=16) == (
-        [*accelerate, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no", *tail], {},
+    assert training_command("stages.train", SPEC, two, devices=["0", "1"], cores=16) == (
+        [*accelerate, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no", "--multi_gpu",
+         *tail], {"CUDA_VISIBLE_DEVICES": "0,1"},
     )  # fmt: skip
     # A CPU pod: one process on all its cores, or two torchrun workers splitting them.
-    assert training_command("stages.train", SPEC, one, gpus=0, cores=8) == (
+    assert training_command("stages.train", SPEC, one, devices=[], cores=8) == (
         [*accelerate, "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
          "--cpu", "--num_cpu_threads_per_process", "8", *tail], {},
     )  # fmt: skip
-    assert training_command("stages.train", SPEC, two, gpus=0, cores=8) == (
+    assert training_command("stages.train", SPEC, two, devices=[], cores=8) == (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *tail],
         {"TUNEGRAPH_TORCH_THREADS": "4"},
     )
     with pytest.raises(ValueError, match="num_processes is 2 but 1 GPU"):
-        training_command("stages.train", SPEC, two, gpus=1, cores=8)
+        training_command("stages.train", SPEC, two, devices=["0"], cores=8)
+
+
+def test_one_process_per_visible_gpu_by_default_and_only_the_chosen_gpus_visible():
+    """Issue 31's first break: with 2 GPUs and the default config, 1 process saw both cards and the Trainer
+    wrapped the model in nn.DataParallel. Now the default starts a process per GPU, and narrowing hides the rest."""
+    default = parse_config({}).training
+    assert default.num_processes is None  # "every visible device"
+    command, env = training_command("stages.train", SPEC, default, devices=["0", "1"], cores=16)
+    assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    # Narrowed to one of the devices CUDA_VISIBLE_DEVICES named (3 and 5 here): only that one is shown.
+    command, env = training_command(
+        "stages.train", SPEC, TrainingConfig(num_processes=1), devices=["3", "5"], cores=16
+    )
+    assert command[command.index("--num_processes") + 1] == "1" and "--multi_gpu" not in command
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    # On a CPU the default is one process (torchrun only when asked for several).
+    command, _ = training_command("stages.train", SPEC, default, devices=[], cores=2)
+    assert "--cpu" in command and command[command.index("--num_processes") + 1] == "1"
+
+
+def test_distributed_selects_a_shipped_accelerate_config_on_gpus_and_is_refused_on_a_cpu():
+    """training.distributed names a file under configs/accelerate/ that goes to accelerate launch on GPUs.
+    On a CPU accelerate would run the processes unsharded without a word: refused in one line."""
+    fsdp = parse_config({"training": {"distributed": "fsdp", "num_processes": 2}}).training
+    command, _ = training_command("stages.train", SPEC, fsdp, devices=["0", "1"], cores=16)
+    config = Path(command[command.index("--config_file") + 1])
+    assert config == SHIPPED_CONFIGS["fsdp"] and config.is_file() and "--multi_gpu" not in command
+    with pytest.raises(ValueError, match="shards with FSDP, which accelerate runs on GPUs only") as err:
+        training_command("stages.train", SPEC, fsdp, devices=[], cores=2)
+    assert "\n" not in str(err.value)
+
+    deepspeed = parse_config({"training": {"distributed": "deepspeed", "num_processes": 2}}).training
+    command, _ = training_command("stages.train", SPEC, deepspeed, devices=["0", "1"], cores=16)
+    assert Path(command[command.index("--config_file") + 1]) == SHIPPED_CONFIGS["deepspeed"]
+    with pytest.raises(ValueError, match="shards with DeepSpeed"):
+        training_command("stages.train", SPEC, deepspeed, devices=[], cores=2)
+    with pytest.raises(ConfigError, match="keep one of them"):
+        parse_config({"training": {"distributed": "fsdp", "accelerate_config": "mine.yaml"}})
+
+
+def test_the_shipped_fsdp_config_reaches_the_processes_as_accelerate_passes_it():
+    """Not run here (no GPU): accelerate's own launch code reads the file as FULL_SHARD FSDP, one unit per
+    decoder layer, the model gathered whole for saving (what stages.train's whole_model needs)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    argv = ["--config_file", str(SHIPPED_CONFIGS["fsdp"]), "--num_processes", "2", "-m", "stages.train", SPEC]
+    env = prepare_multi_gpu_env(_validate_launch_command(launch_command_parser().parse_args(argv))[0])
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    assert (env["FSDP_SHARDING_STRATEGY"], env["FSDP_AUTO_WRAP_POLICY"]) == (
+        "FULL_SHARD",
+        "TRANSFORMER_BASED_WRAP",
+    )
+    assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT" and env["FSDP_USE_ORIG_PARAMS"] == "true"
+
+
+def test_the_shipped_deepspeed_config_is_a_zero3_accelerate_config():
+    """Not run here (no GPU, deepspeed not installed): accelerate's own launch parser reads it as ZeRO-3
+    with a whole 16-bit model gathered for saving (what stages.train's whole_model needs)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    argv = [
+        "--config_file",
+        str(SHIPPED_CONFIGS["deepspeed"]),
+        "--num_processes",
+        "2",
+        "-m",
+        "stages.train",
+        SPEC,
+    ]
+    args = _validate_launch_command(launch_command_parser().parse_args(argv))[0]
+    assert args.use_deepspeed and not args.use_fsdp
+    assert (args.zero_stage, args.zero3_save_16bit_model, args.offload_param_device) == (3, True, "none")
 
 
 def test_cpu_training_gets_the_allocator_preloaded():
@@ -111,15 +186,18 @@ def test_cpu_training_gets_the_allocator_preloaded():
     lib = "libtcmalloc_minimal.so.4"
     one, two = TrainingConfig(num_processes=1), TrainingConfig(num_processes=2)
     keep = {"LD_PRELOAD": lib, "TCMALLOC_RELEASE_RATE": "0"}  # tcmalloc keeps what a step frees
-    assert training_command("stages.train", SPEC, one, gpus=0, cores=2, allocator=lib)[1] == keep
-    assert training_command("stages.train", SPEC, two, gpus=0, cores=8, allocator=lib)[1] == {
+    assert training_command("stages.train", SPEC, one, devices=[], cores=2, allocator=lib)[1] == keep
+    assert training_command("stages.train", SPEC, two, devices=[], cores=8, allocator=lib)[1] == {
         "TUNEGRAPH_TORCH_THREADS": "4", **keep,
     }  # fmt: skip
     jemalloc = "libjemalloc.so.2"  # no tcmalloc setting for another allocator
-    assert training_command("stages.train", SPEC, one, gpus=0, cores=2, allocator=jemalloc)[1] == {
+    assert training_command("stages.train", SPEC, one, devices=[], cores=2, allocator=jemalloc)[1] == {
         "LD_PRELOAD": jemalloc
     }
-    assert training_command("stages.train", SPEC, two, gpus=2, cores=8, allocator=lib)[1] == {}
+    assert (
+        "LD_PRELOAD"
+        not in training_command("stages.train", SPEC, two, devices=["0", "1"], cores=8, allocator=lib)[1]
+    )
     # Added to what the user preloads, once.
     assert preload("", lib) == lib
     assert preload("libfoo.so", lib) == f"libfoo.so {lib}"
