@@ -112,13 +112,14 @@ def test_two_processes_stop_together_by_the_time_budget(tiny: Path, tmp_path: Pa
 
 def test_gradient_checkpointing_with_lora_trains_the_same_steps(tiny: Path, tmp_path: Path):
     """training.gradient_checkpointing recomputes activations in backward (non-reentrant, so LoRA's frozen
-    inputs still get gradients): the same losses as without it, to fp32 rounding (1e-5 relative)."""
+    inputs still get gradients): the same losses as without it, to fp32 rounding (1e-4 relative: measured
+    1.5e-5 apart at one step on 2026-12-07, the recomputed forward summing in another order)."""
     plain = train(spec_for(tiny, tmp_path / "plain", method="lora", max_steps=3, batch_size=2))
     checkpointed = train(spec_for(tiny, tmp_path / "gc", method="lora", max_steps=3, batch_size=2,
                                   gradient_checkpointing=True))  # fmt: skip
     assert checkpointed["gradient_checkpointing"] is True
     for a, b in zip(plain["history"], checkpointed["history"], strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert checkpointed["history"][-1]["loss"] < checkpointed["history"][0]["loss"]
 
 
