@@ -43,8 +43,9 @@ class Retriever:
             raise ValueError("no training records with a prompt to retrieve from: context and similar "
                              "examples need instruction or chat records in the training set")  # fmt: skip
         self.pool = pool
-        # Identifiers such as json.dumps stay whole words: they are what a docstring question is about.
-        self.vectorizer = TfidfVectorizer(token_pattern=r"[A-Za-z_][A-Za-z0-9_.]+", sublinear_tf=True)
+        # Character 3-5-grams within words: `json.dump` finds `json.dumps`, which whole words miss (a
+        # question names an object; the closest records name the same module or a sibling).
+        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
         self.matrix = self.vectorizer.fit_transform([f"{question(r)}\n{response_text(r)}" for r in pool])
 
     def nearest(self, queries: list[str], k: int, max_chars: int | None = None) -> list[list[dict[str, Any]]]:
