@@ -85,3 +85,26 @@ def _key(value: float | None, metric: str) -> tuple[int, float]:
 
 def _f(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_leaderboard(evaluation: dict[str, Any]) -> str:
+    """model_evaluation's leaderboard with who wins each metric and the prompt search's dev vs held-out."""
+    board = evaluation["leaderboard"]
+    lines = [f"leaderboard (held-out, ranked by {evaluation['primary_metric']}):", format_table(board)]
+    wins = winner_by_metric(board)
+    lines.append("wins: " + ", ".join(f"{m} {row}" for m, row in wins.items()))
+    best = evaluation.get("best_prompts") or {}
+    if best:
+        lines.append(
+            "best prompts (aliases best-base, best-fine-tuned): "
+            + ", ".join(f"{k} {v}" for k, v in best.items())
+        )
+    search = evaluation.get("prompt_search")
+    if search:
+        dev, held = search["dev"], search["held_out"]
+        lines.append(
+            f"prompt search ({len(search['tried'])} candidates on the dev split, by {search['metric']}): "
+            f"dev rouge_l {_f(dev.get('rouge_l'), 4)} / held-out {_f(held.get('rouge_l'), 4)}, "
+            f"dev perplexity {_f(dev.get('perplexity'), 2)} / held-out {_f(held.get('perplexity'), 2)}"
+        )
+    return "\n".join(lines)
