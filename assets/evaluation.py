@@ -41,7 +41,7 @@ PROMOTION_BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 @dg.asset(
     group_name="evaluation",
-    deps=[reads_config("evaluation", "tracking", "data.seed", "prompt_search")],
+    deps=[reads_config("evaluation", "tracking", "data.seed")],
     code_version=code_version(
         "stages.evaluation",
         "stages.leaderboard",

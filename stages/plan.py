@@ -55,6 +55,7 @@ class Plan:
     assets: list[str] = field(default_factory=list)  # unpartitioned assets, in dependency order
     blocked: dict[str, list[Failed]] = field(default_factory=dict)  # asset -> the gates that stop it
     variants: dict[str, list[str]] = field(default_factory=dict)  # by-variant asset -> partitions to run
+    after_variants: list[str] = field(default_factory=list)  # assets of `assets` that read those partitions
 
     @property
     def empty(self) -> bool:
@@ -112,6 +113,7 @@ def plan_run(
             plan.blocked[asset] = held
     plan.assets = [a for a in graph.order if a in todo and a not in plan.blocked]
     plan.variants = {a: sorted(variants[a]) for a in graph.order if a in variants and a not in plan.blocked}
+    plan.after_variants = [a for a in plan.assets if a in graph.descendants(plan.variants)]
     plan.partitions = {
         key: [a for a in graph.order if a in assets and a not in plan.blocked]
         for key, assets in sorted(by_partition.items())
@@ -158,7 +160,15 @@ def retrain(plan: Plan, model: str) -> tuple[list[str], str]:
         )
     if model not in plan.assets:
         return [], f"{model} is up to date with its data, config and code"
-    return plan.assets, f"{model} is stale: materialising {', '.join(plan.assets)}"
+    # A scheduled run holds one partitions definition: what reads the prompt partitions waits for
+    # `tunegraph run` (which scores them first), rather than comparing the new model with old scores.
+    assets = [a for a in plan.assets if a not in plan.after_variants]
+    waiting = (
+        f"; {', '.join(plan.after_variants)} wait for the prompt partitions (`tunegraph run`)"
+        if plan.after_variants
+        else ""
+    )
+    return assets, f"{model} is stale: materialising {', '.join(assets)}{waiting}"
 
 
 def unread_partitions(plan: Plan, being_read: set[str]) -> dict[str, list[str]]:
