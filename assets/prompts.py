@@ -256,10 +256,14 @@ def prompt_search(
     cfg, paths = settings.config(), settings.paths()
     space, ev = cfg.prompt_search, cfg.evaluation
     out = new_output(context, paths)
-    if not space.enabled:
-        write_json(out / "summary.json", {"enabled": False})
-        return dg.MaterializeResult(metadata={"enabled": False, **recorded(out)})
     train = read_rows(augmented_corpus / "train.parquet")
+    # A corpus of documents has no prompt to search (every variant is the plain one there).
+    why_not = None if space.enabled else "prompt_search.enabled is false"
+    if space.enabled and not example_pool(train):
+        why_not = "no training record has a prompt (documents only)"
+    if why_not:
+        write_json(out / "summary.json", {"enabled": False, "reason": why_not})
+        return dg.MaterializeResult(metadata={"enabled": False, "reason": why_not, **recorded(out)})
     # Keys only, to keep every eval record out of the dev split and the pool (all rows, not max_examples).
     held_out_keys = {r[k] for p in (deduplicated_corpus / "eval").glob("*.parquet") for r in read_rows(p)
                      for k in ("record_key", "id")}  # fmt: skip
