@@ -1,10 +1,12 @@
-"""`model_evaluation`: base-model prompting baselines vs fine-tuned vs champion; gated promotion."""
+"""`model_evaluation`: one leaderboard of prompt variants and trained models; gated promotion.
 
-import dataclasses
+The prompt variants come scored from their partitions (assets/prompts.py); the DPO candidate and
+the champion are scored here. Promotion compares the candidates with the champion and today's
+three prompting baselines; the leaderboard compares every method.
+"""
+
 import gc
-import hashlib
 import json
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,30 +15,28 @@ from typing import Any
 import dagster as dg
 import mlflow
 from mlflow.entities import Metric, RunTag
-from transformers import AutoTokenizer
 
 from assets.metadata import md_table
+from assets.prompts import log_row, read_eval_sets, row_name, score_variant
 from assets.sources import reads_config
-from assets.versions import latest_data_version
 from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
-from stages import model_card
+from stages import leaderboard, model_card
 from stages.code_version import code_version
 from stages.content import content_hash
-from stages.evaluation import (
-    METRICS_BY_SCHEMA,
-    Item,
-    applies,
-    eval_items,
-    few_shot_examples,
-    score,
-)
+from stages.evaluation import METRICS_BY_SCHEMA
 from stages.model_source import load_saved
 from stages.promotion import Candidate, choose
+from stages.prompt_config import PLAIN
+from stages.prompt_registry import set_best
+from stages.prompts import example_pool
 from stages.tables import read_json, read_rows, write_json
 
-BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
+# The base model's rows a candidate must beat to be promoted: today's three prompting baselines.
+# The other variants (retrieval, the searched prompt) are on the leaderboard to compare methods:
+# a better prompt there says "prompting wins", not "do not serve this model".
+PROMOTION_BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 
 @dg.asset(
@@ -44,15 +44,19 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
     deps=[reads_config("evaluation", "tracking", "data.seed")],
     code_version=code_version(
         "stages.evaluation",
+        "stages.leaderboard",
         "stages.model_card",
         "stages.model_source",
         "stages.promotion",
+        "stages.prompts",
+        "stages.prompt_registry",
         "stages.content",
         "stages.tables",
         asset_module=__name__,
     ),
     kinds={"pytorch", "mlflow"},
-    description="Held-out perplexity, ROUGE-L and exact match for each variant; champion alias if better.",
+    description="One leaderboard of every prompt variant and trained model on the held-out split; champion "
+    "alias if the candidate is better; best-base / best-fine-tuned prompt aliases.",
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,
@@ -63,16 +67,22 @@ def model_evaluation(
     base_model: Path,
     deduplicated_corpus: Path,
     augmented_corpus: Path,
+    base_prompt_evaluation: dict[str, Path],
+    fine_tuned_prompt_evaluation: dict[str, Path],
+    prompt_search: Path,
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     ev = cfg.evaluation
     folders = {"base": base_model, "fine_tuned": fine_tuned_model, "preference": preference_model}
-    eval_dir = deduplicated_corpus / "eval"
-    eval_sets = {p.stem: read_rows(p)[: ev.max_examples] for p in sorted(eval_dir.glob("*.parquet"))}
+    eval_sets = read_eval_sets(deduplicated_corpus, ev.max_examples)
     records = eval_sets["held_out"]
-    if not records:
-        raise dg.Failure("the held-out split is empty: raise data.eval_fraction or add landing files")
-    shots = few_shot_examples(read_rows(augmented_corpus / "train.parquet"), ev.few_shot_k, cfg.data.seed)
+    pool = example_pool(read_rows(augmented_corpus / "train.parquet"))
+    # The rows scored in their own partitions, each on the model this evaluation compares.
+    scored = {**_partition_rows("base_prompt_evaluation", base_prompt_evaluation, base_model),
+              **_partition_rows("fine_tuned_prompt_evaluation", fine_tuned_prompt_evaluation, fine_tuned_model)}  # fmt: skip
+    searched = read_json(prompt_search / "summary.json")
+    if searched["enabled"]:
+        scored[searched["row"]] = searched
     # The candidates: the fine-tuned model, and the DPO model trained from it when that is on.
     candidates = {"fine_tuned": read_json(fine_tuned_model / "mlflow.json")}
     dpo = read_json(preference_model / "summary.json")
@@ -84,67 +94,33 @@ def model_evaluation(
     # The champion as one of the candidates is scored once, as that candidate, and stays a rival.
     incumbent = next((c for c, entry in candidates.items() if entry["version"] == champion_version), None)
 
-    # by_set[eval set][variant] -> scores; the held-out set is the one promotion and the report use.
-    by_set: dict[str, dict[str, dict[str, Any] | None]] = {s: {} for s in eval_sets}
-    generations: dict[str, list[str]] = {}
-    items: dict[str, list] = {}  # held-out items per variant, for the samples
-    sources = {"base": BASE_VARIANTS, **{c: (c,) for c in candidates}}
+    # Scored here: models that are no asset of their own (the DPO candidate asked plainly, the
+    # champion with the variants that name it), since the registry, not Dagster, says which they are.
+    here = {"preference": [cfg.variant(PLAIN)]} if "preference" in candidates else {}
     if champion_version is not None and incumbent is None:
-        sources["champion"] = ("champion",)
-    decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
-    experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
-    baselines = BaselineCache(
-        client, experiment_id, latest_data_version(context.instance, "base_model"), decoding
-    )
-    progress = Progress(context, sum(len(v) for v in sources.values()))
-    baseline_runs: dict[str, dict[str, Any]] = {}  # variant -> its MLflow run, and whether it was cached
-    base_tokenizer = AutoTokenizer.from_pretrained(base_model / "model")
-    for source, variants in sources.items():
-        # The base model is loaded only if a baseline is not in the cache.
-        loaded = (
-            None
-            if source == "base"
-            else _load(source, folders, paths, mlflow_tracking, name, champion_version)
-        )
+        here["champion"] = [v for v in cfg.prompts if "champion" in v.models]
+    progress = Progress(context, sum(len(v) for v in here.values()))
+    for source, variants in here.items():
+        model, tokenizer = _load(source, folders, paths, mlflow_tracking, name, champion_version)
         for variant in variants:
-            tokenizer = loaded[1] if loaded else base_tokenizer
-            scored = {
-                set_name: eval_items(variant, rows, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
-                for set_name, rows in eval_sets.items()
-                if rows and applies(variant, rows)  # a prompt baseline on documents only: not applicable
-            }
-            key = baselines.key(variant, scored) if source == "base" else None
-            result = baselines.get(variant, key) if key else None
-            was_cached = result is not None
-            if result:
-                progress.done(variant, f"cached in MLflow run {result['run_id']}")
-            else:
-                loaded = loaded or _load(source, folders, paths, mlflow_tracking, name, champion_version)
-                result = {"run_id": None, "scores": {}, "texts": {}}
-                for set_name, set_items in scored.items():
-                    context.log.info(f"evaluating {variant} on {len(set_items)} examples of {set_name}")
-                    result["scores"][set_name], result["texts"][set_name] = score(
-                        loaded[0], loaded[1], set_items, ev.batch_size, ev.max_new_tokens,
-                        ev.repetition_penalty, f"{variant}/{set_name}",
-                    )  # fmt: skip
-                if key:
-                    baselines.put(variant, key, result)
-                progress.done(variant, "evaluated")
-            if key:
-                baseline_runs[variant] = {"run_id": result["run_id"], "cached": was_cached}
-            for set_name in eval_sets:
-                by_set[set_name][variant] = result["scores"].get(set_name)
-            if "held_out" in scored:
-                generations[variant], items[variant] = result["texts"]["held_out"], scored["held_out"]
-        del loaded
+            result = score_variant(
+                model, tokenizer, variant, eval_sets, pool, cfg, f"{source}/{variant.name}"
+            )
+            scored[row_name(source, variant.name)] = {"model_kind": source, "variant": variant.name, **result}
+            progress.done(variant.name, "evaluated")
+        del model
         gc.collect()
+    by_set: dict[str, dict[str, dict[str, Any] | None]] = {
+        s: {row: entry["scores"].get(s) for row, entry in scored.items()} for s in eval_sets
+    }
     for scores in by_set.values():
         scores.setdefault("champion", scores[incumbent] if incumbent else None)
     results = by_set["held_out"]
 
     decision = choose(
         {c: Candidate(entry["version"], results[c]) for c, entry in candidates.items()}, champion_version,
-        results["champion"], {v: results[v] for v in BASE_VARIANTS}, ev.primary_metric, ev.promotion_margin,
+        results["champion"], {v: results.get(v) for v in PROMOTION_BASELINES}, ev.primary_metric,
+        ev.promotion_margin,
     )  # fmt: skip
     best, promoted, reason, version = decision.candidate, decision.promoted, decision.reason, decision.version
     registry = candidates[best]
@@ -154,16 +130,33 @@ def model_evaluation(
     new_champion = decision.champion_version
     context.log.info(f"{best} (v{version}) {'promoted' if promoted else 'not promoted'}: {reason}")
 
-    table = [{"variant": v, **(m or {})} for v, m in results.items()]
-    samples = [
-        {"prompt": item.shown, "reference": item.reference, "base": b, "fine_tuned": f}
-        for item, b, f in zip(
-            items["base_zero_shot"], generations["base_zero_shot"], generations["fine_tuned"], strict=True
+    # One leaderboard: every (variant, model) pair and every trained model, the same metrics.
+    train_minutes = read_json(fine_tuned_model / "train_summary.json")["wall_s"] / 60
+    board = leaderboard.rows(scored, results, ev.primary_metric, {"fine_tuned": train_minutes})
+    mlflow_tracking.activate()
+    best_prompts = leaderboard.best_prompts(board, ev.primary_metric)
+    for kind, row in best_prompts.items():
+        prompt = scored[row]["prompt"]
+        set_best(
+            client,
+            cfg.tracking.registered_model,
+            kind,
+            client.get_prompt_version(prompt["name"], prompt["version"]),
         )
-    ][:8]
+    experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
+    for row in here_rows(scored, here):
+        log_row(client, experiment_id, row, scored[row]["model_kind"], scored[row]["variant"], results[row])
+
+    table = [{"variant": v, **(m or {})} for v, m in results.items()]
+    plain_base, plain_tuned = scored.get("base_zero_shot"), scored.get("fine_tuned")
+    samples = [
+        {"prompt": b["question"], "reference": b["reference"], "base": b["answer"], "fine_tuned": f["answer"]}
+        for b, f in zip(plain_base["samples"], plain_tuned["samples"], strict=True)
+    ] if plain_base and plain_tuned else []  # fmt: skip
+    decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
     _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
-    # The candidates' and the baselines' scores under the same metric names, one run each, so the
-    # MLflow runs table and chart view compare fine-tunes with each other and with prompting.
+    # The candidates' scores under the same metric names as every leaderboard run, so the MLflow
+    # runs table and chart view compare fine-tunes with each other and with prompting.
     for variant, entry in candidates.items():
         _log_scores(client, entry["mlflow_run_id"], results[variant])
     # Each candidate's model card, now with this comparison; it replaces README.md in its MLflow model.
@@ -178,6 +171,9 @@ def model_evaluation(
     summary = {
         "evaluation": results,
         "evaluation_sets": by_set,
+        "leaderboard": board,
+        "best_prompts": best_prompts,
+        "prompt_search": _search_summary(searched),
         # Which metric means what for the schemas held out (None: does not apply to that schema).
         "schemas": dict(Counter(r["schema"] for r in records)),
         "metrics_by_schema": {s: METRICS_BY_SCHEMA[s] for s in sorted({r["schema"] for r in records})},
@@ -192,8 +188,7 @@ def model_evaluation(
             "promoted": promoted,
             "reason": reason,
         },
-        "samples": samples,
-        "baselines": baseline_runs,
+        "samples": samples[:8],
     }
     out = new_output(context, paths)
     write_json(out / "summary.json", summary)
@@ -203,15 +198,14 @@ def model_evaluation(
             folder.mkdir(parents=True)
             client.log_model_artifact(candidates[c]["model_id"], str(model_card.write(card, folder)))
     data_version = content_hash(out / "summary.json")
-    columns = ["variant", "loss", "perplexity", "rouge_l", "exact_match", "stop_rate"]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(data_version),
         metadata={
-            "comparison": md_table([_rounded(row) for row in table], columns, limit=10),
+            "leaderboard": md_table(board, list(leaderboard.COLUMNS), limit=len(board)),
             "samples": md_table(samples, ["prompt", "reference", "base", "fine_tuned"], limit=8, width=120),
             "promoted": promoted,
             "reason": reason,
-            "baselines_cached": sum(b["cached"] for b in baseline_runs.values()),
+            "best_prompts": ", ".join(f"{k}: {v}" for k, v in best_prompts.items()),
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
             "model_card": dg.MetadataValue.md(
@@ -220,6 +214,37 @@ def model_evaluation(
             **recorded(out),
         },
     )
+
+
+def _partition_rows(asset: str, partitions: dict[str, Path], model: Path) -> dict[str, dict[str, Any]]:
+    """Each partition's summary by leaderboard row; refuses one scored on another model than `model`."""
+    rows = {}
+    for key, folder in sorted(partitions.items()):
+        summary = read_json(folder / "summary.json")
+        if summary["model"] != str(model):
+            raise dg.Failure(f"{asset}[{key}] scored another model than the one compared here: run "
+                             "`tunegraph run` (it scores the stale partitions first)", allow_retries=False)  # fmt: skip
+        rows[summary["row"]] = summary
+    return rows
+
+
+def here_rows(scored: dict[str, dict[str, Any]], here: dict[str, list]) -> list[str]:
+    """The rows scored inside model_evaluation (they get their MLflow leaderboard run here)."""
+    return [row for row, entry in scored.items() if entry["model_kind"] in here]
+
+
+def _search_summary(searched: dict[str, Any]) -> dict[str, Any] | None:
+    if not searched["enabled"]:
+        return None
+    held = searched["scores"]["held_out"] or {}
+    return {
+        "winner": searched["variant_text"],
+        "metric": searched["metric"],
+        "tried": searched["tried"],
+        "dev": {m: searched["dev"].get(m) for m in leaderboard.METRICS},
+        "held_out": {m: held.get(m) for m in leaderboard.METRICS},
+        "prompt_version": searched["prompt"]["version"],
+    }
 
 
 MIN_STOP_RATE = 0.95
@@ -325,58 +350,6 @@ def _log_scores(client: mlflow.MlflowClient, run_id: str, scores: dict[str, Any]
     metrics = [Metric(f"eval/{m}", float(scores[m]), now, 0) for m in EVAL_METRICS
                if scores and scores.get(m) is not None]  # fmt: skip
     client.log_batch(run_id, metrics=metrics)
-
-
-SCORES_FILE = "evaluation/baseline.json"
-
-
-class BaselineCache:
-    """A prompting baseline's scores and answers, kept in its MLflow run, found again by what decides them.
-
-    The key is the scoring code's version, the base model's data version, the variant, the decoding
-    settings and every item the variant is scored on (the rendered prompts, with the system prompt
-    or the few-shot demonstrations in them, the scored targets and the references), for every eval
-    set. So a retrain on the same base model and eval sets scores only the new model and the
-    champion, and whatever would change a baseline's answers or scores misses the cache.
-    """
-
-    def __init__(
-        self, client: mlflow.MlflowClient, experiment_id: str, base_version: str | None, decoding: dict
-    ):
-        self.client, self.experiment_id = client, experiment_id
-        self.base_version, self.decoding = base_version, decoding
-
-    def key(self, variant: str, scored: dict[str, list[Item]]) -> str:
-        items = {
-            set_name: [dataclasses.astuple(i) for i in rows] for set_name, rows in sorted(scored.items())
-        }
-        payload = [code_version("stages.evaluation"), self.base_version, variant, self.decoding, items]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-    def get(self, variant: str, key: str) -> dict[str, Any] | None:
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`tunegraph.baseline` = '{variant}' and tags.`tunegraph.baseline_key` = '{key}' "
-            "and tags.`tunegraph.baseline_scores` = 'true'",
-            max_results=1,
-        )
-        if not found:
-            return None
-        run_id = found[0].info.run_id
-        with tempfile.TemporaryDirectory() as tmp:
-            stored = json.loads(Path(self.client.download_artifacts(run_id, SCORES_FILE, tmp)).read_text())
-        return {"run_id": run_id, **stored}
-
-    def put(self, variant: str, key: str, result: dict[str, Any]) -> None:
-        """One FINISHED run per baseline and key: its scores under `eval/*`, its answers as an artifact."""
-        run = self.client.create_run(self.experiment_id, run_name=f"baseline {variant} · {key[:8]}",
-                                     tags={"tunegraph.baseline": variant, "tunegraph.baseline_key": key})  # fmt: skip
-        run_id = run.info.run_id
-        self.client.log_dict(run_id, {"scores": result["scores"], "texts": result["texts"]}, SCORES_FILE)
-        _log_scores(self.client, run_id, result["scores"].get("held_out"))
-        self.client.set_tag(run_id, "tunegraph.baseline_scores", "true")  # complete: found by `get` now
-        self.client.set_terminated(run_id, "FINISHED")
-        result["run_id"] = run_id
 
 
 class Progress:

@@ -7,7 +7,10 @@ what users change by hand:
 - `preference_files`: the files in landing/preferences/, for the DPO stage;
 - `pipeline_config[key]`: each config key's value; an asset depends on exactly the keys it reads
   (`reads_config(...)` next to its code), so a change makes only those assets stale, and the UI
-  names the key as the cause.
+  names the key as the cause;
+- `prompt_variant[name]`: each prompt variant's text (its hash), so editing one variant makes
+  exactly its prompt-evaluation partitions stale. The variants' partition keys follow the config
+  the instance has seen (`sync_prompt_partitions`).
 
 `source_changes` compares the files and the YAML with the latest observations recorded in the
 instance; `tunegraph run` and the landing sensor both call it, so they agree on what changed.
@@ -21,10 +24,12 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from assets.partitions import landing_files
+from assets.partitions import landing_files, prompt_variants, prompts_by_model
 from assets.versions import latest_data_version
 from resources.settings import Paths, TunegraphSettings
+from stages.config import PipelineConfig
 from stages.content import file_hash
+from stages.prompts import variant_hash
 
 # Observable source assets are what Dagster offers for versioned external data; the API is marked beta.
 warnings.filterwarnings("ignore", message="Function `observable_source_asset` is currently in beta")
@@ -50,8 +55,10 @@ CONFIG_KEYS = (
     "evaluation.max_new_tokens",
     "evaluation.repetition_penalty",
     "export",
+    "evaluation.max_examples",
     "model",
     "preference",
+    "prompt_search",
     "tracking",
     "training",
 )
@@ -89,7 +96,43 @@ def pipeline_config(settings: TunegraphSettings) -> dg.DataVersionsByPartition:
     return dg.DataVersionsByPartition(config_versions(settings))
 
 
-SOURCES = [landing_file, preference_files, pipeline_config]
+@dg.observable_source_asset(
+    group_name="sources",
+    partitions_def=prompt_variants,
+    description="Each prompt variant of the pipeline YAML (prompts:), versioned by its text's hash.",
+)
+def prompt_variant(settings: TunegraphSettings) -> dg.DataVersionsByPartition:
+    return dg.DataVersionsByPartition(variant_versions(settings.config()))
+
+
+SOURCES = [landing_file, preference_files, pipeline_config, prompt_variant]
+
+
+def variant_versions(cfg: PipelineConfig) -> dict[str, str]:
+    return {v.name: variant_hash(v) for v in cfg.prompts}
+
+
+def prompt_partitions(cfg: PipelineConfig) -> dict[str, list[str]]:
+    """The partition keys each prompt partitions definition should hold for this config."""
+    keys = {prompt_variants.name: [v.name for v in cfg.prompts]}
+    for kind, partitions in prompts_by_model.items():
+        keys[partitions.name] = [v.name for v in cfg.prompts if kind in v.models]
+    return keys
+
+
+def sync_prompt_partitions(instance: dg.DagsterInstance, cfg: PipelineConfig) -> list[str]:
+    """Add the variants new to the config as partitions and delete those gone; returns what changed."""
+    changed = []
+    for name, wanted in prompt_partitions(cfg).items():
+        have = instance.get_dynamic_partitions(name)
+        new = [k for k in wanted if k not in have]
+        if new:
+            instance.add_dynamic_partitions(name, new)
+            changed += [f"{name}+{k}" for k in new]
+        for key in sorted(set(have) - set(wanted)):
+            instance.delete_dynamic_partition(name, key)
+            changed.append(f"{name}-{key}")
+    return changed
 
 
 def reads_config(*keys: str) -> dg.AssetDep:
@@ -144,6 +187,9 @@ def source_changes(instance: dg.DagsterInstance, settings: TunegraphSettings) ->
     """Observations to record for every source whose version differs from the latest one observed.
 
     The caller records them: `tunegraph run` right away, the sensor through its SensorResult.
+    The prompt variants' partition keys are brought in line with the config here (an observation
+    needs its partition to exist): adding a key changes no version, so nothing is marked stale
+    by it before the observation is recorded.
     """
     paths, cfg = settings.paths(), settings.config()
     partitions = instance.get_dynamic_partitions(landing_files.name)
@@ -153,6 +199,8 @@ def source_changes(instance: dg.DagsterInstance, settings: TunegraphSettings) ->
     changes.changed_files = _changed(instance, landing_file.key, versions)
     for key, version in changes.changed_files.items():
         changes.observations.append(_observation(landing_file.key, version, key))
+    # The variants' partitions first: an observation of a partition that does not exist is refused.
+    sync_prompt_partitions(instance, cfg)
     changes.observations += config_observations(instance, settings)
     current = preference_version(paths)
     if latest_data_version(instance, preference_files.key, source=True) != current:
@@ -165,11 +213,16 @@ def config_observations(
 ) -> list[dg.AssetObservation]:
     """Observations of the config keys whose version differs from the latest one recorded."""
     changed = _changed(instance, pipeline_config.key, config_versions(settings))
-    return [_observation(pipeline_config.key, version, key) for key, version in changed.items()]
+    variants = _changed(instance, prompt_variant.key, variant_versions(settings.config()))
+    return [
+        *(_observation(pipeline_config.key, version, key) for key, version in changed.items()),
+        *(_observation(prompt_variant.key, version, key) for key, version in variants.items()),
+    ]
 
 
 def record_config(instance: dg.DagsterInstance, settings: TunegraphSettings) -> None:
     """Record the effective config (YAML and run overrides) as this run starts."""
+    sync_prompt_partitions(instance, settings.config())
     for observation in config_observations(instance, settings):
         instance.report_runless_asset_event(observation)
 

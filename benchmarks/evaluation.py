@@ -4,16 +4,16 @@
 
 Needs a state folder where the demo ran (`make demo`; default $TUNEGRAPH_HOME or ./data): its
 held-out examples, few-shot demonstrations, base model and fine-tuned model, with the demo's
-evaluation settings. Each variant the demo scores (three prompting baselines and the fine-tuned
-model) is scored on the same examples twice, in one process:
+evaluation settings. Each of today's three prompting baselines (the zero_shot, system_prompt and
+few_shot variants of `prompts:`) and the fine-tuned model is scored on the same examples twice,
+in one process:
   before  perplexity with logits at every position; greedy answers from `model.generate` on
           length-sorted batches, which keep every row until the batch's last one stops
   after   stages.evaluation.score: logits only at scored positions, and rows that leave the batch
           at their EOS (greedy_until_eos)
-A retrain scores only the new model and the champion: the baselines come from their MLflow runs
-(assets/evaluation.py BaselineCache), so `rerun_s` is the fine-tuned model's `after` time twice
-(candidate and champion) plus the measured lookup of the three cached baselines in this folder's
-MLflow store. Reported per variant: seconds before and after, whether every answer is the same, and
+A retrain scores only the new model's partitions: the base model's prompt partitions stay synced
+in Dagster, so `rerun_s` is the fine-tuned model's `after` time twice (candidate and champion, the
+champion scored when it is not the candidate). Reported per variant: seconds before and after, whether every answer is the same, and
 the perplexity before and after (equal up to float rounding).
 """
 
@@ -32,14 +32,13 @@ import dagster as dg  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from assets.evaluation import BASE_VARIANTS, BaselineCache  # noqa: E402
 from pipelines.cli import configure_environment  # noqa: E402
 from resources.outputs import output_folder  # noqa: E402
 from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
-from resources.tracking import MlflowTracking  # noqa: E402
 from stages.chat import IGNORE_INDEX  # noqa: E402
-from stages.evaluation import _batches, eval_items, few_shot_examples, left_padded, score, scored_batch  # noqa: E402
+from stages.evaluation import _batches, eval_items, left_padded, score, scored_batch  # noqa: E402
 from stages.model_source import load_saved  # noqa: E402
+from stages.prompts import conversations, example_pool  # noqa: E402
 from stages.serving import decode_answer, decoding_config  # noqa: E402
 from stages.tables import read_rows  # noqa: E402
 
@@ -90,8 +89,7 @@ def main() -> None:
         if missing:
             raise ValueError(f"{', '.join(missing)} not materialised")
         records = read_rows(current["deduplicated_corpus"] / "eval" / "held_out.parquet")[: ev.max_examples]
-        shots = few_shot_examples(read_rows(current["augmented_corpus"] / "train.parquet"), ev.few_shot_k,
-                                  cfg.data.seed)  # fmt: skip
+        pool = example_pool(read_rows(current["augmented_corpus"] / "train.parquet"))
         models = {
             "base": current["base_model"] / "model",
             "fine_tuned": current["fine_tuned_model"] / "model",
@@ -103,11 +101,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     rows: dict[str, dict[str, Any]] = {}
-    for source, variants in (("base", BASE_VARIANTS), ("fine_tuned", ("fine_tuned",))):
+    baselines = {f"base_{v}": v for v in ("zero_shot", "system_prompt", "few_shot")}
+    for source, variants in (("base", baselines), ("fine_tuned", {"fine_tuned": "zero_shot"})):
         model, tokenizer = load_saved(models[source])
         model.eval()
-        for variant in variants:
-            items = eval_items(variant, records, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
+        for variant, name in variants.items():
+            asked = conversations(cfg.variant(name), records, pool, cfg.data.seed)
+            items = eval_items(asked, records, tokenizer, ev.max_new_tokens)
             start = time.perf_counter()
             old = before_score(
                 model, tokenizer, items, ev.batch_size, ev.max_new_tokens, ev.repetition_penalty
@@ -127,20 +127,12 @@ def main() -> None:
             }
         del model
 
-    tracking = MlflowTracking(home=settings.home)
-    client = tracking.client()
-    cache = BaselineCache(client, tracking.experiment_id(cfg.tracking.experiment), None, {})
-    start = time.perf_counter()
-    for variant in BASE_VARIANTS:  # a lookup of each baseline's run (a miss here costs the same search)
-        cache.get(variant, "0" * 16)
-    lookup_s = time.perf_counter() - start
     out = {
         "examples": len(records),
         "variants": rows,
         "before_s": round(sum(r["before_s"] for r in rows.values()), 1),
         "after_s": round(sum(r["after_s"] for r in rows.values()), 1),
-        "rerun_s": round(2 * rows["fine_tuned"]["after_s"] + lookup_s, 1),
-        "baseline_lookup_s": round(lookup_s, 2),
+        "rerun_s": round(2 * rows["fine_tuned"]["after_s"], 1),
     }
     out["speedup"] = round(out["before_s"] / out["after_s"], 2)
     out["rerun_speedup"] = round(out["before_s"] / out["rerun_s"], 2)
@@ -154,8 +146,8 @@ def main() -> None:
     for variant, r in rows.items():
         print(f"{variant:<20}{r['before_s']:>10}{r['after_s']:>10}{r['same_answers']:>9}/{r['examples']:<4}"
               f"{r['perplexity_before']:>12}{r['perplexity_after']:>12}")  # fmt: skip
-    print(f"total {out['before_s']} s -> {out['after_s']} s ({out['speedup']}x); a retrain with cached "
-          f"baselines {out['rerun_s']} s ({out['rerun_speedup']}x)")  # fmt: skip
+    print(f"total {out['before_s']} s -> {out['after_s']} s ({out['speedup']}x); a retrain with the baselines' "
+          f"partitions synced {out['rerun_s']} s ({out['rerun_speedup']}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
     tunegraph report [--json]             the latest state
     tunegraph lineage PATH                model versions trained on each content version of a landing file
     tunegraph compare A B [--json]        what changed between two model versions (or aliases)
-    tunegraph chat [--model M] [QUESTION] answer with a registered version (champion by default), streaming
+    tunegraph leaderboard [--json]        every prompt variant and trained model on one table, held-out
+    tunegraph chat [--model M] [--prompt P] [QUESTION]
+                                          answer with a registered version (champion by default) or the
+                                          base model, through a registered prompt (NAME, NAME/3, @best-base)
     tunegraph push REPO [--model M]       upload a registered version, its card and GGUF files to the hub
     tunegraph ui                          Dagster UI + daemon and MLflow UI on 127.0.0.1
 
@@ -120,7 +123,26 @@ def cmd_compare(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_chat(args: argparse.Namespace, paths: Paths) -> int:
     from pipelines.model_commands import chat
 
-    return chat(paths, args.config, args.model, args.question, args.system)
+    return chat(paths, args.config, args.model, args.question, args.system, args.prompt)
+
+
+def cmd_leaderboard(args: argparse.Namespace, paths: Paths) -> int:
+    import dagster as dg
+
+    from pipelines.report import summary
+    from stages.leaderboard import format_leaderboard
+
+    with dg.DagsterInstance.get() as instance:
+        evaluation = summary(instance, "model_evaluation")
+    if not evaluation.get("leaderboard"):
+        print("no leaderboard yet: run `tunegraph run` (model_evaluation builds it)", file=sys.stderr)
+        return 1
+    if args.json:
+        keys = ("leaderboard", "best_prompts", "prompt_search", "primary_metric")
+        print(json.dumps({k: evaluation.get(k) for k in keys}, indent=2, default=str))
+    else:
+        print(format_leaderboard(evaluation))
+    return 0
 
 
 def cmd_push(args: argparse.Namespace, paths: Paths) -> int:
@@ -191,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("chat", help="answer with a registered version: its chat template and saved decoding")
     p.add_argument("question", nargs="?", help="one question; without it, an interactive session")
-    p.add_argument("--model", default="champion", help="an alias or version number (default champion)")
+    p.add_argument("--model", default="champion",
+                   help="an alias or version number (default champion), or 'base' for the base model")  # fmt: skip
     p.add_argument("--system", help="a system message before the conversation")
+    p.add_argument(
+        "--prompt", help="a registered prompt variant: NAME, NAME/VERSION, NAME@ALIAS or @best-base"
+    )
+    p = sub.add_parser("leaderboard", help="every prompt variant and trained model, held-out, ranked")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("push", help="upload a registered version (weights, tokenizer, card, GGUF) to the hub")
     p.add_argument("repo", help="hub repository id, e.g. your-name/stdlib-docs-smollm2")
     p.add_argument("--model", default="champion", help="an alias or version number (default champion)")
@@ -217,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "lineage": cmd_lineage,
         "compare": cmd_compare,
         "chat": cmd_chat,
+        "leaderboard": cmd_leaderboard,
         "push": cmd_push,
         "ui": cmd_ui,
     }

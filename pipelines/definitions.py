@@ -18,6 +18,7 @@ from assets.gates import gates_through
 from assets.model import base_model, fine_tuned_model
 from assets.partitions import landing_files
 from assets.preference import preference_model, preference_pairs
+from assets.prompts import base_prompt_evaluation, fine_tuned_prompt_evaluation, prompt_search
 from assets.sources import SOURCES
 from assets.tokenize import tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
@@ -30,6 +31,9 @@ from stages.config import ConfigError, ScheduleConfig, load_config
 __all__ = ["ASSETS", "ASSET_CHECKS", "SOURCES", "defs", "landing_files", "resources"]
 
 PARTITIONED_ASSETS = [raw_corpus, clean_corpus]
+# Partitioned by prompt variant (one partition per variant and model kind): a job holds assets of
+# one partitions definition, so these run in runs of their own (`tunegraph run` plans them).
+PROMPT_ASSETS = [base_prompt_evaluation, fine_tuned_prompt_evaluation]
 GLOBAL_ASSETS = [
     base_model,
     deduplicated_corpus,
@@ -38,10 +42,11 @@ GLOBAL_ASSETS = [
     fine_tuned_model,
     preference_pairs,
     preference_model,
+    prompt_search,
     model_evaluation,
     gguf_model,
 ]
-ASSETS = [*PARTITIONED_ASSETS, *GLOBAL_ASSETS]
+ASSETS = [*PARTITIONED_ASSETS, *PROMPT_ASSETS, *GLOBAL_ASSETS]
 ASSET_CHECKS = [
     candidate_promoted,
     generations_stop_at_eos,
@@ -99,6 +104,8 @@ defs = dg.Definitions(
     jobs=[ingest_job, train_job],
     sensors=[build_landing_sensor(ingest_job), automation],
     # The schedule targets the per-file assets too: it reads stale landing files nobody is reading.
-    schedules=[build_retrain_schedule(dg.AssetSelection.assets(*ASSETS), _retrain_cron())],
+    schedules=[
+        build_retrain_schedule(dg.AssetSelection.assets(*PARTITIONED_ASSETS, *GLOBAL_ASSETS), _retrain_cron())
+    ],
     resources=resources(),
 )

@@ -2,6 +2,7 @@
 
     tunegraph chat "What does json.dumps do?"        # the champion answers, token by token
     tunegraph chat --model 3                          # an interactive session with version 3
+    tunegraph chat --model base --prompt @best-base "What does json.dumps do?"
     tunegraph push your-name/stdlib-docs --dry-run    # fill the upload folder and list it
 
 Both resolve `--model` (an alias or a version number) in the MLflow registry and use the
@@ -9,36 +10,53 @@ version's local model folder (downloaded from MLflow once if its published folde
 """
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 
 from resources.settings import Paths
 from resources.tracking import MlflowTracking
-from stages import hub
+from stages import hub, prompt_registry
 from stages.config import load_config
 from stages.model_source import load_saved
+from stages.prompts import conversations, example_pool
 from stages.serving import stream_reply
-from stages.tables import read_json
+from stages.tables import read_json, read_rows
 
 
-def chat(paths: Paths, config: Path, model_ref: str, question: str | None, system: str | None) -> int:
-    """One answer to `question`, or an interactive session (history kept) when there is none."""
+def chat(
+    paths: Paths,
+    config: Path,
+    model_ref: str,
+    question: str | None,
+    system: str | None,
+    prompt_ref: str | None = None,
+) -> int:
+    """One answer to `question`, or an interactive session (history kept) when there is none; with
+    `prompt_ref` each question is asked through that registered prompt variant."""
+    if system and prompt_ref:
+        print("error: --system and --prompt both set the system message; use one", file=sys.stderr)
+        return 2
     try:
-        _, version, folder = registered_model(paths, config, model_ref)
+        label, folder = chat_model(paths, config, model_ref)
+        asked = prompted(paths, config, prompt_ref) if prompt_ref else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     model, tokenizer = load_saved(folder)
     model.eval()
     opening = [{"role": "system", "content": system}] if system else []
+
+    def messages(history: list[dict[str, str]], text: str) -> list[dict[str, str]]:
+        turns = [*opening, *history, {"role": "user", "content": text}]
+        return asked(turns) if asked else turns
+
     if question:
-        stream_reply(model, tokenizer, [*opening, {"role": "user", "content": question}], write=_write)
+        stream_reply(model, tokenizer, messages([], question), write=_write)
         print()
         return 0
-    print(
-        f"{version.name} v{version.version}, with its chat template and saved decoding; an empty line or Ctrl-D ends"
-    )
+    print(f"{label}, with its chat template and saved decoding; an empty line or Ctrl-D ends")
     history: list[dict[str, str]] = []
     while True:
         try:
@@ -49,9 +67,56 @@ def chat(paths: Paths, config: Path, model_ref: str, question: str | None, syste
         if not question:
             return 0
         turn = {"role": "user", "content": question}
-        reply = stream_reply(model, tokenizer, [*opening, *history, turn], write=_write)
+        reply = stream_reply(model, tokenizer, messages(history, question), write=_write)
         print()
         history += [turn, {"role": "assistant", "content": reply.text}]
+
+
+def chat_model(paths: Paths, config: Path, model_ref: str) -> tuple[str, Path]:
+    """(what answers, its model folder): 'base' is base_model's current output, else a registered version."""
+    if model_ref == "base":
+        folder = _current_output("base_model")
+        if folder is None:
+            raise ValueError("--model base: base_model has not been materialised; run `tunegraph run`")
+        return "the base model", folder / "model"
+    _, version, folder = registered_model(paths, config, model_ref)
+    return f"{version.name} v{version.version}", folder
+
+
+def prompted(
+    paths: Paths, config: Path, prompt_ref: str
+) -> Callable[[list[dict[str, str]]], list[dict[str, str]]]:
+    """The registered prompt `prompt_ref` names, as a function from a conversation to what the model is
+    asked (its system message, template, examples and context from the current training data)."""
+    tracking = MlflowTracking(home=str(paths.home))
+    tracking.activate()
+    cfg = load_config(config)
+    version = prompt_registry.resolve(tracking.client(), cfg.tracking.registered_model, prompt_ref)
+    variant = prompt_registry.variant_of(version)
+    pool: list[dict] = []
+    if variant.context or variant.examples:
+        train = _current_output("augmented_corpus")
+        if train is None:
+            raise ValueError(
+                f"--prompt {prompt_ref} retrieves from the training data: run `tunegraph run` first"
+            )
+        pool = example_pool(read_rows(train / "train.parquet"))
+    print(f"prompt {version.name} v{version.version}", file=sys.stderr)
+
+    def ask(turns: list[dict[str, str]]) -> list[dict[str, str]]:
+        record = {"schema": "chat", "messages": [*turns, {"role": "assistant", "content": ""}]}
+        return conversations(variant, [record], pool, cfg.data.seed)[0]
+
+    return ask
+
+
+def _current_output(asset: str) -> Path | None:
+    import dagster as dg
+
+    from resources.outputs import output_folder
+
+    with dg.DagsterInstance.get() as instance:
+        return output_folder(instance, asset)
 
 
 def push(paths: Paths, config: Path, model_ref: str, repo: str, private: bool, dry_run: bool) -> int:

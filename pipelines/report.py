@@ -17,6 +17,7 @@ from pipelines import definitions
 from pipelines.staleness import read_state
 from resources.outputs import output_folder
 from stages.evaluation import VARIANTS
+from stages.leaderboard import format_leaderboard
 from stages.plan import plan_run
 from stages.tables import read_json
 
@@ -89,6 +90,11 @@ def build_report(instance: dg.DagsterInstance) -> dict[str, Any]:
             v: ({m: scores[v].get(m) for m in METRICS} if scores.get(v) else None)
             for v in [*VARIANTS, *(["preference"] if "preference" in scores else [])]
         },
+        # Every prompt variant and trained model on one table (stages/leaderboard.py), best first.
+        "leaderboard": evaluation.get("leaderboard", []),
+        "best_prompts": evaluation.get("best_prompts", {}),
+        "prompt_search": evaluation.get("prompt_search"),
+        "primary_metric": evaluation.get("primary_metric"),
         # What each metric measures for each schema held out; None where a metric does not apply.
         "metrics_by_schema": {
             schema: {"held_out": n, **evaluation["metrics_by_schema"][schema]}
@@ -191,6 +197,8 @@ def format_summary(report: dict[str, Any]) -> str:
         missing = [m for m, v in meaning.items() if v is None]
         lines.append(f"  {schema} ({meaning['held_out']} held out): {', '.join(applies)}"
                      + (f"; not applicable: {', '.join(missing)}" if missing else ""))  # fmt: skip
+    if report.get("leaderboard"):
+        lines.append(format_leaderboard(report))
     if report.get("preference"):
         pr = report["preference"]
         kind = "synthetic " if pr["synthetic"] else ""

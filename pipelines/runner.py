@@ -23,7 +23,7 @@ from pipelines import definitions
 from pipelines.report import user_error
 from pipelines.staleness import read_state
 from resources.settings import TunegraphSettings
-from stages.plan import Plan, plan_run
+from stages.plan import Plan, plan_run, run_order
 from stages.processes import host, owner_alive, started
 from stages.readers import FORMATS_BY_SUFFIX
 
@@ -69,13 +69,15 @@ class Runner:
         partitions = self.instance.get_dynamic_partitions(definitions.landing_files.name)
         state = read_state(self.instance, self.asset_graph, partitions)
         plan = plan_run(state.graph, state.stale, partitions, state.failed_gates,
-                        set(select) if select is not None else None, full)  # fmt: skip
+                        set(select) if select is not None else None, full, state.variant_keys)  # fmt: skip
+        self.graph = state.graph
         record: dict[str, Any] = {
             "status": "running",
             "started": started,
             "partitions_total": len(changes.files),
             "partitions_removed": changes.removed_files,
             "partitions_processed": list(plan.partitions),
+            "prompt_partitions": plan.variants,  # by-variant asset -> the variants scored again
             "stale": {name: why for name, why in state.causes.items()},
             "blocked": {
                 asset: [f"{g.name} {g.detail}" for g in gates] for asset, gates in plan.blocked.items()
@@ -106,20 +108,33 @@ class Runner:
                 failures.append(_first_error(result))
         if failures:  # the cross-file assets would read a file's previous version: stop here
             return self._finish(record, "failed", run_ids, errors=failures + blocked)
-        names = [*(plan.partitions[carried] if carried else []), *plan.assets]
-        if carried:
-            self.log(f"reading and cleaning {carried}")
-        if plan.assets:
-            self.log(f"materialising {', '.join(plan.assets)}")
-        result = self._materialize(names, partition_key=carried)
-        run_ids.append(result.run_id)
-        record["failed_checks"] = sorted(
-            f"{c.asset_key.to_user_string()}:{c.check_name}"
-            for c in result.get_asset_check_evaluations()
-            if not c.passed
-        )
-        if not result.success:
-            return self._finish(record, "failed", run_ids, errors=[_first_error(result), *blocked])
+        runs = run_order(self.graph, plan)
+        if carried:  # it joins the first run of unpartitioned assets, or runs alone
+            first = next((i for i, (_, key) in enumerate(runs) if key is None), None)
+            if first is None:
+                runs.insert(0, ([], None))
+                first = 0
+            runs[first] = ([*plan.partitions[carried], *runs[first][0]], carried)
+        record["failed_checks"] = []
+        for names, key in runs:
+            if key == carried and carried:
+                self.log(f"reading and cleaning {carried}")
+            assets = (
+                [a for a in names if a not in plan.partitions.get(carried, [])] if key == carried else names
+            )
+            if assets:
+                self.log(
+                    f"materialising {', '.join(assets)}" + (f" [{key}]" if key and key != carried else "")
+                )
+            result = self._materialize(names, partition_key=key)
+            run_ids.append(result.run_id)
+            record["failed_checks"] += sorted(
+                f"{c.asset_key.to_user_string()}:{c.check_name}"
+                for c in result.get_asset_check_evaluations()
+                if not c.passed
+            )
+            if not result.success:
+                return self._finish(record, "failed", run_ids, errors=[_first_error(result), *blocked])
         return self._finish(record, "blocked" if blocked else "success", run_ids, errors=blocked)
 
     def release_dead_runs(self) -> list[str]:

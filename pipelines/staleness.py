@@ -6,7 +6,7 @@ Staleness is read with Dagster's own resolver, the one behind the UI's "Unsynced
 """
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
@@ -14,6 +14,7 @@ from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGra
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 
 from assets.gates import blocking_checks, gate_states
+from assets.partitions import landing_files
 from stages.plan import Failed, Graph
 
 
@@ -23,12 +24,16 @@ class GraphState:
     stale: dict[str, set[str | None]]  # asset -> stale or missing partitions (None: unpartitioned)
     causes: dict[str, list[str]]  # "asset[partition]" -> why Dagster calls it stale
     failed_gates: dict[str, list[Failed]]
+    variant_keys: dict[str, list[str]] = field(default_factory=dict)  # by-variant asset -> its partitions
 
 
 def asset_graph_names(asset_graph: BaseAssetGraph) -> Graph:
     """The materialisable assets by name (sources are inputs, not steps)."""
     nodes = [asset_graph.get(k) for k in asset_graph.toposorted_asset_keys]
     names = {n.key for n in nodes if n.is_materializable}
+    partitioned = {
+        n.key.to_user_string(): n.partitions_def.name for n in nodes if n.key in names and n.is_partitioned
+    }
     return Graph(
         order=[n.key.to_user_string() for n in nodes if n.key in names],
         parents={
@@ -36,7 +41,8 @@ def asset_graph_names(asset_graph: BaseAssetGraph) -> Graph:
             for n in nodes
             if n.key in names
         },  # fmt: skip
-        partitioned={n.key.to_user_string() for n in nodes if n.key in names and n.is_partitioned},
+        partitioned={a for a, p in partitioned.items() if p == landing_files.name},
+        by_variant={a for a, p in partitioned.items() if p != landing_files.name},
     )
 
 
@@ -55,9 +61,14 @@ def read_state(
     resolver.instance_queryer.prefetch_asset_records(asset_graph.get_all_asset_keys())
     stale: dict[str, set[str | None]] = {}
     causes: dict[str, list[str]] = {}
+    variant_keys = {
+        name: instance.get_dynamic_partitions(asset_graph.get(dg.AssetKey(name)).partitions_def.name)
+        for name in graph.by_variant
+    }
     for name in graph.order:
         key = dg.AssetKey.from_user_string(name)
-        for partition in partitions if name in graph.partitioned else [None]:
+        keys = partitions if name in graph.partitioned else variant_keys.get(name, [None])
+        for partition in keys:
             status = resolver.get_status(key, partition)
             if status == StaleStatus.FRESH:
                 continue
@@ -76,7 +87,7 @@ def read_state(
             failed.setdefault(gate.check.asset_key.to_user_string(), []).append(
                 Failed(gate.name, gate.detail, gate.not_run)
             )
-    return GraphState(graph, stale, causes, failed)
+    return GraphState(graph, stale, causes, failed, variant_keys)
 
 
 def _label(key) -> str:  # noqa: ANN001 (AssetKeyPartitionKey)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages.prompt_config import DEFAULT_PROMPTS, PLAIN, PromptSearchConfig, PromptVariant
+
 BUNDLED_MODELS = ("smollm2-135m-instruct", "tiny-random")
 
 
@@ -368,12 +370,6 @@ class EvaluationConfig(_Section):
         "small model's repetition loops; serve with the same value to get the evaluated behaviour.",
     )
     batch_size: int = Field(8, ge=1, description="Generation batch; bounded to keep memory flat.")
-    system_prompt: str = Field(
-        "You are an expert Python developer. Answer with the concise reference documentation of the "
-        "Python object you are asked about, in the style of its docstring.",
-        description="Used by the base_system_prompt baseline.",
-    )
-    few_shot_k: int = Field(2, ge=0, description="Train examples shown to the base_few_shot baseline.")
     primary_metric: Literal["perplexity", "rouge_l"] = "perplexity"
     promotion_margin: float = Field(
         0.0, ge=0.0, description="Relative improvement over champion (and base) needed to promote."
@@ -423,6 +419,43 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     export: ExportConfig = ExportConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    prompts: list[PromptVariant] = Field(
+        list(DEFAULT_PROMPTS), description="Prompt variants, each scored on the model kinds it names."
+    )
+    prompt_search: PromptSearchConfig = PromptSearchConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:  # noqa: ANN401
+        evaluation = raw.get("evaluation") if isinstance(raw, dict) else None
+        moved = [
+            k for k in ("system_prompt", "few_shot_k") if isinstance(evaluation, dict) and k in evaluation
+        ]
+        if moved:
+            raise ValueError(f"evaluation.{moved[0]} moved to the prompts: list (a variant's system / "
+                             "examples.k); see configs/default.yaml")  # fmt: skip
+        return raw
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_are_usable(cls, value: list[PromptVariant]) -> list[PromptVariant]:
+        names = [v.name for v in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variant name(s) {', '.join(twice)} used twice; give each variant its own name")
+        plain = next((v for v in value if v.name == PLAIN), None)
+        if plain is None or not {"base", "fine_tuned"} <= set(plain.models):
+            raise ValueError(f"list a variant named {PLAIN} with models [base, fine_tuned]: every model is "
+                             "compared on it (template '{instruction}' is the records' own prompts)")  # fmt: skip
+        return value
+
+    def variant(self, name: str) -> PromptVariant:
+        found = next((v for v in self.prompts if v.name == name), None)
+        if found is None:
+            raise ConfigError(
+                f"no prompt variant {name!r}; the config has {', '.join(v.name for v in self.prompts)}"
+            )
+        return found
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, as logged to MLflow params."""

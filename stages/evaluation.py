@@ -21,13 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages import metrics
-from stages.chat import IGNORE_INDEX, label_positions, prompt_messages, render_prompts, response_text
+from stages.chat import IGNORE_INDEX, label_positions, render_prompts, response_text
 from stages.serving import decode_answer, decoding_config
-from stages.split import eval_score
 
+# The report's contract rows (DESIGN.md): the base model with today's three variants, and the models.
 VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned", "champion")
-# Baselines that change the prompt; a document has none, so on a text-only set they equal zero-shot.
-PROMPT_BASELINES = ("base_system_prompt", "base_few_shot")
 
 _ANSWER = {
     "loss/perplexity": "the answer's tokens and EOS, given the prompt (the last assistant turn of a dialogue)",
@@ -54,25 +52,6 @@ METRICS_BY_SCHEMA: dict[str, dict[str, str | None]] = {
         "reward_margin": "chosen minus rejected reward on the training pairs (report.preference)",
     },
 }
-
-
-def variant_conversations(
-    variant: str, records: list[dict[str, Any]], shots: list[dict[str, Any]], system_prompt: str
-) -> list[list[dict[str, str]]]:
-    """The prompt each variant sees for each record (everything before the answer)."""
-    convs = []
-    for record in records:
-        prompt = prompt_messages(record)
-        if variant == "base_system_prompt":
-            prompt = [
-                {"role": "system", "content": system_prompt},
-                *(m for m in prompt if m["role"] != "system"),
-            ]
-        elif variant == "base_few_shot":
-            demos = [m for shot in shots for m in shot["messages"] if m["role"] != "system"]
-            prompt = [*demos, *prompt]
-        convs.append(prompt)
-    return convs
 
 
 def _batches(lengths: list[int], max_batch: int, token_budget: int) -> Iterator[list[int]]:
@@ -261,21 +240,14 @@ class Item:
     shown: str  # the prompt as a person reads it (samples)
 
 
-def applies(variant: str, records: list[dict[str, Any]]) -> bool:
-    """A prompt baseline needs a record with a prompt; on documents alone it would be zero-shot again."""
-    return variant not in PROMPT_BASELINES or any(r["schema"] != "text" for r in records)
-
-
 def eval_items(
-    variant: str,
+    conversations: list[list[dict[str, str]]],
     records: list[dict[str, Any]],
-    shots: list[dict[str, Any]],
-    system_prompt: str,
     tokenizer: Any,
     max_new_tokens: int,
 ) -> list[Item]:
-    """What `variant` is scored on for each record, in order."""
-    prompts = render_prompts(tokenizer, variant_conversations(variant, records, shots, system_prompt))
+    """What each record is scored on, asked as `conversations` (stages/prompts.py), in order."""
+    prompts = render_prompts(tokenizer, conversations)
     items = []
     for record, prompt in zip(records, prompts, strict=True):
         if record["schema"] == "text":
@@ -330,15 +302,3 @@ def score(
         "continuations": len(items) - len(answers),
     }
     return scores, texts
-
-
-def few_shot_examples(train: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
-    """k short original train records with a prompt, chosen by a stable hash (same shots every run)."""
-    originals = [
-        r
-        for r in train
-        if r.get("augmentation") == "none"
-        and r["schema"] != "text"
-        and len(r["messages"][-1]["content"]) < 400
-    ]
-    return sorted(originals, key=lambda r: eval_score(r["id"], seed + 7))[:k]

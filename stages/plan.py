@@ -17,7 +17,10 @@ class Graph:
 
     order: list[str]  # topological
     parents: dict[str, set[str]]
-    partitioned: set[str]
+    partitioned: set[str]  # by landing file
+    by_variant: set[str] = field(
+        default_factory=set
+    )  # by prompt variant: a run per partition, after their inputs
 
     def ancestors(self, asset: str) -> set[str]:
         seen: set[str] = set()
@@ -51,10 +54,12 @@ class Plan:
     partitions: dict[str, list[str]] = field(default_factory=dict)  # landing partition -> assets, in order
     assets: list[str] = field(default_factory=list)  # unpartitioned assets, in dependency order
     blocked: dict[str, list[Failed]] = field(default_factory=dict)  # asset -> the gates that stop it
+    variants: dict[str, list[str]] = field(default_factory=dict)  # by-variant asset -> partitions to run
+    after_variants: list[str] = field(default_factory=list)  # assets of `assets` that read those partitions
 
     @property
     def empty(self) -> bool:
-        return not self.partitions and not self.assets
+        return not self.partitions and not self.assets and not self.variants
 
 
 def plan_run(
@@ -64,10 +69,12 @@ def plan_run(
     failed_gates: dict[str, list[Failed]],
     select: set[str] | None = None,
     full: bool = False,
+    variant_keys: dict[str, list[str]] | None = None,
 ) -> Plan:
     """The assets (and partitions) to materialise, and those a failed gate upstream holds back.
 
     - `stale`: asset -> partition keys (None when unpartitioned) Dagster reports stale or missing;
+    - `variant_keys`: each by-variant asset's partitions (all of them run when an input reruns);
     - `failed_gates`: asset -> its blocking checks that did not pass on its latest materialisation;
     - `select` limits the run to those assets; `full` redoes them whether stale or not.
     An asset whose own gate never ran on its latest materialisation is rerun (that runs the gate);
@@ -84,24 +91,56 @@ def plan_run(
         here |= {d for d in graph.descendants(here) if d in graph.partitioned}
         if here & chosen:
             by_partition[key] = here & chosen
-    todo = {a for a in graph.order if a not in graph.partitioned and (full or None in stale.get(a, set()))}
+    keys = variant_keys or {}
+    todo = {a for a in graph.order if a not in graph.partitioned | graph.by_variant
+            and (full or None in stale.get(a, set()))}  # fmt: skip
     todo |= {a for a, gates in failed_gates.items() if any(g.not_run for g in gates)}
-    todo |= graph.descendants(todo | {a for assets in by_partition.values() for a in assets})
-    todo = {a for a in todo if a not in graph.partitioned} & chosen
+    variants = {a: set(keys.get(a, [])) if full else stale.get(a, set()) - {None} for a in graph.by_variant}
+    todo |= graph.descendants(todo | {a for assets in by_partition.values() for a in assets}
+                              | {a for a, ks in variants.items() if ks})  # fmt: skip
+    for asset in graph.by_variant & todo:  # an input reruns: every partition will be stale
+        variants[asset] = set(keys.get(asset, []))
+    todo = {a for a in todo if a not in graph.partitioned | graph.by_variant} & chosen
+    variants = {a: ks for a, ks in variants.items() if ks and a in chosen}
 
     plan = Plan()
-    for asset in [a for a in graph.order if a in todo or any(a in s for s in by_partition.values())]:
+    for asset in [
+        a for a in graph.order if a in todo or a in variants or any(a in s for s in by_partition.values())
+    ]:
         held = [g for parent in sorted(graph.ancestors(asset)) if parent not in todo
                 for g in failed_gates.get(parent, [])]  # fmt: skip
         if held:
             plan.blocked[asset] = held
     plan.assets = [a for a in graph.order if a in todo and a not in plan.blocked]
+    plan.variants = {a: sorted(variants[a]) for a in graph.order if a in variants and a not in plan.blocked}
+    plan.after_variants = [a for a in plan.assets if a in graph.descendants(plan.variants)]
     plan.partitions = {
         key: [a for a in graph.order if a in assets and a not in plan.blocked]
         for key, assets in sorted(by_partition.items())
         if assets - set(plan.blocked)
     }
     return plan
+
+
+def run_order(graph: Graph, plan: Plan) -> list[tuple[list[str], str | None]]:
+    """The plan's cross-file part as runs, in order: (assets, None) for unpartitioned assets together,
+    (asset, partition) for each by-variant partition once its inputs are done. A job holds one
+    partitions definition, hence a run per partition; the unpartitioned assets that need none of
+    them share one run before, the rest one run after."""
+    pending, variants, runs = list(plan.assets), dict(plan.variants), []
+    while pending or variants:
+        waiting = set(pending) | set(variants)
+        ready = [a for a in variants if not graph.ancestors(a) & (waiting - {a})]
+        if ready:
+            for asset in ready:
+                runs += [([asset], key) for key in variants.pop(asset)]
+            continue
+        group = [a for a in pending if not graph.ancestors(a) & set(variants)]
+        if not group:
+            raise ValueError(f"no order runs {pending} and {list(variants)}: the graph has a cycle")
+        runs.append((group, None))
+        pending = [a for a in pending if a not in group]
+    return runs
 
 
 def retrain(plan: Plan, model: str) -> tuple[list[str], str]:
@@ -121,7 +160,15 @@ def retrain(plan: Plan, model: str) -> tuple[list[str], str]:
         )
     if model not in plan.assets:
         return [], f"{model} is up to date with its data, config and code"
-    return plan.assets, f"{model} is stale: materialising {', '.join(plan.assets)}"
+    # A scheduled run holds one partitions definition: what reads the prompt partitions waits for
+    # `tunegraph run` (which scores them first), rather than comparing the new model with old scores.
+    assets = [a for a in plan.assets if a not in plan.after_variants]
+    waiting = (
+        f"; {', '.join(plan.after_variants)} wait for the prompt partitions (`tunegraph run`)"
+        if plan.after_variants
+        else ""
+    )
+    return assets, f"{model} is stale: materialising {', '.join(assets)}{waiting}"
 
 
 def unread_partitions(plan: Plan, being_read: set[str]) -> dict[str, list[str]]:

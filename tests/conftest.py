@@ -226,7 +226,8 @@ def unsynced(instance) -> dict[str, list[str]]:  # noqa: ANN001
 
 
 ALL_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
-              "base_model", "fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation",
+              "base_model", "base_prompt_evaluation", "prompt_search", "fine_tuned_model",
+              "fine_tuned_prompt_evaluation", "preference_pairs", "preference_model", "model_evaluation",
               "gguf_model"]  # fmt: skip
 
 

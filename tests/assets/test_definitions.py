@@ -19,6 +19,7 @@ def test_definitions_hold_the_graph_in_groups():
         "landing_file": "sources",
         "preference_files": "sources",
         "pipeline_config": "sources",
+        "prompt_variant": "sources",
         "raw_corpus": "data",
         "clean_corpus": "data",
         "deduplicated_corpus": "data",
@@ -28,6 +29,9 @@ def test_definitions_hold_the_graph_in_groups():
         "fine_tuned_model": "model",
         "preference_pairs": "preference",
         "preference_model": "preference",
+        "base_prompt_evaluation": "evaluation",
+        "fine_tuned_prompt_evaluation": "evaluation",
+        "prompt_search": "evaluation",
         "model_evaluation": "evaluation",
         "gguf_model": "model",
     }
@@ -42,6 +46,9 @@ def test_definitions_hold_the_graph_in_groups():
     assert by_name["clean_corpus"] == {"raw_corpus", "pipeline_config"}
     assert by_name["raw_corpus"] == {"landing_file", "pipeline_config"}
     assert by_name["gguf_model"] == {"model_evaluation", "deduplicated_corpus", "pipeline_config"}
+    # A prompt partition reads its own variant's text, its model and the data; nothing of training.
+    assert by_name["base_prompt_evaluation"] == {"base_model", "deduplicated_corpus", "augmented_corpus",
+                                                 "prompt_variant", "pipeline_config"}  # fmt: skip
     for key in graph.materializable_asset_keys:
         assert graph.get(key).code_version, f"{key} has no code_version"
 
@@ -62,6 +69,11 @@ def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
     assert reads("preference_model") == [*decoding, "preference", "tracking", "training"]
     assert reads("model_evaluation") == ["data.seed", "evaluation", "tracking"]
     assert reads("gguf_model") == ["export", "tracking"]
+    # Not `evaluation` whole: a new promotion margin re-scores no prompt (each variant's own text is
+    # its partition's dependency on prompt_variant).
+    scoring = ["data.seed", "evaluation.max_examples", *decoding, "tracking"]
+    assert reads("base_prompt_evaluation") == reads("fine_tuned_prompt_evaluation") == scoring
+    assert reads("prompt_search") == sorted(["prompt_search", *scoring])
 
 
 def test_data_checks_block_and_model_checks_hold_nothing_back():

@@ -6,7 +6,9 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import pytest
+import yaml
 from conftest import (
+    TINY_CONFIG,
     materialisations,
     output,
     sensor_tick,
@@ -31,6 +33,9 @@ from stages.launch import cpu_allocator
 from stages.tables import read_json, read_rows, write_rows
 
 BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
+# configs/tiny.yaml's rows: four variants on the base model, two on the fine-tuned one, the search's winner.
+ROWS = ["base_few_shot", "base_retrieved_context", "base_searched", "base_system_prompt", "base_zero_shot",
+        "fine_tuned", "fine_tuned_retrieved_context"]  # fmt: skip
 
 
 def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
@@ -109,17 +114,32 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert "eval_fine_tuned_perplexity" in run.data.metrics
     # ...as MLflow's training-runs view shows it: a model-development experiment, the run named by
     # its version and data, its train and held-out records as inputs digested by content, and the
-    # same `eval/*` metrics as each prompting baseline's run, for the runs table and charts.
+    # same `eval/*` metrics as each leaderboard row's run, for the runs table and charts.
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     tokens_version = latest_data_version(instance, "tokenized_dataset")
     assert run.info.run_name == f"sft v1 · data {tokens_version[:8]}"
     inputs = {d.dataset.name: (d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
     assert inputs["train"] == (tokens_version, "training") and inputs["held_out"][1] == "evaluation"
-    baselines = {r.data.tags["tunegraph.baseline"]: r for r in baselines_runs(client, run.info.experiment_id)}
-    assert sorted(baselines) == ["base_few_shot", "base_system_prompt", "base_zero_shot"]
-    for scored in [run, *baselines.values()]:
+    rows = {
+        r.data.tags["tunegraph.leaderboard_row"]: r for r in leaderboard_runs(client, run.info.experiment_id)
+    }
+    assert sorted(rows) == ROWS
+    assert {r: rows[r].data.tags["tunegraph.row_kind"] for r in ("base_few_shot", "fine_tuned")} == {
+        "base_few_shot": "prompt", "fine_tuned": "model"}  # fmt: skip
+    for scored in [run, *rows.values()]:
         assert {"eval/perplexity", "eval/rouge_l", "eval/loss"} <= set(scored.data.metrics)
+    # One leaderboard: every row in the report with the same metrics, ranked; the searched prompt's
+    # dev and held-out scores side by side; the best prompt per model kind aliased in the registry.
+    assert sorted(r["row"] for r in report["leaderboard"]) == ROWS
+    assert [r["rank"] for r in report["leaderboard"]] == list(range(1, len(ROWS) + 1))
+    assert (
+        report["prompt_search"]["dev"]["rouge_l"] is not None
+        and report["prompt_search"]["held_out"]["perplexity"] > 1
+    )
+    assert set(report["best_prompts"]) == {"base", "fine_tuned"}
+    best = report["best_prompts"]["base"].removeprefix("base_")
+    assert client.get_prompt_version_by_alias(f"tunegraph-tiny.{best}", "best-base").version
     assert run.data.metrics["eval/perplexity"] == run.data.metrics["eval_fine_tuned_perplexity"]
     version = client.get_model_version("tunegraph-tiny", "1")
     # Tagged with the content versions Dagster recorded for its inputs.
@@ -164,16 +184,14 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert second["status"] == "success", second["errors"]
     after = materialisations(instance)
     assert {a: after[a] - before[a] for a in after if after[a] != before[a]} == {
-        "fine_tuned_model": 1, "preference_pairs": 1, "preference_model": 1, "model_evaluation": 1,
-        "gguf_model": 1,
+        "fine_tuned_model": 1, "fine_tuned_prompt_evaluation": 2, "preference_pairs": 1, "preference_model": 1,
+        "model_evaluation": 1, "gguf_model": 1,
     }  # fmt: skip
     assert unsynced(instance) == {} and build_report(instance)["registry"]["version"] == "2"
     v2_run = client.get_run(client.get_model_version("tunegraph-tiny", "2").run_id)
     assert v2_run.info.run_name == f"sft v2 · data {tokens_version[:8]} · training.learning_rate=0.0005"
-    # Same base model, eval set and decoding: the baselines come from their MLflow runs, not re-scored.
-    assert len(baselines_runs(client, run.info.experiment_id)) == 3
+    # Same base model, eval set and decoding: the base model's prompt partitions stay synced, not re-scored.
     retrained = read_json(output(instance, "model_evaluation") / "summary.json")
-    assert {v: b["cached"] for v, b in retrained["baselines"].items()} == dict.fromkeys(BASELINES, True)
     for variant in BASELINES:
         assert retrained["evaluation"][variant] == first_scores[variant], variant
 
@@ -197,8 +215,10 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     assert tick.total_requested == 3  # not preference_pairs: it follows the model, not the corpus
     followed = Runner(lr, instance).run(select=data_assets)  # what the automated run materialises
     assert followed["status"] == "success", followed["errors"]
-    retrain = ["fine_tuned_model", "preference_pairs", "preference_model", "model_evaluation", "gguf_model"]
-    assert retrain_decision(instance, graph)[0] == retrain
+    # The schedule retrains; the prompt partitions (a run each) and what reads them wait for `tunegraph run`.
+    retrain = ["prompt_search", "fine_tuned_model", "preference_pairs", "preference_model"]
+    assert retrain_decision(instance, graph) == (retrain, "fine_tuned_model is stale: materialising "
+        f"{', '.join(retrain)}; model_evaluation, gguf_model wait for the prompt partitions (`tunegraph run`)")  # fmt: skip
     schedule = defs.get_schedule_def("retrain_when_data_changed")
     with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
         [request] = schedule.evaluate_tick(context).run_requests
@@ -224,20 +244,22 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     same = lineage_of_file(client, "tunegraph-tiny", shards[0].name)
     assert len({r["content_hash"] for r in same}) == 1
 
-    # A new system prompt changes one baseline's prompts: only it is scored again, in a run of its own.
+    # A new system prompt changes one variant: only its partition is scored again, then the leaderboard.
+    prompts = [{**p, "system": "Answer briefly."} if p["name"] == "system_prompt" else p
+               for p in yaml.safe_load(TINY_CONFIG.read_text())["prompts"]]  # fmt: skip
     prompt = TunegraphSettings(home=str(home), config_path=str(write_config(
-        tmp_path / "prompt.yaml", training={"learning_rate": 5e-4}, evaluation={"system_prompt": "Answer briefly."})))  # fmt: skip
-    sources.record(instance, sources.source_changes(instance, prompt))
-    assert Runner(prompt, instance).run()["status"] == "success"
-    reprompted = read_json(output(instance, "model_evaluation") / "summary.json")
-    assert {v: b["cached"] for v, b in reprompted["baselines"].items()} == {
-        "base_zero_shot": True, "base_system_prompt": False, "base_few_shot": True,
-    }  # fmt: skip
-    assert len(baselines_runs(client, run.info.experiment_id)) == 4
+        tmp_path / "prompt.yaml", training={"learning_rate": 5e-4}, prompts=prompts)))  # fmt: skip
+    before = materialisations(instance)
+    reprompted = Runner(prompt, instance).run()
+    assert reprompted["status"] == "success" and reprompted["prompt_partitions"] == {
+        "base_prompt_evaluation": ["system_prompt"]}  # fmt: skip
+    after = materialisations(instance)
+    assert {a: after[a] - before[a] for a in after if after[a] != before[a]} == {
+        "base_prompt_evaluation": 1, "model_evaluation": 1, "gguf_model": 1}  # fmt: skip
 
 
-def baselines_runs(client, experiment_id: str) -> list:  # noqa: ANN001
-    return client.search_runs([experiment_id], "tags.`tunegraph.baseline` != ''")
+def leaderboard_runs(client, experiment_id: str) -> list:  # noqa: ANN001
+    return client.search_runs([experiment_id], "tags.`tunegraph.leaderboard_row` != ''")
 
 
 def test_empty_landing_folder_is_a_clear_error(home, instance, settings):

@@ -3,8 +3,10 @@
 import math
 
 from stages.chat import tokenize_records
-from stages.evaluation import applies, continuation, eval_items, few_shot_examples, score, text_nll
+from stages.evaluation import continuation, eval_items, score, text_nll
 from stages.model_source import _smollm2_tokenizer, tiny_random_model
+from stages.prompt_config import DEFAULT_PROMPTS, ExamplesSpec, PromptVariant
+from stages.prompts import applies, conversations, example_pool, random_examples
 
 DOC = ("The pathlib module represents filesystem paths as objects rather than strings, so a path can be "
        "joined with the slash operator and asked for its parent or suffix.")  # fmt: skip
@@ -19,7 +21,9 @@ def test_a_document_is_continued_from_its_first_half_and_scored_on_every_token()
     assert DOC.startswith(prefix) and len(prefix.split()) == len(DOC.split()) // 2
     assert len(tok(reference, add_special_tokens=False)["input_ids"]) <= 8
     assert DOC[len(prefix) :].strip().startswith(reference)
-    [doc, answer] = eval_items("base_few_shot", [TEXT, QA], [QA], "Be brief.", tok, max_new_tokens=8)
+    few_shot = PromptVariant(name="few_shot", examples=ExamplesSpec(k=1))
+    asked = conversations(few_shot, [TEXT, QA], [{**QA, "augmentation": "none"}], seed=0)
+    [doc, answer] = eval_items(asked, [TEXT, QA], tok, max_new_tokens=8)
     assert (doc.kind, doc.nll_prompt, doc.nll_target, doc.gen_prompt) == ("continuation", "", DOC, prefix)
     # The answer's prompt is the chat template's, with the few-shot demonstration before the question.
     assert (
@@ -45,20 +49,22 @@ def test_perplexity_of_a_document_is_the_training_loss_of_its_tokens():
 def test_metrics_that_do_not_apply_to_documents_are_none():
     tok = _smollm2_tokenizer()
     model = tiny_random_model(len(tok)).eval()
-    docs_only = eval_items("base_zero_shot", [TEXT, TEXT], [], "", tok, max_new_tokens=4)
+    zero_shot = DEFAULT_PROMPTS[0]
+    docs_only = eval_items(conversations(zero_shot, [TEXT, TEXT], [], 0), [TEXT, TEXT], tok, max_new_tokens=4)
     scores, texts = score(
         model, tok, docs_only, batch_size=2, max_new_tokens=4, repetition_penalty=1.0, desc="t"
     )
     assert scores["exact_match"] is None and scores["stop_rate"] is None
     assert scores["continuations"] == 2 and scores["perplexity"] > 1 and 0 <= scores["rouge_l"] <= 1
-    mixed = eval_items("base_zero_shot", [TEXT, QA], [], "", tok, max_new_tokens=4)
+    mixed = eval_items(conversations(zero_shot, [TEXT, QA], [], 0), [TEXT, QA], tok, max_new_tokens=4)
     scores, texts = score(model, tok, mixed, batch_size=2, max_new_tokens=4, repetition_penalty=1.0, desc="t")
     assert scores["stop_rate"] == 0.0 and scores["exact_match"] == 0.0  # over the one answer only
     assert scores["examples"] == 2 and scores["continuations"] == 1 and len(texts) == 2
 
 
-def test_prompt_baselines_need_a_prompt_and_shots_are_never_documents():
-    assert not applies("base_system_prompt", [TEXT]) and not applies("base_few_shot", [TEXT])
-    assert applies("base_zero_shot", [TEXT]) and applies("base_few_shot", [TEXT, QA])
+def test_prompt_variants_need_a_prompt_and_shots_are_never_documents():
+    zero_shot, system_prompt, few_shot = DEFAULT_PROMPTS
+    assert not applies(system_prompt, [TEXT]) and not applies(few_shot, [TEXT])
+    assert applies(zero_shot, [TEXT]) and applies(few_shot, [TEXT, QA])
     train = [{**TEXT, "augmentation": "none"}, {**QA, "augmentation": "none"}]
-    assert [r["id"] for r in few_shot_examples(train, k=2, seed=0)] == ["q"]
+    assert [r["id"] for r in random_examples(example_pool(train), k=2, seed=0)] == ["q"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stages.plan import Failed, Graph, plan_run, retrain, unread_partitions
+from stages.plan import Failed, Graph, plan_run, retrain, run_order, unread_partitions
 
 #   raw -> clean -> dedup -> augmented -> tokens -> model -> evaluation
 #                                      base ---------^
@@ -98,3 +98,35 @@ def test_stale_landing_files_no_run_reads_are_read_by_whoever_asks():
     assert unread_partitions(plan, set()) == {"a.jsonl": ["clean"], "b.jsonl": ["raw", "clean"]}
     assert unread_partitions(plan, {"b.jsonl"}) == {"a.jsonl": ["clean"]}  # a run is on its way for b
     assert unread_partitions(plan_run(GRAPH, {"model": {None}}, FILES, {}), set()) == {}
+
+
+#   base -> prompts[variant] -> evaluation <- model (prompts: one run per stale partition)
+VARIANT_GRAPH = Graph(
+    order=["base", "tokens", "prompts", "model", "evaluation"],
+    parents={
+        "base": set(),
+        "tokens": {"base"},
+        "prompts": {"base"},
+        "model": {"tokens"},
+        "evaluation": {"prompts", "model"},
+    },  # fmt: skip
+    partitioned=set(),
+    by_variant={"prompts"},
+)
+VARIANT_KEYS = {"prompts": ["few_shot", "zero_shot"]}
+
+
+def test_an_edited_variant_runs_its_partition_alone_then_what_reads_it():
+    plan = plan_run(VARIANT_GRAPH, {"prompts": {"few_shot"}}, [], {}, variant_keys=VARIANT_KEYS)
+    assert plan.variants == {"prompts": ["few_shot"]} and plan.assets == ["evaluation"]
+    assert run_order(VARIANT_GRAPH, plan) == [(["prompts"], "few_shot"), (["evaluation"], None)]
+
+
+def test_a_new_base_model_reruns_every_variant_partition_between_two_runs():
+    plan = plan_run(VARIANT_GRAPH, {"base": {None}}, [], {}, variant_keys=VARIANT_KEYS)
+    assert run_order(VARIANT_GRAPH, plan) == [
+        (["base", "tokens", "model"], None),
+        (["prompts"], "few_shot"),
+        (["prompts"], "zero_shot"),
+        (["evaluation"], None),
+    ]
