@@ -143,6 +143,8 @@ def model_evaluation(
             kind,
             client.get_prompt_version(prompt["name"], prompt["version"]),
         )
+        if kind == "fine_tuned":  # the model carries the prompt it answers best with (its Prompts tab)
+            client.link_prompt_version_to_model(prompt["name"], str(prompt["version"]), registry["model_id"])
     experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
     for row in here_rows(scored, here):
         log_row(client, experiment_id, row, scored[row]["model_kind"], scored[row]["variant"], results[row])
