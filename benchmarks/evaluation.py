@@ -9,7 +9,7 @@ model) is scored on the same examples twice, in one process:
   before  perplexity with logits at every position; greedy answers from `model.generate` on
           length-sorted batches, which keep every row until the batch's last one stops
   after   stages.evaluation.score: logits only at scored positions, and rows that leave the batch
-          at their EOS (greedy_until_eos)
+          at their EOS (stages/generation.py; since then their slots also go to waiting prompts)
 A retrain scores only the new model and the champion: the baselines come from their MLflow runs
 (assets/evaluation.py BaselineCache), so `rerun_s` is the fine-tuned model's `after` time twice
 (candidate and champion) plus the measured lookup of the three cached baselines in this folder's
