@@ -32,7 +32,7 @@ from stages.evaluation import (
     few_shot_examples,
     score,
 )
-from stages.model_source import load_saved
+from stages.inference import Placement, inference_placement, load_saved
 from stages.promotion import Candidate, choose
 from stages.tables import read_json, read_rows, write_json
 
@@ -45,7 +45,7 @@ BASE_VARIANTS = ("base_zero_shot", "base_system_prompt", "base_few_shot")
     code_version=code_version(
         "stages.evaluation",
         "stages.model_card",
-        "stages.model_source",
+        "stages.inference",
         "stages.promotion",
         "stages.content",
         "stages.tables",
@@ -92,9 +92,17 @@ def model_evaluation(
     if champion_version is not None and incumbent is None:
         sources["champion"] = ("champion",)
     decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
+    # Where training ran, in its precision: bf16 on this CPU class, the GPU's format on a GPU.
+    placement = inference_placement(cfg)
+    inference = placement.as_metadata()
+    context.log.info(
+        f"evaluating on {placement.device} in {inference['inference_dtype']} ({placement.precision.reason})"
+    )
     experiment_id = mlflow_tracking.experiment_id(cfg.tracking.experiment)
+    # A baseline scored in another dtype or on another device is not the same measurement.
+    scored_as = {**decoding, "device": placement.device, "dtype": inference["inference_dtype"]}
     baselines = BaselineCache(
-        client, experiment_id, latest_data_version(context.instance, "base_model"), decoding
+        client, experiment_id, latest_data_version(context.instance, "base_model"), scored_as
     )
     progress = Progress(context, sum(len(v) for v in sources.values()))
     baseline_runs: dict[str, dict[str, Any]] = {}  # variant -> its MLflow run, and whether it was cached
@@ -104,7 +112,7 @@ def model_evaluation(
         loaded = (
             None
             if source == "base"
-            else _load(source, folders, paths, mlflow_tracking, name, champion_version)
+            else _load(source, folders, paths, mlflow_tracking, name, champion_version, placement)
         )
         for variant in variants:
             tokenizer = loaded[1] if loaded else base_tokenizer
@@ -119,7 +127,9 @@ def model_evaluation(
             if result:
                 progress.done(variant, f"cached in MLflow run {result['run_id']}")
             else:
-                loaded = loaded or _load(source, folders, paths, mlflow_tracking, name, champion_version)
+                loaded = loaded or _load(
+                    source, folders, paths, mlflow_tracking, name, champion_version, placement
+                )
                 result = {"run_id": None, "scores": {}, "texts": {}}
                 for set_name, set_items in scored.items():
                     context.log.info(f"evaluating {variant} on {len(set_items)} examples of {set_name}")
@@ -161,7 +171,7 @@ def model_evaluation(
             items["base_zero_shot"], generations["base_zero_shot"], generations["fine_tuned"], strict=True
         )
     ][:8]
-    _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
+    _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding, inference)
     # The candidates' and the baselines' scores under the same metric names, one run each, so the
     # MLflow runs table and chart view compare fine-tunes with each other and with prompting.
     for variant, entry in candidates.items():
@@ -182,6 +192,7 @@ def model_evaluation(
         "schemas": dict(Counter(r["schema"] for r in records)),
         "metrics_by_schema": {s: METRICS_BY_SCHEMA[s] for s in sorted({r["schema"] for r in records})},
         "decoding": decoding,
+        "inference": inference,
         "primary_metric": ev.primary_metric,
         "registry": {
             "model_name": name,
@@ -212,6 +223,7 @@ def model_evaluation(
             "promoted": promoted,
             "reason": reason,
             "baselines_cached": sum(b["cached"] for b in baseline_runs.values()),
+            **inference,
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
             "model_card": dg.MetadataValue.md(
@@ -265,6 +277,7 @@ def _load(
     tracking: MlflowTracking,
     name: str,
     champion_version: str | None,
+    placement: Placement,
 ) -> tuple[Any, Any]:
     """The model behind a variant: an input's folder, or the champion's from MLflow."""
     if source in folders:
@@ -272,8 +285,7 @@ def _load(
     else:
         version = tracking.client().get_model_version(name, champion_version)
         folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
-    model, tokenizer = load_saved(folder)
-    return model.eval(), tokenizer
+    return load_saved(folder, placement)
 
 
 def _evaluated_card(
@@ -299,6 +311,7 @@ def _log_to_mlflow(
     table: list[dict],
     samples: list[dict],
     decoding: dict[str, Any],
+    inference: dict[str, str],
 ) -> None:
     client = tracking.client()
     now = int(time.time() * 1000)
@@ -310,7 +323,10 @@ def _log_to_mlflow(
         if value is not None  # a metric that does not apply to the schemas held out
     ]
     # A tag, not a param: a re-evaluation with other decoding settings may overwrite it.
-    tags = [RunTag("tunegraph.eval_decoding", json.dumps(decoding, sort_keys=True))]
+    tags = [
+        RunTag("tunegraph.eval_decoding", json.dumps(decoding, sort_keys=True)),
+        *(RunTag(f"tunegraph.eval_{k}", v) for k, v in inference.items()),
+    ]
     client.log_batch(run_id, metrics=batch, tags=tags)
     client.log_table(run_id, data=_columns(table), artifact_file="evaluation/comparison.json")
     client.log_table(run_id, data=_columns(samples), artifact_file="evaluation/samples.json")

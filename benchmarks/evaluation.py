@@ -39,7 +39,7 @@ from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
 from resources.tracking import MlflowTracking  # noqa: E402
 from stages.chat import IGNORE_INDEX  # noqa: E402
 from stages.evaluation import _batches, eval_items, few_shot_examples, left_padded, score, scored_batch  # noqa: E402
-from stages.model_source import load_saved  # noqa: E402
+from stages.inference import inference_placement, load_saved  # noqa: E402
 from stages.serving import decode_answer, decoding_config  # noqa: E402
 from stages.tables import read_rows  # noqa: E402
 
@@ -57,14 +57,15 @@ def before_score(
     total, count = 0.0, 0
     for batch in _batches([len(s) for s in seqs], batch_size, 8192):
         ids, labels, mask = scored_batch(tokenizer.pad_token_id, p_ids, r_ids, batch)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        labels = labels.to(model.device)
         total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                        ignore_index=IGNORE_INDEX, reduction="sum"))  # fmt: skip
         count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     g_ids = tokenizer([i.gen_prompt for i in items], add_special_tokens=False)["input_ids"]
     texts: list[str] = [""] * len(items)
     for batch in _batches([len(p) + max_new for p in g_ids], batch_size, 8192):
-        ids, mask = left_padded(tokenizer.pad_token_id, g_ids, batch)
+        ids, mask = (t.to(model.device) for t in left_padded(tokenizer.pad_token_id, g_ids, batch))
         width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask,
                              generation_config=decoding_config(tokenizer, max_new, penalty))[:, width:]  # fmt: skip
@@ -92,17 +93,20 @@ def main() -> None:
         records = read_rows(current["deduplicated_corpus"] / "eval" / "held_out.parquet")[: ev.max_examples]
         shots = few_shot_examples(read_rows(current["augmented_corpus"] / "train.parquet"), ev.few_shot_k,
                                   cfg.data.seed)  # fmt: skip
-        models = {"base": current["base_model"] / "model", "fine_tuned": current["fine_tuned_model"] / "model"}
+        models = {
+            "base": current["base_model"] / "model",
+            "fine_tuned": current["fine_tuned_model"] / "model",
+        }
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(
             f"{err}: run `make demo` first, or pass --home with a state folder where it ran"
         ) from err
 
     torch.manual_seed(0)
+    placement = inference_placement(cfg)  # where the evaluation runs: the training device and precision
     rows: dict[str, dict[str, Any]] = {}
     for source, variants in (("base", BASE_VARIANTS), ("fine_tuned", ("fine_tuned",))):
-        model, tokenizer = load_saved(models[source])
-        model.eval()
+        model, tokenizer = load_saved(models[source], placement)
         for variant in variants:
             items = eval_items(variant, records, shots, ev.system_prompt, tokenizer, ev.max_new_tokens)
             start = time.perf_counter()

@@ -17,7 +17,7 @@ from resources.settings import Paths
 from resources.tracking import MlflowTracking
 from stages import hub
 from stages.config import load_config
-from stages.model_source import load_saved
+from stages.inference import inference_placement, load_saved
 from stages.serving import stream_reply
 from stages.tables import read_json
 
@@ -29,8 +29,8 @@ def chat(paths: Paths, config: Path, model_ref: str, question: str | None, syste
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    model, tokenizer = load_saved(folder)
-    model.eval()
+    # Where training ran, in its precision: the answers the evaluation measured.
+    model, tokenizer = load_saved(folder, inference_placement(load_config(config)))
     opening = [{"role": "system", "content": system}] if system else []
     if question:
         stream_reply(model, tokenizer, [*opening, {"role": "user", "content": question}], write=_write)
