@@ -27,7 +27,7 @@ from stages.content import content_hash
 from stages.decontamination import contamination, record_text
 from stages.dedup import residual_duplicate_of
 from stages.evaluation import generate
-from stages.model_source import load_saved
+from stages.inference import Placement, inference_placement, load_saved
 from stages.readers import schema_problem
 from stages.scan_cache import CleanSet, Texts
 from stages.tables import with_new_records, write_json, write_table
@@ -61,7 +61,7 @@ GATES = {
     code_version=code_version(
         "stages.augmentation",
         "stages.evaluation",
-        "stages.model_source",
+        "stages.inference",
         "stages.decontamination",
         "stages.pii",
         "stages.dedup",
@@ -90,8 +90,9 @@ def augmented_corpus(
     train = pq.read_table(deduplicated_corpus / "train.parquet")
     aug = cfg.data.augmentation
     new = augment_table(train, aug.max_share, cfg.data.seed, aug.few_shot_k) if aug.enabled else []
-    if aug.enabled and aug.model_paraphrase:
-        new = _with_model_paraphrases(context, settings, new, train.to_pylist())
+    placement = inference_placement(cfg) if aug.enabled and aug.model_paraphrase else None
+    if placement is not None:
+        new = _with_model_paraphrases(context, settings, new, train.to_pylist(), placement)
     methods = Counter({"none": train.num_rows} if train.num_rows else {}) + Counter(
         r["augmentation"] for r in new
     )
@@ -113,6 +114,7 @@ def augmented_corpus(
             "train_examples": n_rows,
             "augmented": len(new),
             "augmented_share": round(len(new) / max(n_rows, 1), 4),
+            **(placement.as_metadata() if placement else {}),  # where the base model paraphrased
             "methods": counts_table(dict(methods), key="method"),
             "sample": md_table(
                 [{"source_id": r["source_id"], "prompt": r["messages"][-2]["content"]} for r in new],
@@ -129,6 +131,7 @@ def _with_model_paraphrases(
     settings: TunegraphSettings,
     new: list[dict],
     train: list[dict],
+    placement: Placement,
 ) -> list[dict]:
     paths = settings.paths()
     base_model = output_folder(context.instance, "base_model")  # Dagster's record, as an input would be
@@ -136,7 +139,7 @@ def _with_model_paraphrases(
         raise dg.Failure(
             "data.augmentation.model_paraphrase needs the base model: materialise base_model first"
         )
-    model, tokenizer = load_saved(base_model / "model")
+    model, tokenizer = load_saved(base_model / "model", placement)
     ev = settings.config().evaluation
 
     def rewrite(prompts: list[str]) -> list[str]:

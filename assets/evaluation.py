@@ -26,7 +26,7 @@ from stages import leaderboard, model_card
 from stages.code_version import code_version
 from stages.content import content_hash
 from stages.evaluation import METRICS_BY_SCHEMA
-from stages.model_source import load_saved
+from stages.inference import Placement, inference_placement, load_saved
 from stages.promotion import Candidate, choose
 from stages.prompt_config import PLAIN
 from stages.prompt_registry import set_best
@@ -46,7 +46,7 @@ PROMOTION_BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
         "stages.evaluation",
         "stages.leaderboard",
         "stages.model_card",
-        "stages.model_source",
+        "stages.inference",
         "stages.promotion",
         "stages.prompts",
         "stages.prompt_registry",
@@ -99,9 +99,12 @@ def model_evaluation(
     here = {"preference": [cfg.variant(PLAIN)]} if "preference" in candidates else {}
     if champion_version is not None and incumbent is None:
         here["champion"] = [v for v in cfg.prompts if "champion" in v.models]
+    # Where training ran, in its precision: bf16 on this CPU class, the GPU's format on a GPU.
+    placement = inference_placement(cfg)
+    inference = placement.as_metadata()
     progress = Progress(context, sum(len(v) for v in here.values()))
     for source, variants in here.items():
-        model, tokenizer = _load(source, folders, paths, mlflow_tracking, name, champion_version)
+        model, tokenizer = _load(source, folders, paths, mlflow_tracking, name, champion_version, placement)
         for variant in variants:
             result = score_variant(
                 model, tokenizer, variant, eval_sets, pool, cfg, f"{source}/{variant.name}"
@@ -156,7 +159,7 @@ def model_evaluation(
         for b, f in zip(plain_base["samples"], plain_tuned["samples"], strict=True)
     ] if plain_base and plain_tuned else []  # fmt: skip
     decoding = {"max_new_tokens": ev.max_new_tokens, "repetition_penalty": ev.repetition_penalty}
-    _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding)
+    _log_to_mlflow(mlflow_tracking, registry["mlflow_run_id"], results, table, samples, decoding, inference)
     # The candidates' scores under the same metric names as every leaderboard run, so the MLflow
     # runs table and chart view compare fine-tunes with each other and with prompting.
     for variant, entry in candidates.items():
@@ -180,6 +183,7 @@ def model_evaluation(
         "schemas": dict(Counter(r["schema"] for r in records)),
         "metrics_by_schema": {s: METRICS_BY_SCHEMA[s] for s in sorted({r["schema"] for r in records})},
         "decoding": decoding,
+        "inference": inference,
         "primary_metric": ev.primary_metric,
         "registry": {
             "model_name": name,
@@ -208,6 +212,7 @@ def model_evaluation(
             "promoted": promoted,
             "reason": reason,
             "best_prompts": ", ".join(f"{k}: {v}" for k, v in best_prompts.items()),
+            **inference,
             "model_version": f"{name} v{version}",
             "champion_version": str(new_champion),
             "model_card": dg.MetadataValue.md(
@@ -292,6 +297,7 @@ def _load(
     tracking: MlflowTracking,
     name: str,
     champion_version: str | None,
+    placement: Placement,
 ) -> tuple[Any, Any]:
     """The model behind a variant: an input's folder, or the champion's from MLflow."""
     if source in folders:
@@ -299,8 +305,7 @@ def _load(
     else:
         version = tracking.client().get_model_version(name, champion_version)
         folder = tracking.model_dir(version, paths.model_cache(name, champion_version))
-    model, tokenizer = load_saved(folder)
-    return model.eval(), tokenizer
+    return load_saved(folder, placement)
 
 
 def _evaluated_card(
@@ -326,6 +331,7 @@ def _log_to_mlflow(
     table: list[dict],
     samples: list[dict],
     decoding: dict[str, Any],
+    inference: dict[str, str],
 ) -> None:
     client = tracking.client()
     now = int(time.time() * 1000)
@@ -337,7 +343,10 @@ def _log_to_mlflow(
         if value is not None  # a metric that does not apply to the schemas held out
     ]
     # A tag, not a param: a re-evaluation with other decoding settings may overwrite it.
-    tags = [RunTag("tunegraph.eval_decoding", json.dumps(decoding, sort_keys=True))]
+    tags = [
+        RunTag("tunegraph.eval_decoding", json.dumps(decoding, sort_keys=True)),
+        *(RunTag(f"tunegraph.eval_{k}", v) for k, v in inference.items()),
+    ]
     client.log_batch(run_id, metrics=batch, tags=tags)
     client.log_table(run_id, data=_columns(table), artifact_file="evaluation/comparison.json")
     client.log_table(run_id, data=_columns(samples), artifact_file="evaluation/samples.json")

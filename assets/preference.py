@@ -26,8 +26,8 @@ from stages.code_version import code_version
 from stages.content import content_hash
 from stages.decontamination import eval_ngrams, ngrams
 from stages.evaluation import generate
+from stages.inference import Placement, inference_placement, load_saved
 from stages.lineage import dpo_lineage
-from stages.model_source import load_saved
 from stages.split import eval_score
 from stages.tables import read_json, read_rows, write_json, write_rows
 
@@ -52,7 +52,7 @@ DISABLED = {"enabled": False, "pairs": 0}
         "stages.cleaning",
         "stages.decontamination",
         "stages.evaluation",
-        "stages.model_source",
+        "stages.inference",
         "stages.split",
         "stages.content",
         "stages.tables",
@@ -102,7 +102,12 @@ def preference_pairs(
             f"preference.enabled but no files in {paths.preference_landing} and preference.synthetic is false: "
             "add prompt/chosen/rejected files there (see the README) or set preference.synthetic: true"
         )
-    synthetic = None if files else _synthetic(context, settings, augmented_corpus, fine_tuned_model)
+    placement = None if files else inference_placement(cfg)
+    synthetic = (
+        None
+        if placement is None
+        else _synthetic(context, settings, augmented_corpus, fine_tuned_model, placement)
+    )
     built = preferences.build_pairs(files, synthetic, cfg, eval_records(deduplicated_corpus))
     kept, summary, reasons = built.kept, built.summary, built.summary["dropped"]
     out = new_output(context, paths)
@@ -117,6 +122,7 @@ def preference_pairs(
         metadata={
             "enabled": True,
             "synthetic": summary["synthetic"],
+            **(placement.as_metadata() if placement else {}),  # where the rejected answers were generated
             "pairs": len(kept),
             "dropped": counts_table(dict(reasons)),
             "sample": md_table(
@@ -304,16 +310,23 @@ def preference_model(
 
 
 def _synthetic(
-    context: dg.AssetExecutionContext, settings: TunegraphSettings, augmented: Path, fine_tuned: Path
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    augmented: Path,
+    fine_tuned: Path,
+    placement: Placement,
 ) -> list[dict]:
     """The fine-tuned model answers some original train prompts; pairs where the reference is better."""
     cfg = settings.config()
     pref = cfg.preference
     train = [r for r in read_rows(augmented / "train.parquet") if r["augmentation"] == "none"]
     train = sorted(train, key=lambda r: eval_score(r["id"], cfg.data.seed + 11))[: pref.synthetic_examples]
-    model, tokenizer = load_saved(fine_tuned / "model")
-    context.log.info(f"synthetic pairs: the fine-tuned model answers {len(train)} train prompts")
-    outputs = generate(model.eval(), tokenizer, [r["messages"][:-1] for r in train], cfg.evaluation.max_new_tokens,
+    model, tokenizer = load_saved(fine_tuned / "model", placement)
+    context.log.info(
+        f"synthetic pairs: the fine-tuned model answers {len(train)} train prompts "
+        f"on {placement.device} in {placement.dtype}"
+    )
+    outputs = generate(model, tokenizer, [r["messages"][:-1] for r in train], cfg.evaluation.max_new_tokens,
                        cfg.evaluation.batch_size, desc="synthetic rejected answers",
                        repetition_penalty=cfg.evaluation.repetition_penalty)  # fmt: skip
     del model

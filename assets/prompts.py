@@ -31,7 +31,7 @@ from stages import metrics
 from stages.code_version import code_version
 from stages.content import content_hash
 from stages.evaluation import Item, eval_items, score
-from stages.model_source import load_saved
+from stages.inference import inference_placement, load_saved
 from stages.prompt_config import PromptVariant
 from stages.prompt_registry import prompt_name, register
 from stages.prompt_search import SEARCHED, dev_split, search
@@ -40,9 +40,10 @@ from stages.tables import read_rows, write_json
 
 EVAL_METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate", "prompt_tokens")
 # Everything a variant's scores depend on besides its text, the model and the data.
+# The number format the model runs in too (stages/inference.py): bf16 scores are another measurement.
 SCORING_KEYS = ("evaluation.max_examples", "evaluation.max_new_tokens", "evaluation.repetition_penalty",
-                "data.seed", "tracking")  # fmt: skip
-PROMPT_CODE = code_version("stages.evaluation", "stages.prompts", "stages.prompt_registry", "stages.model_source",
+                "data.seed", "tracking", "training.precision", "model.dtype")  # fmt: skip
+PROMPT_CODE = code_version("stages.evaluation", "stages.prompts", "stages.prompt_registry", "stages.inference",
                            "stages.content", "stages.tables", asset_module=__name__)  # fmt: skip
 
 
@@ -104,8 +105,8 @@ def _evaluate_partition(
     variant = cfg.variant(context.partition_key)
     eval_sets = read_eval_sets(deduplicated_corpus, cfg.evaluation.max_examples)
     pool = example_pool(read_rows(augmented_corpus / "train.parquet"))
-    model, tokenizer = load_saved(model_folder / "model")
-    model.eval()
+    placement = inference_placement(cfg)  # the training device and precision
+    model, tokenizer = load_saved(model_folder / "model", placement)
     result = score_variant(model, tokenizer, variant, eval_sets, pool, cfg, f"{kind}/{variant.name}")
     tracking.activate()
     client = tracking.client()
@@ -121,6 +122,7 @@ def _evaluate_partition(
         "model": str(model_folder),  # model_evaluation checks it scored the model it compares
         "prompt": {"name": version.name, "version": str(version.version), "uri": version.uri},
         "mlflow_run_id": run_id,
+        "inference": placement.as_metadata(),
         **result,
     }
     out = new_output(context, paths)
@@ -132,6 +134,7 @@ def _evaluate_partition(
             "row": row,
             **{m: held.get(m) for m in EVAL_METRICS if held.get(m) is not None},
             "prompt_version": f"{version.name} v{version.version}",
+            **placement.as_metadata(),
             "rendered_prompt": dg.MetadataValue.md(f"```\n{result['rendered_example']}\n```"),
             "samples": md_table(result["samples"], ["question", "reference", "answer"], limit=6, width=100),
             **recorded(out),
@@ -236,7 +239,7 @@ def log_row(
         "stages.evaluation",
         "stages.prompts",
         "stages.prompt_registry",
-        "stages.model_source",
+        "stages.inference",
         "stages.tables",
         "stages.content",
         asset_module=__name__,
@@ -268,8 +271,7 @@ def prompt_search(
     held_out_keys = {r[k] for p in (deduplicated_corpus / "eval").glob("*.parquet") for r in read_rows(p)
                      for k in ("record_key", "id")}  # fmt: skip
     dev, dev_pool = dev_split(train, held_out_keys, space.dev_examples, cfg.data.seed)
-    model, tokenizer = load_saved(base_model / "model")
-    model.eval()
+    model, tokenizer = load_saved(base_model / "model", inference_placement(cfg))
 
     def on_dev(variant: PromptVariant) -> dict[str, Any]:
         result = score_variant(model, tokenizer, variant, {"held_out": dev}, dev_pool, cfg, "search/dev")

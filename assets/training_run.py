@@ -27,8 +27,8 @@ from resources.training import TrainingLauncher
 from stages import checkpoints, launch, memory, model_card, plots, processes, serving
 from stages.config import PipelineConfig
 from stages.content import content_hash
+from stages.inference import Placement, inference_placement, load_saved
 from stages.lineage import run_name
-from stages.model_source import load_saved
 from stages.spec import MlflowTarget, TrainingSpec
 from stages.tables import read_json, read_rows, records_frame, write_json
 
@@ -78,6 +78,7 @@ class TrainedModel:
     plan: checkpoints.ResumePlan
     loss_png: dg.MetadataValue
     data_version: str  # the model folder's content (weights, tokenizer, decoding), not its card
+    inference: dict[str, str]  # where and in which dtype the model was loaded to be logged (Placement)
 
 
 def run_training(
@@ -162,7 +163,11 @@ def run_training(
             "max_new_tokens": cfg.evaluation.max_new_tokens,
             "repetition_penalty": cfg.evaluation.repetition_penalty,
         })  # fmt: skip
-        version, model_id = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model)
+        placement = inference_placement(cfg)
+        client.log_batch(
+            run_id, tags=[RunTag(f"tunegraph.{k}", v) for k, v in placement.as_metadata().items()]
+        )
+        version, model_id = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model, placement)
         name = run_name(job.run_name, job.resume_key["data_version"], params, previous, version)
         client.update_run(run_id, name=name)  # the version is known only now
         for key, value in {**tags, "tunegraph.model_dir": str(out / "model")}.items():
@@ -194,7 +199,9 @@ def run_training(
         client.set_terminated(run_id, "FAILED")  # never leave a crashed training RUNNING
         raise
     data_version = content_hash(out / "model", ignore=(model_card.FILE,))
-    return TrainedModel(summary, out, run_id, experiment_id, version, plan, loss_png, data_version)
+    return TrainedModel(
+        summary, out, run_id, experiment_id, version, plan, loss_png, data_version, placement.as_metadata()
+    )
 
 
 def _delete_unrecorded_versions(
@@ -248,6 +255,7 @@ def training_metadata(
         "registered_model": f"{registered_model} v{trained.version}",
         "registered_version": dg.MetadataValue.url(tracking.model_url(registered_model, trained.version)),
         "loss_curve": trained.loss_png,
+        **trained.inference,
     }
 
 
@@ -273,12 +281,13 @@ def _final_metrics(summary: dict) -> list[Metric]:
 
 
 def _log_and_register(
-    tracking: MlflowTracking, run_id: str, out: Path, registered_model: str
+    tracking: MlflowTracking, run_id: str, out: Path, registered_model: str, placement: Placement
 ) -> tuple[str, str]:
     """Log the merged model as a chat model (its chat template, its saved decoding); register it;
-    return (version, MLflow logged-model id)."""
+    return (version, MLflow logged-model id). Loaded as the evaluation loads it, so the logged weights
+    are in the dtype the evaluation measured (bf16 where training ran bf16: half the artifact)."""
     tracking.activate()
-    model, tokenizer = load_saved(out / "model")
+    model, tokenizer = load_saved(out / "model", placement)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = serving.log_chat_model(model, tokenizer, registered_model, PIP_REQUIREMENTS)
     return str(info.registered_model_version), info.model_id

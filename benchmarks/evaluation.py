@@ -10,7 +10,7 @@ in one process:
   before  perplexity with logits at every position; greedy answers from `model.generate` on
           length-sorted batches, which keep every row until the batch's last one stops
   after   stages.evaluation.score: logits only at scored positions, and rows that leave the batch
-          at their EOS (greedy_until_eos)
+          at their EOS (stages/generation.py; since then their slots also go to waiting prompts)
 A retrain scores only the new model's partitions: the base model's prompt partitions stay synced
 in Dagster, so `rerun_s` is the fine-tuned model's `after` time twice (candidate and champion, the
 champion scored when it is not the candidate). Reported per variant: seconds before and after, whether every answer is the same, and
@@ -37,7 +37,7 @@ from resources.outputs import output_folder  # noqa: E402
 from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
 from stages.chat import IGNORE_INDEX  # noqa: E402
 from stages.evaluation import _batches, eval_items, left_padded, score, scored_batch  # noqa: E402
-from stages.model_source import load_saved  # noqa: E402
+from stages.inference import inference_placement, load_saved  # noqa: E402
 from stages.prompts import conversations, example_pool  # noqa: E402
 from stages.serving import decode_answer, decoding_config  # noqa: E402
 from stages.tables import read_rows  # noqa: E402
@@ -56,14 +56,15 @@ def before_score(
     total, count = 0.0, 0
     for batch in _batches([len(s) for s in seqs], batch_size, 8192):
         ids, labels, mask = scored_batch(tokenizer.pad_token_id, p_ids, r_ids, batch)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        labels = labels.to(model.device)
         total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                        ignore_index=IGNORE_INDEX, reduction="sum"))  # fmt: skip
         count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     g_ids = tokenizer([i.gen_prompt for i in items], add_special_tokens=False)["input_ids"]
     texts: list[str] = [""] * len(items)
     for batch in _batches([len(p) + max_new for p in g_ids], batch_size, 8192):
-        ids, mask = left_padded(tokenizer.pad_token_id, g_ids, batch)
+        ids, mask = (t.to(model.device) for t in left_padded(tokenizer.pad_token_id, g_ids, batch))
         width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask,
                              generation_config=decoding_config(tokenizer, max_new, penalty))[:, width:]  # fmt: skip
@@ -100,11 +101,11 @@ def main() -> None:
         ) from err
 
     torch.manual_seed(0)
+    placement = inference_placement(cfg)  # where the evaluation runs: the training device and precision
     rows: dict[str, dict[str, Any]] = {}
     baselines = {f"base_{v}": v for v in ("zero_shot", "system_prompt", "few_shot")}
     for source, variants in (("base", baselines), ("fine_tuned", {"fine_tuned": "zero_shot"})):
-        model, tokenizer = load_saved(models[source])
-        model.eval()
+        model, tokenizer = load_saved(models[source], placement)
         for variant, name in variants.items():
             asked = conversations(cfg.variant(name), records, pool, cfg.data.seed)
             items = eval_items(asked, records, tokenizer, ev.max_new_tokens)

@@ -19,7 +19,7 @@ from resources.settings import Paths
 from resources.tracking import MlflowTracking
 from stages import hub, prompt_registry
 from stages.config import load_config
-from stages.model_source import load_saved
+from stages.inference import inference_placement, load_saved
 from stages.prompts import conversations, example_pool
 from stages.serving import stream_reply
 from stages.tables import read_json, read_rows
@@ -44,8 +44,8 @@ def chat(
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    model, tokenizer = load_saved(folder)
-    model.eval()
+    # Where training ran, in its precision: the answers the evaluation measured.
+    model, tokenizer = load_saved(folder, inference_placement(load_config(config)))
     opening = [{"role": "system", "content": system}] if system else []
 
     def messages(history: list[dict[str, str]], text: str) -> list[dict[str, str]]:

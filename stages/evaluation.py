@@ -7,8 +7,9 @@ perplexity of all its tokens, and the greedy continuation of its first half agai
 follows (ROUGE-L); exact match and stopping do not apply to it. METRICS_BY_SCHEMA says the same for
 the report.
 
-Both work in token-budgeted batches sorted by length, so memory stays flat whatever the prompt
-lengths (few-shot prompts are several times longer than zero-shot ones).
+Perplexity works in token-budgeted batches sorted by length, generation in a token-budgeted continuous
+batch (stages/generation.py), so memory stays flat whatever the prompt lengths (few-shot prompts are
+several times longer than zero-shot ones).
 """
 
 import re
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from stages import metrics
 from stages.chat import IGNORE_INDEX, label_positions, render_prompts, response_text
+from stages.generation import Decoder
 from stages.serving import decode_answer, decoding_config
 
 # The report's contract rows (DESIGN.md): the base model with today's three variants, and the models.
@@ -154,7 +156,6 @@ def generate(
     )
 
 
-@torch.no_grad()
 def generate_text(
     model: Any,
     tokenizer: Any,
@@ -167,60 +168,14 @@ def generate_text(
 ) -> list[dict[str, Any]]:
     """`generate` on prompts already rendered: a chat prompt, or the start of a document."""
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    device = next(model.parameters()).device
-    out: list[dict[str, Any]] = [{} for _ in prompts]
-    lengths = [len(p) + max_new_tokens for p in p_ids]
-    for batch in tqdm(list(_batches(lengths, batch_size, token_budget)), desc=desc, leave=False):
-        ids, mask = left_padded(tokenizer.pad_token_id, p_ids, batch)
-        # The decoding the fine-tuned model is saved with (generation_config.json): serving matches.
-        config = decoding_config(tokenizer, max_new_tokens, repetition_penalty)
-        generated = greedy_until_eos(model, ids.to(device), mask.to(device), config)
-        for row, i in enumerate(batch):
-            text, stopped = decode_answer(tokenizer, generated[row])
-            out[i] = {"text": text, "stopped": stopped}
-    return out
-
-
-@torch.no_grad()
-def greedy_until_eos(model: Any, ids: torch.Tensor, mask: torch.Tensor, config: Any) -> list[list[int]]:
-    """Greedy decoding as `model.generate(generation_config=config)` does it, per row: a row leaves
-    the batch (and its KV cache) at its EOS, so the rows still writing do not carry the finished ones.
-
-    `generate` keeps every row until the last one stops; with answers from 5 to 128 tokens in one
-    batch, most of its work was on rows already done. Same tokens: the same left-padded prompts,
-    position ids, repetition penalty (over prompt, padding and answer, as `generate` applies it)
-    and argmax (tests/unit/test_generation.py compares the two).
-    """
-    from transformers import DynamicCache, RepetitionPenaltyLogitsProcessor
-
-    penalty = (
-        RepetitionPenaltyLogitsProcessor(config.repetition_penalty)
-        if config.repetition_penalty != 1.0
-        else None
-    )
-    rows = torch.arange(len(ids), device=ids.device)  # the original row of each row still writing
-    out: list[list[int]] = [[] for _ in range(len(ids))]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    cache = DynamicCache(config=model.config)
-    step_ids, seqs = ids, ids
-    for step in range(config.max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1].float()  # fmt: skip
-        if penalty is not None:
-            logits = penalty(seqs, logits)
-        tokens = logits.argmax(-1)
-        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
-            out[row].append(token)
-        writing = (tokens != config.eos_token_id).nonzero().squeeze(1)
-        if step == config.max_new_tokens - 1 or len(writing) == 0:
-            break
-        if len(writing) < len(rows):
-            rows, tokens, seqs, mask = rows[writing], tokens[writing], seqs[writing], mask[writing]
-            cache.batch_select_indices(writing)
-        seqs = torch.cat([seqs, tokens[:, None]], dim=1)
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        positions = mask.long().sum(-1, keepdim=True) - 1
-        step_ids = tokens[:, None]
+    # The decoding the fine-tuned model is saved with (generation_config.json): serving matches.
+    config = decoding_config(tokenizer, max_new_tokens, repetition_penalty)
+    with tqdm(total=len(prompts), desc=desc, leave=False) as bar:
+        generated = Decoder(model, config, batch_size, token_budget).run(p_ids, on_done=bar.update)
+    out = []
+    for tokens in generated:
+        text, stopped = decode_answer(tokenizer, tokens)
+        out.append({"text": text, "stopped": stopped})
     return out
 
 

@@ -123,10 +123,3 @@ def save_base_model(base: str, out_dir: Path) -> dict[str, Any]:
         "chat_template_defaulted": template_defaulted,
         "chat_template": tokenizer.chat_template,
     }
-
-
-def load_saved(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """(model, tokenizer) from a folder written by `save_base_model` or the fine-tune."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    return model, tokenizer

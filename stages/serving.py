@@ -99,7 +99,7 @@ def stream_reply(
 ) -> Reply:
     """Answer the last user turn of `messages` with the model's saved decoding, writing it as it comes."""
     prompt = render_prompts(tokenizer, [messages])[0]
-    inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
     printer = _Printer(tokenizer, write)
     generated = model.generate(**inputs, streamer=printer)[0, inputs["input_ids"].shape[1] :].tolist()
     text, stopped = decode_answer(tokenizer, generated)

@@ -83,6 +83,20 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     for variant in ("base_zero_shot", "base_system_prompt", "base_few_shot", "fine_tuned"):
         assert report["evaluation"][variant]["perplexity"] > 1
     assert report["evaluation"]["champion"] is None  # no champion before the first promotion
+    # Evaluation picks the training device: the device and precision training recorded, in the
+    # evaluation's summary, its Dagster metadata and the candidate's MLflow run.
+    trained = read_json(output(instance, "fine_tuned_model") / "train_summary.json")
+    evaluated = read_json(output(instance, "model_evaluation") / "summary.json")["inference"]
+    expected = {"inference_device": trained["device"], "inference_precision": trained["precision"],
+                "inference_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[trained["precision"]]}  # fmt: skip
+    assert {k: evaluated[k] for k in expected} == expected
+    metadata = instance.get_latest_materialization_event(
+        dg.AssetKey("model_evaluation")
+    ).asset_materialization.metadata
+    assert {k: metadata[k].value for k in expected} == expected
+    tags = MlflowTracking(home=str(home)).client().get_run(report["training"]["mlflow_run_id"]).data.tags
+    assert {k: tags[f"tunegraph.eval_{k}"] for k in expected} == expected
+    assert {k: tags[f"tunegraph.{k}"] for k in expected} == expected  # the model logged at registration
     assert report["registry"]["version"] == "1"
 
     # No PII reached the token ids, the Dagster metadata or MLflow.
