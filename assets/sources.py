@@ -57,10 +57,12 @@ CONFIG_KEYS = (
     "export",
     "evaluation.max_examples",
     "model",
+    "model.dtype",
     "preference",
     "prompt_search",
     "tracking",
     "training",
+    "training.precision",
 )
 config_keys = dg.StaticPartitionsDefinition(list(CONFIG_KEYS))
 

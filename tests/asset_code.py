@@ -18,14 +18,24 @@ def declared_runs() -> dict[str, tuple[str, list[str]]]:
     """asset -> (the module that defines it, the modules its `code_version(...)` names)."""
     runs = {}
     for path in sorted(ASSETS.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        # `NAME = code_version(...)` at module level, shared by several assets (`code_version=NAME`).
+        shared = {
+            target.id: node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
             if not isinstance(node, ast.FunctionDef):
                 continue
             for decorator in node.decorator_list:
                 keywords = decorator.keywords if isinstance(decorator, ast.Call) else []
                 for kw in keywords:
-                    if kw.arg == "code_version" and isinstance(kw.value, ast.Call):
-                        names = [a.value for a in kw.value.args if isinstance(a, ast.Constant)]
+                    call = shared.get(kw.value.id) if isinstance(kw.value, ast.Name) else kw.value
+                    if kw.arg == "code_version" and isinstance(call, ast.Call):
+                        names = [a.value for a in call.args if isinstance(a, ast.Constant)]
                         runs[node.name] = (f"assets.{path.stem}", names)
     return runs
 
