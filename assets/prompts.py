@@ -268,8 +268,9 @@ def prompt_search(
         write_json(out / "summary.json", {"enabled": False, "reason": why_not})
         return dg.MaterializeResult(metadata={"enabled": False, "reason": why_not, **recorded(out)})
     # Keys only, to keep every eval record out of the dev split and the pool (all rows, not max_examples).
+    # (An eval file's rows (data.eval_files) carry an id, not always a record_key.)
     held_out_keys = {r[k] for p in (deduplicated_corpus / "eval").glob("*.parquet") for r in read_rows(p)
-                     for k in ("record_key", "id")}  # fmt: skip
+                     for k in ("record_key", "id") if r.get(k) is not None}  # fmt: skip
     dev, dev_pool = dev_split(train, held_out_keys, space.dev_examples, cfg.data.seed)
     model, tokenizer = load_saved(base_model / "model", inference_placement(cfg))
 

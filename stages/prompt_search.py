@@ -32,7 +32,7 @@ def dev_split(
     usable = [
         r
         for r in example_pool(train)
-        if r["record_key"] not in held_out_keys and r["id"] not in held_out_keys
+        if r.get("record_key") not in held_out_keys and r["id"] not in held_out_keys
     ]
     ranked = sorted(usable, key=lambda r: eval_score(r["id"], seed + 11))
     if len(ranked) < n + 1:

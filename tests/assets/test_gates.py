@@ -57,7 +57,11 @@ def test_a_failed_gate_holds_on_every_path_until_the_data_changes(home, instance
                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert cli.returncode == 1, cli.stdout + cli.stderr
     assert f"augmented_corpus:no_eval_contamination failed: {WHAT_TO_FIX}" in cli.stdout
-    assert "held back by failed gates: tokenized_dataset, fine_tuned_model" in cli.stdout
+    held = next(line for line in cli.stdout.splitlines() if "held back by failed gates: " in line)
+    # Everything that reads the augmented corpus, the prompt evaluations' example pool included.
+    assert {"tokenized_dataset", "fine_tuned_model", "base_prompt_evaluation", "prompt_search"} <= set(
+        held.split("held back by failed gates: ")[1].split(", ")
+    ), held
     assert "\nmaterialising" not in cli.stdout  # nothing was launched
 
     # 2. `tunegraph run --select fine_tuned_model`, with and without --full.
@@ -75,10 +79,15 @@ def test_a_failed_gate_holds_on_every_path_until_the_data_changes(home, instance
             f"{asset} may not run: augmented_corpus:no_eval_contamination failed: {WHAT_TO_FIX}"
         )
 
-    # 4. "Materialize unsynced": everything the UI lists as unsynced or missing.
+    # 4. "Materialize unsynced": everything the UI lists as unsynced or missing (a run per prompt
+    #    variant for the assets partitioned by variant, as the UI launches them).
     unsynced = sorted(read_state(instance, defs.resolve_asset_graph(), []).stale)
     assert set(DOWNSTREAM) <= set(unsynced)
-    assert not launch(instance, settings, unsynced).success
+    by_variant = {"base_prompt_evaluation": "prompts_base", "fine_tuned_prompt_evaluation": "prompts_fine_tuned"}
+    assert not launch(instance, settings, [a for a in unsynced if a not in by_variant]).success
+    for asset, partitions in by_variant.items():
+        for key in instance.get_dynamic_partitions(partitions):
+            assert not launch(instance, settings, [asset], partition_key=key).success, (asset, key)
 
     # 5. Declarative automation: augmented_corpus was updated, but its gate failed, so the eager
     #    tokenized_dataset is not requested (the same condition requests it once the data is fixed).
