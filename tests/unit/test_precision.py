@@ -11,7 +11,7 @@ from stages.precision import (
     resolve_precision,
     weights_dtype,
 )
-from tests.conftest import output
+from conftest import output
 
 
 def test_a_cpu_trains_bf16_only_where_its_bf16_matmul_measures_faster():
