@@ -71,7 +71,10 @@ def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
     assert reads("gguf_model") == ["export", "tracking"]
     # Not `evaluation` whole: a new promotion margin re-scores no prompt (each variant's own text is
     # its partition's dependency on prompt_variant).
-    scoring = ["data.seed", "evaluation.max_examples", *decoding, "tracking"]
+    # ... and the number format the model runs in (bf16 scores are another measurement).
+    scoring = sorted(
+        ["data.seed", "evaluation.max_examples", *decoding, "tracking", "training.precision", "model.dtype"]
+    )
     assert reads("base_prompt_evaluation") == reads("fine_tuned_prompt_evaluation") == scoring
     assert reads("prompt_search") == sorted(["prompt_search", *scoring])
 
