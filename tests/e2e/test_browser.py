@@ -103,7 +103,7 @@ def test_the_ui_shows_what_a_user_looks_for(home):
         mlflow = f"http://127.0.0.1:{mlflow_port}"
         page.goto(f"{mlflow}/#/experiments/{experiment}/runs?workflowType=machine_learning")
         expect(page.get_by_text("sft v2 · data", exact=False).first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("baseline base_zero_shot", exact=False).first).to_be_visible()
+        expect(page.get_by_text("leaderboard base_zero_shot", exact=False).first).to_be_visible()  # a prompt row
         page.screenshot(path=shots / "mlflow-runs.png")
         ids = json.dumps([r.info.run_id for r in runs])
         page.goto(f"{mlflow}/#/compare-runs?runs={ids}&experiments={json.dumps([experiment])}")
