@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ -d .device/wheels ]; then
+if [ -d .device/wheels ] && ! $PY -c "import pydantic, datasets, dagster_pipes" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/tunegraph-site .device/wheels/*.whl >&2
   export PYTHONPATH=/tmp/tunegraph-site${PYTHONPATH:+:$PYTHONPATH}
 fi

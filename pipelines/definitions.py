@@ -61,10 +61,16 @@ ingest_job = dg.define_asset_job(
     # step processes, 0.2-0.5 s in-process (tests/e2e/test_landing_changes.py, 2 busy cores).
     executor_def=dg.in_process_executor,
 )
+# Without model_evaluation and what follows it: they read the per-variant prompt partitions, which a run
+# of this job cannot hold (one partitions definition a run); `tunegraph run` scores them, then evaluates.
+AFTER_PROMPTS = ["model_evaluation", "gguf_model"]
 train_job = dg.define_asset_job(
     "train_pipeline",
-    selection=dg.AssetSelection.assets(*GLOBAL_ASSETS),
-    description="Dedup, augment, tokenise, fine-tune and evaluate from the cleaned landing files.",
+    selection=dg.AssetSelection.assets(
+        *(a for a in GLOBAL_ASSETS if a.key.to_user_string() not in AFTER_PROMPTS)
+    ),
+    description="Dedup, augment, tokenise, search prompts and fine-tune from the cleaned landing files; then "
+    "`tunegraph run` (or Materialize) scores the prompt partitions and runs model_evaluation.",
 )
 
 

@@ -83,7 +83,10 @@ def test_a_failed_gate_holds_on_every_path_until_the_data_changes(home, instance
     #    variant for the assets partitioned by variant, as the UI launches them).
     unsynced = sorted(read_state(instance, defs.resolve_asset_graph(), []).stale)
     assert set(DOWNSTREAM) <= set(unsynced)
-    by_variant = {"base_prompt_evaluation": "prompts_base", "fine_tuned_prompt_evaluation": "prompts_fine_tuned"}
+    by_variant = {
+        "base_prompt_evaluation": "prompts_base",
+        "fine_tuned_prompt_evaluation": "prompts_fine_tuned",
+    }
     assert not launch(instance, settings, [a for a in unsynced if a not in by_variant]).success
     for asset, partitions in by_variant.items():
         for key in instance.get_dynamic_partitions(partitions):

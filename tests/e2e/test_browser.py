@@ -78,9 +78,9 @@ def test_the_ui_shows_what_a_user_looks_for(home):
         expect(page.locator("img[alt='example lengths']")).to_have_count(1)
         page.screenshot(path=shots / "dataset-card.png")
 
-        # The evaluation table: every prompting baseline against the fine-tuned model.
+        # The leaderboard: every prompting baseline against the fine-tuned model.
         page.goto(f"{dagster}/assets/model_evaluation")
-        page.get_by_text("comparison", exact=True).first.scroll_into_view_if_needed(timeout=30_000)
+        page.get_by_text("leaderboard", exact=True).first.scroll_into_view_if_needed(timeout=30_000)
         for variant in ("base_zero_shot", "base_few_shot", "fine_tuned", "champion"):
             expect(page.get_by_text(variant, exact=True).first).to_be_visible()
         page.screenshot(path=shots / "evaluation.png")
@@ -103,7 +103,9 @@ def test_the_ui_shows_what_a_user_looks_for(home):
         mlflow = f"http://127.0.0.1:{mlflow_port}"
         page.goto(f"{mlflow}/#/experiments/{experiment}/runs?workflowType=machine_learning")
         expect(page.get_by_text("sft v2 · data", exact=False).first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("leaderboard base_zero_shot", exact=False).first).to_be_visible()  # a prompt row
+        expect(
+            page.get_by_text("leaderboard base_zero_shot", exact=False).first
+        ).to_be_visible()  # a prompt row
         page.screenshot(path=shots / "mlflow-runs.png")
         ids = json.dumps([r.info.run_id for r in runs])
         page.goto(f"{mlflow}/#/compare-runs?runs={ids}&experiments={json.dumps([experiment])}")

@@ -55,7 +55,9 @@ def test_every_stages_module_an_asset_module_imports_is_declared_by_one_of_its_a
         # Not running code: every asset module imports code_version to compute its versions, and
         # the config's values (stages/config.py's defaults included, and its prompt variants in
         # stages/prompt_config.py) are versioned per key by pipeline_config and per variant by prompt_variant.
-        missing = set(closure(module)) - declared - {"stages.code_version", "stages.config", "stages.prompt_config"}
+        missing = (
+            set(closure(module)) - declared - {"stages.code_version", "stages.config", "stages.prompt_config"}
+        )
         assert not missing, f"{module} imports {sorted(missing)}, which no code_version of its assets names"
 
 

@@ -84,7 +84,7 @@ torch.set_num_threads(2)
 def train(config, method, batch, block):
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    training_attention(model, "no")  # as stages.train on a CPU in fp32
+    training_attention(model, "fp32")  # as stages.train on a CPU in fp32
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))

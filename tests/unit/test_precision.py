@@ -3,6 +3,7 @@ the probe it rests on, and bf16 training that follows the fp32 loss curve on the
 
 import pytest
 import torch
+from conftest import output
 
 from stages.precision import (
     cpu_choice,
@@ -11,7 +12,6 @@ from stages.precision import (
     resolve_precision,
     weights_dtype,
 )
-from conftest import output
 
 
 def test_a_cpu_trains_bf16_only_where_its_bf16_matmul_measures_faster():
