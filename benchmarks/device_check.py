@@ -282,13 +282,12 @@ def memory_7b(device: str, shape: str, tokens: int) -> dict[str, Any]:
     return result
 
 
-def generation(device: str, smoke: bool) -> dict[str, Any]:
+def generation(smoke: bool) -> dict[str, Any]:
+    """benchmarks/generation.py where evaluation runs (stages.inference: the training device and precision)."""
     script = ROOT / "benchmarks" / "generation.py"
     if not script.exists():
         return {"skipped": "benchmarks/generation.py not present"}
-    args = [sys.executable, str(script), "--json", "--device", device] + (
-        ["--model", "tiny"] if smoke else []
-    )
+    args = [sys.executable, str(script), "--json"] + (["--model", "tiny", "--examples", "4"] if smoke else [])
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "stderr": proc.stderr[-3000:]}
@@ -311,7 +310,7 @@ def main() -> None:
         section(out, "launcher", lambda: launcher(device, shapes, 3 if args.smoke else 20, Path(tmp)))
         big = ("tiny", 256) if args.smoke else ("llama2-7b", 2048)
         section(out, "memory_7b", lambda: memory_7b(device, *big))
-        section(out, "generation", lambda: generation(device, args.smoke))
+        section(out, "generation", lambda: generation(args.smoke))
     print(json.dumps(out))
 
 
