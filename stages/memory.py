@@ -33,7 +33,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from stages.chunked_loss import CHUNK_ROWS, PLAIN_HEAD_MODELS
+from stages.precision import Precision, cuda_choice, weights_dtype
 from stages.spec import TrainingSpec
 
 GB = 1e9
@@ -321,21 +324,17 @@ def formats(spec: TrainingSpec, devices: Sequence[str]) -> tuple[str, int]:
     """(autocast format "no" | "bf16" | "fp16", bytes per weight) the run will train with.
 
     On GPUs as the training process decides (stages/precision.py: by compute capability, no probe needed);
-    on a CPU the probe would cost torch's import and half a second before every launch, so fp32 activations
-    are assumed there (an upper bound) and the weights are 2 bytes only where model.dtype says so."""
+    on a CPU the probe would cost half a second before every launch, so fp32 is assumed there (an upper
+    bound) and the weights follow model.dtype through the same rule (`weights_dtype`)."""
     trains_all = (
         spec.training.method == "full" if spec.preference is None else spec.preference.method == "full"
     )
     if devices:
-        import torch
-
-        from stages.precision import cuda_choice, weights_dtype
-
         capability, name = torch.cuda.get_device_capability(0), torch.cuda.get_device_name(0)
         precision = cuda_choice(spec.training.precision, capability, name)
-        return precision.trainer_flag, weights_dtype(spec.model_dtype, precision, trains_all).itemsize
-    half = spec.model_dtype in ("bf16", "fp16") and not trains_all
-    return "no", 2 if half else 4
+    else:
+        precision = Precision("fp32", "cpu", "assumed before the probe: an upper bound")
+    return precision.trainer_flag, weights_dtype(spec.model_dtype, precision, trains_all).itemsize
 
 
 def gate(spec: TrainingSpec, devices: Sequence[str], processes: int) -> tuple[Estimate, DeviceMemory] | None:
