@@ -281,7 +281,7 @@ def preference_model(
         card={
             "data_summary": _pairs_summary(pairs),
             "training": {
-                "method": f"dpo ({cfg.preference.method})",
+                "method": f"{cfg.preference.method} ({cfg.preference.weights})",
                 "beta": cfg.preference.beta,
                 "learning_rate": cfg.preference.learning_rate,
                 "batch_size": cfg.preference.batch_size,

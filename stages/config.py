@@ -324,7 +324,7 @@ class TrainingConfig(_Section):
 
 
 class PreferenceConfig(_Section):
-    """DPO after the supervised fine-tune; starts from the fine-tuned model."""
+    """Learning from preferences after the supervised fine-tune; starts from the fine-tuned model."""
 
     enabled: bool = Field(
         False, description="Run preference_pairs and preference_model (DPO) after the fine-tune."
@@ -346,7 +346,22 @@ class PreferenceConfig(_Section):
     min_pairs: int = Field(
         8, ge=1, description="Fewer pairs than this after cleaning fails the blocking check."
     )
-    method: Literal["lora", "full"] = Field("lora", description="LoRA (uses training.lora) or all weights.")
+    method: Literal["dpo", "kto", "grpo", "rloo"] = Field(
+        "dpo",
+        description="How the model learns the preferences: dpo (offline, from pairs), kto (offline, from "
+        "thumbs-up/down single answers), grpo or rloo (online RL against the reward model).",
+    )
+    weights: Literal["lora", "full"] = Field("lora", description="LoRA (uses training.lora) or all weights.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_names_the_algorithm(cls, value: Any) -> Any:
+        if value in ("lora", "full"):
+            raise ValueError(
+                f"preference.method now names the algorithm (dpo, kto, grpo or rloo); for {value} weights "
+                f"write preference.weights: {value}"
+            )
+        return value
     beta: float = Field(
         0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference."
     )

@@ -43,7 +43,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     precision = resolve_precision(cfg.precision, training_device())
     source = spec.init_model_dir
     tokenizer = AutoTokenizer.from_pretrained(source)
-    peft_config = lora_config(cfg.lora) if pref.method == "lora" else None
+    peft_config = lora_config(cfg.lora) if pref.weights == "lora" else None
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     pairs = Dataset.from_json(str(spec.pairs_path))
@@ -68,7 +68,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         callbacks=[telemetry, ParentWatch(spec.parent_pid)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    log(f"DPO ({pref.method}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({sharding(trainer)}; "
+    log(f"DPO ({pref.weights}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({sharding(trainer)}; "
         f"{precision.name}: {precision.reason}; weights {dtype})")  # fmt: skip
     result, wall_s = fit(trainer, spec, telemetry, log)
     last = telemetry.history[-1] if telemetry.history else {}

@@ -314,7 +314,7 @@ def spec_run(
     if spec.preference is not None:
         pref = spec.preference
         run = RunShape.of(spec.training, pref.max_length, processes, precision, weight_bytes)
-        return replace(run, method=pref.method, batch_size=2 * pref.batch_size)
+        return replace(run, method=pref.weights, batch_size=2 * pref.batch_size)
     if spec.block_size is None:
         return None
     return RunShape.of(spec.training, spec.block_size, processes, precision, weight_bytes)
@@ -327,7 +327,7 @@ def formats(spec: TrainingSpec, devices: Sequence[str]) -> tuple[str, int]:
     on a CPU the probe would cost half a second before every launch, so fp32 is assumed there (an upper
     bound) and the weights follow model.dtype through the same rule (`weights_dtype`)."""
     trains_all = (
-        spec.training.method == "full" if spec.preference is None else spec.preference.method == "full"
+        spec.training.method == "full" if spec.preference is None else spec.preference.weights == "full"
     )
     if devices:
         capability, name = torch.cuda.get_device_capability(0), torch.cuda.get_device_name(0)

@@ -124,6 +124,20 @@ def wait_for(ui: DagsterUI, proc: subprocess.Popen, log: Path, timeout: float = 
         time.sleep(0.5)
 
 
+def wait_for_mlflow(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Until MLflow's server answers /health: it starts apart from Dagster's, and on a loaded machine later
+    (CI once reached the MLflow page first and was refused)."""
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+                if response.status == 200:
+                    return
+        assert time.time() < deadline, f"the MLflow server did not answer within {timeout} s: {log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def tunegraph_ui(home: Path, config: Path) -> Iterator[tuple[DagsterUI, subprocess.Popen, int]]:
     """`tunegraph ui` (Dagster webserver + daemon, MLflow UI) on this state folder; (ui, process,
@@ -137,6 +151,7 @@ def tunegraph_ui(home: Path, config: Path) -> Iterator[tuple[DagsterUI, subproce
     ui = DagsterUI(dagster_port)
     try:
         wait_for(ui, proc, log)
+        wait_for_mlflow(mlflow_port, proc, log)
         yield ui, proc, mlflow_port
     finally:
         for pid in processes_of(home):

@@ -37,6 +37,16 @@ def test_early_stopping_without_held_out_evaluation_is_refused():
     assert parse_config({"training": {"early_stopping_patience": 2}}).training.eval_steps == 20
 
 
+def test_preference_method_names_the_algorithm_and_the_old_weights_values_point_to_their_key():
+    assert parse_config({"preference": {"method": "grpo", "weights": "full"}}).preference.method == "grpo"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"preference": {"method": "full"}}, "my.yaml")
+    assert "\n" not in str(err.value) and str(err.value).startswith(
+        "my.yaml: preference.method: Value error, preference.method now names the algorithm (dpo, kto, grpo or "
+        "rloo); for full weights write preference.weights: full"
+    )
+
+
 def test_missing_file_says_how_to_fix(tmp_path):
     with pytest.raises(ConfigError, match="pass --config PATH or set TUNEGRAPH_CONFIG"):
         load_config(tmp_path / "nope.yaml")
