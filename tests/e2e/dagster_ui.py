@@ -130,11 +130,15 @@ def wait_for_mlflow(port: int, proc: subprocess.Popen, log: Path, timeout: float
     deadline = time.time() + timeout
     while True:
         assert proc.poll() is None, log.read_text()[-3000:]
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
-                if response.status == 200:
-                    return
-        assert time.time() < deadline, f"the MLflow server did not answer within {timeout} s: {log.read_text()[-3000:]}"
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r,
+        ):
+            if r.status == 200:
+                return
+        assert time.time() < deadline, (
+            f"the MLflow server did not answer within {timeout} s: {log.read_text()[-3000:]}"
+        )
         time.sleep(0.5)
 
 
