@@ -37,7 +37,10 @@ class TrainingSpec(BaseModel):
         default=None, description="SFT: tokens per packed block (data.block_size), for the memory estimate."
     )
     pairs_path: Path | None = Field(default=None, description="DPO: preference pairs (JSONL).")
-    preference: PreferenceConfig | None = Field(default=None, description="DPO: its settings.")
+    unpaired_path: Path | None = Field(
+        default=None, description="KTO: thumbs-up/down single answers (JSONL: prompt, completion, label)."
+    )
+    preference: PreferenceConfig | None = Field(default=None, description="DPO/KTO/RL: its settings.")
     resume_from: Path | None = Field(default=None, description="A checkpoint to resume from.")
     resumed_from_step: int | None = None
     parent_pid: int | None = Field(default=None, description="Stop if this process (the Dagster step) dies.")
