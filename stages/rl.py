@@ -9,7 +9,7 @@ as `preference.rl.rewards` says; each completion is pushed up or down by its rew
 group's, with a KL penalty (`beta`) to the fine-tuned model. With LoRA the reference is the same
 model with its adapters off, so no second copy is held.
 
-Beside the model it writes, in the output folder: `generations.jsonl` (step, prompt, completion,
+Beside the model it writes, in the output folder: the prompts, `generations.jsonl` (step, prompt, completion,
 each reward, at a few logged steps), `reward.png` (the reward curve and KL), both also in the MLflow
 run, and in `train_summary.json` the mean reward over the first and last logged steps, the KL,
 the wall time per step and the generated and trained tokens per second.
@@ -17,6 +17,7 @@ the wall time per step and the generated and trained tokens per second.
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from stages.config import RLConfig
 from stages.precision import resolve_precision, training_device, weights_dtype
 from stages.rule_rewards import completion_text, rule_rewards
 from stages.spec import TrainingSpec
+from stages.tables import read_jsonl, write_jsonl
 from stages.train import (
     RANK,
     WORLD_SIZE,
@@ -187,6 +189,9 @@ def train_rl(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     result, wall_s = fit(trainer, spec, telemetry, log)
     figures = rl_figures(trainer, wall_s, trainer.state.global_step - telemetry.first_step, rl)
     if RANK == 0:
+        shutil.copy(
+            spec.prompts_path, spec.output_dir / "prompts.jsonl"
+        )  # what it learnt from, beside the model
         publish_generations(spec, trainer.generations_path, rl.sample_steps, telemetry)
         publish_curve(spec, trainer.state.log_history, telemetry)
     return save_and_summarise(
@@ -201,6 +206,8 @@ def train_rl(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         method=pref.method,
         prompts=len(prompts),
         reward_functions=dict(zip(trainer.reward_func_names, weights, strict=True)),
+        generations_file=str(spec.output_dir / GENERATIONS),
+        reward_plot=str(spec.output_dir / "reward.png"),
         **figures,
         **precision.as_params(),
         weights_dtype=str(dtype).removeprefix("torch."),
@@ -254,12 +261,7 @@ def kept_generations(spec: TrainingSpec) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     step = spec.resumed_from_step if spec.resume_from else 0
     rows = read_jsonl(path) if path.is_file() else []
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["step"] <= step))
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return write_jsonl(path, [r for r in rows if r["step"] <= step])
 
 
 def sample_steps(steps: list[int], n: int) -> list[int]:
@@ -277,9 +279,7 @@ def publish_generations(spec: TrainingSpec, path: Path, n: int, telemetry: Any) 
     rows = read_jsonl(path)
     keep = set(sample_steps([r["step"] for r in rows], n))
     rows = [r for r in rows if r["step"] in keep]
-    (spec.output_dir / GENERATIONS).write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    )
+    write_jsonl(spec.output_dir / GENERATIONS, rows)
     if telemetry.client is not None and rows:
         columns = list(dict.fromkeys(k for r in rows for k in r))
         table = {c: [r.get(c) for r in rows] for c in columns}
