@@ -337,7 +337,8 @@ def train_rl(
     cfg, paths = settings.config(), settings.paths()
     # Beside the checkpoints: the same prompts are what a resumed run continues on (its resume key has their
     # hash); the MLflow run keeps a copy and stages.rl one in the output folder.
-    prompts = write_rl_prompts(cfg, augmented_corpus, paths.checkpoints("preference_model") / "prompts.jsonl")
+    asset = context.asset_key.to_user_string()
+    prompts = write_rl_prompts(cfg, augmented_corpus, paths.checkpoints(asset) / "prompts.jsonl")
     job = rl_job(context, cfg, fine_tuned_model, prompts, reward_model_dir)
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
     sft = read_json(fine_tuned_model / "mlflow.json")

@@ -81,7 +81,12 @@ def write(text: str, folder: Path) -> Path:
     return path
 
 
-METHODS = {"sft": "supervised fine-tune (SFT)", "dpo": "preference-tuned (DPO) version"}
+METHODS = {
+    "sft": "supervised fine-tune (SFT)",
+    "dpo": "preference-tuned (DPO) version",
+    "grpo": "version tuned online (GRPO) against a reward model",
+    "rloo": "version tuned online (RLOO) against a reward model",
+}
 
 
 def _summary(facts: dict[str, Any]) -> str:

@@ -205,7 +205,7 @@ def train_rl(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         distributed=sharding(trainer),
         method=pref.method,
         prompts=len(prompts),
-        reward_functions=dict(zip(trainer.reward_func_names, weights, strict=True)),
+        rewards=names,  # a string: Dagster Pipes metadata takes no nested dicts
         generations_file=str(spec.output_dir / GENERATIONS),
         reward_plot=str(spec.output_dir / "reward.png"),
         **figures,
