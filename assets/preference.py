@@ -1,4 +1,5 @@
-"""`preference_pairs` and `preference_model`: DPO after the supervised fine-tune (`preference.enabled`).
+"""`preference_pairs` and `preference_model`: DPO, or online RL (GRPO/RLOO, `train_rl`) against the reward
+model, after the supervised fine-tune (`preference.enabled`, `preference.method`).
 
 Both are in the graph always; with `preference.enabled: false` (the default) they record that
 and do nothing else, so the evaluation and the UI stay the same graph either way.

@@ -47,7 +47,8 @@ completion tokens per second of the rest of the step: the policy's forward, back
 and the seconds per step, its first step included (RL has no packed blocks to warm up on; with 4 steps the
 first is a quarter of the figure). --rl-steps 0 skips it.
 
---model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores).
+--model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores; the RL
+    step adds about a minute: 3 min 17 s in all, measured 2026-12-07 on this shared 2-core VM).
 --model default: SmolLM2-135M-Instruct, full fine-tune on a slice of the corpus (about 3 minutes);
     --method lora trains LoRA adapters as the demo does.
 --model smollm2-360m-shape: a random model of SmolLM2-360M's shape (for GPUs; no hub needed).

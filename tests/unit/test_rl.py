@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from resources.tracking import MlflowTracking
-from stages import checkpoints
+from stages import checkpoints, memory
 from stages.config import PreferenceConfig, TrainingConfig
 from stages.model_source import save_base_model
 from stages.spec import MlflowTarget, TrainingSpec
@@ -131,3 +131,10 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
     assert [h["step"] for h in summary["history"]] == list(range(plan.step + 1, 9))
     generations = read_jsonl(spec.output_dir / "generations.jsonl")
     assert min(g["step"] for g in generations) == 1 and max(g["step"] for g in generations) == 8
+
+
+def test_the_memory_estimate_sizes_an_rl_step_by_its_completions(tiny, tmp_path):
+    spec = rl_spec(tiny, tmp_path, "rloo", num_generations=4, prompts_per_step=3)
+    run = memory.spec_run(spec, processes=1)
+    # 3 prompts x 4 completions trained a step, each prompt + completion within preference.max_length.
+    assert (run.batch_size, run.block_size, run.method) == (12, spec.preference.max_length, "lora")
