@@ -1,4 +1,5 @@
-"""`preference_pairs` and `preference_model`: DPO after the supervised fine-tune (`preference.enabled`).
+"""`preference_pairs` and `preference_model`: DPO, or online RL (GRPO/RLOO, `train_rl`) against the reward
+model, after the supervised fine-tune (`preference.enabled`, `preference.method`).
 
 Both are in the graph always; with `preference.enabled: false` (the default) they record that
 and do nothing else, so the evaluation and the UI stay the same graph either way.
@@ -13,7 +14,7 @@ import dagster as dg
 
 from assets.automation import FOLLOWS_THE_MODEL
 from assets.dedup import eval_records
-from assets.metadata import counts_table, md_table
+from assets.metadata import counts_table, md_table, png
 from assets.sources import preference_files, reads_config
 from assets.training_run import Dataset, TrainingJob, run_training, training_metadata
 from assets.versions import latest_data_version
@@ -23,13 +24,14 @@ from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages import preferences
 from stages.code_version import code_version
+from stages.config import PipelineConfig, RLConfig
 from stages.content import content_hash
 from stages.decontamination import eval_ngrams, ngrams
 from stages.evaluation import generate
 from stages.inference import Placement, inference_placement, load_saved
-from stages.lineage import preference_lineage
+from stages.lineage import preference_lineage, rl_lineage
 from stages.split import eval_score
-from stages.tables import read_json, read_rows, write_json, write_rows
+from stages.tables import read_json, read_jsonl, read_rows, write_json, write_jsonl, write_rows
 
 DISABLED = {"enabled": False, "pairs": 0}
 
@@ -213,6 +215,9 @@ def pairs_not_in_eval(settings: TunegraphSettings, out: Path, deduplicated: Path
     code_version=code_version(
         "stages.launch",
         "stages.dpo",
+        "stages.rl",
+        "stages.rule_rewards",
+        "stages.preferences",
         "assets.training_run",
         "stages.lineage",
         "stages.tables",
@@ -221,7 +226,8 @@ def pairs_not_in_eval(settings: TunegraphSettings, out: Path, deduplicated: Path
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),  # a crash retries into resume, as for the fine-tune
     kinds={"pytorch", "mlflow"},
-    description="DPO (TRL) from the fine-tuned model on the preference pairs; MLflow run; registered version.",
+    description="DPO, or online RL (GRPO/RLOO) against the reward model, from the fine-tuned model (TRL); "
+    "MLflow run; registered version.",
 )
 def preference_model(
     context: dg.AssetExecutionContext,
@@ -230,6 +236,7 @@ def preference_model(
     launcher: TrainingLauncher,
     preference_pairs: Path,
     fine_tuned_model: Path,
+    augmented_corpus: Path,
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     if not cfg.preference.enabled:
@@ -237,6 +244,14 @@ def preference_model(
         write_json(out / "summary.json", DISABLED)
         return dg.MaterializeResult(
             data_version=dg.DataVersion("disabled"), metadata={"enabled": False, **recorded(out)}
+        )
+    if cfg.preference.method in ("grpo", "rloo"):
+        # TODO(issue 29, merge): take `reward_model: Path` as this asset's input (assets/reward.py, built on
+        # the reward branch) and return `train_rl(context, settings, mlflow_tracking, launcher,
+        # fine_tuned_model, augmented_corpus, reward_model / "model")`; then remove this refusal.
+        raise dg.Failure(
+            f"preference.method {cfg.preference.method} needs the reward_model asset, which this build does "
+            "not have yet: set preference.method: dpo"
         )
     pairs_dir, sft_dir = preference_pairs, fine_tuned_model
     pairs = read_json(pairs_dir / "summary.json")
@@ -310,6 +325,136 @@ def preference_model(
             **recorded(trained.out),
         },
     )
+
+
+def train_rl(
+    context: dg.AssetExecutionContext,
+    settings: TunegraphSettings,
+    mlflow_tracking: MlflowTracking,
+    launcher: TrainingLauncher,
+    fine_tuned_model: Path,
+    augmented_corpus: Path,
+    reward_model_dir: Path,
+) -> dg.MaterializeResult:
+    """GRPO or RLOO (stages/rl.py) from the fine-tuned model against the reward model in `reward_model_dir`
+    (the model folder itself): `preference_model`'s body for `preference.method: grpo | rloo`."""
+    cfg, paths = settings.config(), settings.paths()
+    # Beside the checkpoints: the same prompts are what a resumed run continues on (its resume key has their
+    # hash); the MLflow run keeps a copy and stages.rl one in the output folder.
+    asset = context.asset_key.to_user_string()
+    prompts = write_rl_prompts(cfg, augmented_corpus, paths.checkpoints(asset) / "prompts.jsonl")
+    job = rl_job(context, cfg, fine_tuned_model, prompts, reward_model_dir)
+    trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
+    sft = read_json(fine_tuned_model / "mlflow.json")
+    write_json(
+        trained.out / "summary.json", {"enabled": True, "method": cfg.preference.method, "starts_from": sft}
+    )
+    summary = trained.summary
+    generations = read_jsonl(Path(summary["generations_file"]))
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(trained.data_version),
+        metadata={
+            **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
+            "method": cfg.preference.method,
+            "prompts": summary["prompts"],
+            "reward_first_steps": summary["reward_first_steps"],
+            "reward_last_steps": summary["reward_last_steps"],
+            "kl": "not computed (beta 0)" if summary["kl"] is None else summary["kl"],
+            "seconds_per_step": round(summary["seconds_per_step"], 2),
+            "generated_tokens_per_s": round(summary["generated_tokens_per_s"], 1),
+            "reward_curve": png(Path(summary["reward_plot"]), "reward and KL"),
+            "generations": md_table(generations, ["step", "prompt", "completion", "reward"], limit=12),
+            **recorded(trained.out),
+        },
+    )
+
+
+def write_rl_prompts(cfg: PipelineConfig, augmented: Path, path: Path) -> Path:
+    """The held-in prompts RL samples from (original train records, chosen as synthetic pairs are), as JSONL."""
+    rows = read_rows(augmented / "train.parquet")
+    records = preferences.held_in_records(rows, cfg.preference.rl.prompts, cfg.data.seed + 11)
+    if not records:
+        raise dg.Failure(
+            "no original train record answers a prompt: RL needs prompts (check the corpus format)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_jsonl(path, preferences.rl_prompts(records))
+
+
+def rl_job(
+    context: dg.AssetExecutionContext,
+    cfg: PipelineConfig,
+    sft_dir: Path,
+    prompts_path: Path,
+    reward_model_dir: Path,
+) -> TrainingJob:
+    """The training job of `stages.rl`: the fine-tuned model as policy and reference, the prompts file, the
+    reward model folder. It resumes only with the same data, starting model, reward model, config and code."""
+    pref = cfg.preference
+    sft = read_json(sft_dir / "mlflow.json")
+    code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
+    prompts = {
+        "count": len(prompts_path.read_text().splitlines()),
+        "content_hash": content_hash(prompts_path),
+    }
+    reward = {"dir": str(reward_model_dir), "content_hash": content_hash(reward_model_dir)}
+    return TrainingJob(
+        module="stages.rl",
+        run_name=pref.method,
+        inputs={
+            "init_model_dir": str(sft_dir / "model"),
+            "prompts_path": str(prompts_path),
+            "reward_model_dir": str(reward_model_dir),
+            "preference": pref,
+        },
+        resume_key={
+            "data_version": prompts["content_hash"],
+            "initial_model": f"{sft['model_name']}/{sft['version']}",
+            "reward_model": reward["content_hash"],
+            "config": cfg.section_hash("preference", "training"),
+            "code_version": code_version,
+        },
+        tags={
+            "tunegraph.starts_from": f"models:/{sft['model_name']}/{sft['version']}",
+            "tunegraph.rl_prompts": str(prompts["count"]),
+            "tunegraph.reward_model_dir": str(reward_model_dir),
+        },
+        artifacts=[(prompts_path, "rl")],
+        lineage=rl_lineage(
+            read_json(sft_dir / "lineage.json"),
+            sft,
+            pref.method,
+            prompts,
+            reward,
+            cfg.flat(),
+            {"preference_model": code_version},
+        ),  # fmt: skip
+        card={
+            "data_summary": f"{pref.method.upper()} on {prompts['count']} held-in prompts of the training split, "
+            f"rewarded by {_rewards_summary(pref.rl)}.",
+            "training": {
+                "method": f"{pref.method} ({pref.weights})",
+                "beta": pref.rl.beta,
+                "learning_rate": pref.rl.learning_rate,
+                "num_generations": pref.rl.num_generations,
+                "prompts_per_step": pref.rl.prompts_per_step,
+                "max_completion_tokens": pref.rl.max_completion_tokens,
+            },
+            "data_versions": {
+                "augmented_corpus": latest_data_version(context.instance, "augmented_corpus") or "",
+                "fine_tuned_model": latest_data_version(context.instance, "fine_tuned_model") or "",
+            },
+            "config_hash": cfg.section_hash("preference", "training"),
+        },
+    )
+
+
+def _rewards_summary(rl: RLConfig) -> str:
+    """The rewards as the model card states them: each with its weight."""
+    parts = {"the reward model": rl.rewards.reward_model.weight, "stopping at EOS": rl.rewards.stops_at_eos.weight,
+             f"a length of {rl.rewards.length.min_tokens}-{rl.rewards.length.max_tokens} tokens": rl.rewards.length.weight,
+             "ROUGE-L to the reference": rl.rewards.rouge_l.weight}  # fmt: skip
+    return ", ".join(f"{name} (x{weight:g})" for name, weight in parts.items() if weight)
 
 
 def _synthetic(

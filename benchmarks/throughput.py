@@ -37,7 +37,18 @@ MFU, the packed path's model FLOP/s as a fraction of the machine's peak:
 too) through the matmuls, the LM head only where a token is scored (PackedCollator's logits_to_keep),
 attention over each row's full width (an explicit mask, so SDPA computes the whole matrix).
 
---model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores).
+The RL step (stages/rl.py, `preference.method: grpo`) in the same run, on the same model and precision:
+the training process's own function on --rl-steps steps of --rl-prompts prompts x --rl-generations
+completions of up to --rl-completion-tokens tokens, sampled from the corpus's prompts, scored by a reward
+model of the same shape (the model's weights as a sequence classifier: its scores are arbitrary, its cost
+is real) and the rule rewards, with the KL to the starting model. Reported (`rl`): generated tokens/s
+(completion tokens per second of sampling with transformers' generate) and train tokens/s (prompt +
+completion tokens per second of the rest of the step: the policy's forward, backward and optimizer step),
+and the seconds per step, its first step included (RL has no packed blocks to warm up on; with 4 steps the
+first is a quarter of the figure). --rl-steps 0 skips it.
+
+--model tiny: a 2-layer random Llama with SmolLM2's tokenizer (under 2 minutes on 2 CPU cores; the RL
+    step adds about a minute: 3 min 17 s in all, measured 2026-12-07 on this shared 2-core VM).
 --model default: SmolLM2-135M-Instruct, full fine-tune on a slice of the corpus (about 3 minutes);
     --method lora trains LoRA adapters as the demo does.
 --model smollm2-360m-shape: a random model of SmolLM2-360M's shape (for GPUs; no hub needed).
@@ -49,9 +60,11 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -68,6 +81,8 @@ from stages.model_source import load_source, tiny_random_model  # noqa: E402
 from stages.packed_attention import PACKED_SDPA, example_spans  # noqa: E402
 from stages.packing import pack_bfd  # noqa: E402
 from stages.precision import DTYPES, matmul_gflops, resolve_precision, weights_dtype  # noqa: E402
+from stages.spec import TrainingSpec  # noqa: E402
+from stages.tables import write_jsonl  # noqa: E402
 from stages.train import PackedCollator, lora_config, training_attention  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
@@ -237,6 +252,48 @@ def packed_batches(examples: list[dict], block_size: int, batch_blocks: int, pad
     return batches
 
 
+def rl_step(args: argparse.Namespace, tokenizer: Any, records: list[dict], precision: str) -> dict[str, Any]:
+    """The RL step's rates: stages.rl.train_rl (GRPO) on the model, saved with a reward model of its shape."""
+    from transformers import AutoModelForSequenceClassification
+
+    from stages.config import PreferenceConfig, TrainingConfig
+    from stages.rl import train_rl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = _model(args.model, len(tokenizer))
+        model.save_pretrained(root / "policy")
+        tokenizer.save_pretrained(root / "policy")
+        del model
+        scorer = AutoModelForSequenceClassification.from_pretrained(root / "policy", num_labels=1)
+        scorer.config.pad_token_id = tokenizer.pad_token_id
+        scorer.save_pretrained(root / "reward")
+        tokenizer.save_pretrained(root / "reward")
+        del scorer
+        chats = [r for r in records if r.get("schema") != "text"][: args.rl_steps * args.rl_prompts]
+        write_jsonl(root / "prompts.jsonl", [{"prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+                                             for r in chats])  # fmt: skip
+        rl = {"num_generations": args.rl_generations, "prompts_per_step": args.rl_prompts, "max_steps": args.rl_steps,
+              "max_completion_tokens": args.rl_completion_tokens, "save_steps": args.rl_steps + 1, "prompts": len(chats),
+              "rewards": {"length": {"min_tokens": 1, "max_tokens": args.rl_completion_tokens}}}  # fmt: skip
+        (root / "out").mkdir()
+        spec = TrainingSpec(
+            init_model_dir=root / "policy",
+            output_dir=root / "out",
+            checkpoint_dir=root / "checkpoints",
+            training=TrainingConfig(method=args.method, precision=precision, seed=0),
+            preference=PreferenceConfig(enabled=True, method="grpo", weights=args.method, rl=rl),
+            prompts_path=root / "prompts.jsonl",
+            reward_model_dir=root / "reward",
+        )
+        with contextlib.redirect_stdout(sys.stderr):  # TRL prints every log row; --json owns stdout
+            summary = train_rl(spec, log=lambda line: print(line, file=sys.stderr))
+    keys = ("generated_tokens_per_s", "train_tokens_per_s", "seconds_per_step", "generation_s", "rollout_s",
+            "wall_s", "generated_tokens", "completions_per_step", "completion_tokens_mean", "precision")  # fmt: skip
+    return {"steps": summary["steps"], **{k: round(v, 3) if isinstance(v, float) else v
+                                          for k, v in summary.items() if k in keys}}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", choices=["tiny", "default", "smollm2-360m-shape"])
@@ -247,6 +304,16 @@ def main() -> None:
     parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="as training.precision; the packed path also runs in the other of fp32/bf16")  # fmt: skip
+    parser.add_argument(
+        "--rl-steps", type=int, default=4, help="RL (GRPO) steps measured; 0 skips the RL step"
+    )
+    parser.add_argument("--rl-prompts", type=int, default=2, help="RL prompts per step")
+    parser.add_argument(
+        "--rl-generations", type=int, default=4, help="RL completions per prompt (group size)"
+    )
+    parser.add_argument(
+        "--rl-completion-tokens", type=int, default=48, help="RL tokens per completion at most"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.device == "cpu":
@@ -352,6 +419,8 @@ def main() -> None:
             for p, row in ((chosen.name, "packed"), (other, f"packed_{other}"))
         },
     }
+    if args.rl_steps:
+        out["rl"] = rl_step(args, tokenizer, records, chosen.name)
     if args.json:
         print(json.dumps(out))
         return
@@ -381,6 +450,14 @@ def main() -> None:
     for p, r in out["precisions"].items():
         print(
             f"  {p:<6}{r['tokens_per_s']:>10.1f} label tok/s  peak {r['peak_flops'] / 1e9:>8.1f} GFLOP/s  MFU {r['mfu']}"
+        )
+    if "rl" in out:
+        rl = out["rl"]
+        print(
+            f"RL step (GRPO, {rl['completions_per_step']} completions a step, {rl['steps']} steps, {rl['precision']}): "
+            f"{rl['generated_tokens_per_s']:.1f} generated tok/s, {rl['train_tokens_per_s']:.1f} train tok/s "
+            f"(prompt + completion), {rl['seconds_per_step']:.2f} s a step; fine-tune (packed) "
+            f"{out['packed']['tokens_per_s']:.1f} label tok/s"
         )
 
 

@@ -323,6 +323,105 @@ class TrainingConfig(_Section):
         return self
 
 
+class RewardWeight(_Section):
+    weight: float = Field(ge=0.0, description="Its share of the reward; 0 leaves it out (not computed).")
+
+
+class LengthReward(_Section):
+    weight: float = Field(0.25, ge=0.0, description="Its share of the reward; 0 leaves it out.")
+    min_tokens: int = Field(
+        8, ge=0, description="Completions shorter than this score below 1 (tokens / min)."
+    )
+    max_tokens: int = Field(
+        48, ge=1, description="Completions longer than this score below 1 (max / tokens)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> "LengthReward":
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"length.min_tokens {self.min_tokens} > max_tokens {self.max_tokens}: swap them")
+        return self
+
+
+class RLRewards(_Section):
+    """What the RL policy is rewarded for: a weighted sum (TRL's reward_weights), each part logged apart."""
+
+    reward_model: RewardWeight = Field(
+        RewardWeight(weight=1.0), description="The reward model's score of prompt + completion."
+    )
+    stops_at_eos: RewardWeight = Field(
+        RewardWeight(weight=0.5),
+        description="1 when the completion ends with EOS, 0 when it ran out of tokens.",
+    )
+    length: LengthReward = Field(
+        LengthReward(), description="1 inside [min_tokens, max_tokens], less outside."
+    )
+    rouge_l: RewardWeight = Field(
+        RewardWeight(weight=0.5),
+        description="ROUGE-L F1 against the prompt's reference answer (left out where it has none).",
+    )
+
+    @model_validator(mode="after")
+    def _some_reward(self) -> "RLRewards":
+        if not any(r.weight for r in (self.reward_model, self.stops_at_eos, self.length, self.rouge_l)):
+            raise ValueError(
+                "every reward weight is 0: give reward_model (or a rule reward) a weight above 0"
+            )
+        return self
+
+
+class RLConfig(_Section):
+    """Online RL (`preference.method: grpo | rloo`): the fine-tuned model samples a group of completions per
+    held-in prompt, the rewards score them, and each completion is pushed up or down by how it did
+    against its group (GRPO: the group's mean and std; RLOO: the mean of the others), with a KL penalty
+    to the fine-tuned model (the reference) weighted by `beta`.
+
+    Sized for this 2-core CPU and SmolLM2-135M: 2 prompts x 4 completions x 48 tokens a step. On a GPU,
+    raise num_generations (8-16: the group mean is the baseline, and a bigger group gives an advantage of
+    lower variance, fewer groups with zero spread), prompts_per_step (16-64) and max_completion_tokens
+    (256-512, so answers can finish), and length.max_tokens with it; use_vllm only where vLLM is
+    installed (it generates several times faster than transformers' generate, which is used otherwise).
+    """
+
+    num_generations: int = Field(
+        4,
+        ge=2,
+        description="Group size: completions sampled per prompt (their spread is the learning signal).",
+    )
+    prompts_per_step: int = Field(
+        2, ge=1, description="Prompts per device per step (x num_generations completions)."
+    )
+    max_completion_tokens: int = Field(48, ge=1, description="Tokens generated per completion at most.")
+    temperature: float = Field(
+        0.9, gt=0.0, description="Sampling temperature: the group needs diverse completions to compare."
+    )
+    max_steps: int = Field(20, ge=1)
+    learning_rate: float = Field(2e-5, ge=0.0)
+    beta: float = Field(
+        0.04,
+        ge=0.0,
+        description="KL coefficient to the fine-tuned model (DeepSeekMath's GRPO used 0.04); above 0 the KL "
+        "is computed and logged, 0 skips the reference model.",
+    )
+    logging_steps: int = Field(1, ge=1, description="Every step by default: the reward curve is the point.")
+    save_steps: int = Field(5, ge=1, description="Checkpoint every N steps (resumed like the fine-tune's).")
+    prompts: int = Field(64, ge=1, description="Held-in (training-split) prompts the policy samples from.")
+    sample_steps: int = Field(
+        3, ge=1, description="Logged steps whose generations are kept as a table (first, last, between)."
+    )
+    use_vllm: bool = Field(False, description="Generate with vLLM (colocated); needs vLLM installed (GPUs).")
+    rewards: RLRewards = RLRewards()
+
+    @model_validator(mode="after")
+    def _length_reachable(self) -> "RLConfig":
+        if self.rewards.length.weight and self.rewards.length.min_tokens > self.max_completion_tokens:
+            raise ValueError(
+                f"rewards.length.min_tokens {self.rewards.length.min_tokens} > max_completion_tokens "
+                f"{self.max_completion_tokens}: no completion could reach it; lower it or raise the other"
+            )
+        return self
+
+
 class PreferenceConfig(_Section):
     """Learning from preferences after the supervised fine-tune; starts from the fine-tuned model."""
 
@@ -379,6 +478,7 @@ class PreferenceConfig(_Section):
     max_length: int = Field(512, ge=16, description="Prompt + answer tokens; longer pairs are truncated.")
     logging_steps: int = Field(2, ge=1)
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resumed like the fine-tune's).")
+    rl: RLConfig = Field(RLConfig(), description="grpo and rloo: online RL against the reward model.")
 
 
 class EvaluationConfig(_Section):

@@ -40,6 +40,29 @@ def preference_lineage(
     }
 
 
+def rl_lineage(
+    sft: dict[str, Any],
+    sft_version: dict[str, Any],
+    method: str,
+    prompts: dict[str, Any],
+    reward_model: dict[str, Any],
+    config: dict[str, Any],
+    code_versions: dict[str, Any],
+) -> dict[str, Any]:
+    """The lineage of an RL model (GRPO, RLOO): its SFT model's, the held-in prompts it sampled from and
+    the reward model that scored them (`reward_model`: its folder and, once merged, its registry entry)."""
+    return {
+        "method": method,
+        "trained_from": f"models:/{sft_version['model_name']}/{sft_version['version']}",
+        "starts_from": sft_version,
+        "landing_files": sft["landing_files"],
+        "rl_prompts": prompts,
+        "reward_model": reward_model,
+        "config": config,
+        "code_versions": {**sft.get("code_versions", {}), **code_versions},
+    }
+
+
 def diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
     a_files, b_files = older["landing_files"], newer["landing_files"]
     changed = [

@@ -309,12 +309,17 @@ def spec_run(
     spec: TrainingSpec, processes: int, precision: str = "no", weight_bytes: int = 4
 ) -> RunShape | None:
     """The run a training spec asks for, or None when it does not say its sequence length (a spec written
-    by hand without block_size). DPO holds a chosen and a rejected sequence of max_length per pair.
-    `precision` and `weight_bytes` default to fp32, an upper bound until the caller knows them."""
+    by hand without block_size). DPO holds a chosen and a rejected sequence of max_length per pair; GRPO
+    and RLOO train prompts_per_step x num_generations completions, prompt and completion within
+    max_length (stages/rl.py leaves longer prompts out); their frozen reward model (and with full weights
+    the reference copy) are not counted. `precision` and `weight_bytes` default to fp32, an upper bound
+    until the caller knows them."""
     if spec.preference is not None:
         pref = spec.preference
         run = RunShape.of(spec.training, pref.max_length, processes, precision, weight_bytes)
-        return replace(run, method=pref.weights, batch_size=2 * pref.batch_size)
+        rollouts = pref.rl.prompts_per_step * pref.rl.num_generations
+        batch = rollouts if pref.method in ("grpo", "rloo") else 2 * pref.batch_size
+        return replace(run, method=pref.weights, batch_size=batch)
     if spec.block_size is None:
         return None
     return RunShape.of(spec.training, spec.block_size, processes, precision, weight_bytes)

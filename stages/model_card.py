@@ -85,8 +85,8 @@ METHODS = {
     "sft": "supervised fine-tune (SFT)",
     "dpo": "preference-tuned (DPO) version",
     "kto": "preference-tuned (KTO, from answers labelled desirable or not) version",
-    "grpo": "RL-aligned (GRPO against a learnt reward model) version",
-    "rloo": "RL-aligned (RLOO against a learnt reward model) version",
+    "grpo": "version tuned online (GRPO) against a reward model",
+    "rloo": "version tuned online (RLOO) against a reward model",
 }
 
 

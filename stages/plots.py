@@ -38,3 +38,26 @@ def curves(series: dict[str, tuple[list[int], list[float]]], path: Path, title: 
         ax.legend()
     fig.savefig(path, dpi=80)
     return path
+
+
+def reward_and_kl(
+    reward: tuple[list[int], list[float], list[float]], kl: tuple[list[int], list[float]], path: Path
+) -> Path:
+    """An RL run at a glance: the mean reward (steps, means, stds) with a band of one std across the step's
+    completions on the left axis, and the KL to the reference (steps, values) on the right, on its own
+    scale (KL starts at 0 and stays small); no KL line where beta is 0."""
+    fig = Figure(figsize=(6, 3))
+    ax = fig.add_axes((0.11, 0.16, 0.76, 0.74))  # room on the right for the KL axis
+    steps, means, stds = reward
+    ax.fill_between(steps, [m - s for m, s in zip(means, stds, strict=True)],
+                    [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2, color="C0")  # fmt: skip
+    ax.plot(steps, means, marker="o", markersize=3, color="C0")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward (mean ± std)", color="C0")
+    ax.set_title("reward and KL to the fine-tuned model")
+    if kl[0]:
+        right = ax.twinx()
+        right.plot(*kl, marker="s", markersize=3, color="C3")
+        right.set_ylabel("KL", color="C3")
+    fig.savefig(path, dpi=80)
+    return path

@@ -30,6 +30,7 @@ from stages.readers import (
     quarantine_row,
     turns,
 )
+from stages.split import eval_score
 
 
 def read_pairs(path: Path, key: str, fmt: str = "auto", fields: dict[str, str] | None = None) -> ReadResult:
@@ -126,6 +127,22 @@ def synthetic_pairs(
         rejected = pii.redact(answer.strip())
         pairs.append({**record, "schema": "preference", "rejected": rejected, "synthetic": True})
     return pairs
+
+
+def held_in_records(train: list[dict[str, Any]], count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` original (not augmented) train records answering a prompt, in a stable order by hash of
+    id: the prompts synthetic pairs and online RL start from. `seed` is data.seed + 11 (apart from the
+    split's own hash)."""
+    originals = [r for r in train if r["augmentation"] == "none" and r.get("schema") != "text"]
+    return sorted(originals, key=lambda r: eval_score(r["id"], seed))[:count]
+
+
+def rl_prompts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The RL stage's prompts (stages/rl.py): the chat messages before the answer, the answer as reference."""
+    return [
+        {"id": r["id"], "prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+        for r in records
+    ]
 
 
 def pair_text(pair: dict[str, Any]) -> str:

@@ -84,6 +84,15 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Conversation records as a table a person reads: id, landing file, prompt, response."""
     return pd.DataFrame(

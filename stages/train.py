@@ -298,7 +298,9 @@ class Telemetry(TrainerCallback):
             row["effective_tokens_per_s"] = self.collator.label_tokens * self.world_size / max(elapsed, 1e-9)
         self.history.append(row)
         extra = " ".join(
-            f"{k} {row[k]:.4g}" for k in ("rewards/margins", "effective_tokens_per_s") if k in row
+            f"{k} {row[k]:.4g}"
+            for k in ("rewards/margins", "reward", "kl", "effective_tokens_per_s")
+            if k in row
         )
         elapsed = time.perf_counter() - self.start
         left = elapsed / max(state.global_step - self.first_step, 1) * (self._end(state) - state.global_step)
