@@ -309,12 +309,15 @@ def spec_run(
     spec: TrainingSpec, processes: int, precision: str = "no", weight_bytes: int = 4
 ) -> RunShape | None:
     """The run a training spec asks for, or None when it does not say its sequence length (a spec written
-    by hand without block_size). DPO holds a chosen and a rejected sequence of max_length per pair.
+    by hand without block_size). DPO and the reward model hold a chosen and a rejected sequence of
+    max_length per pair.
     `precision` and `weight_bytes` default to fp32, an upper bound until the caller knows them."""
     if spec.preference is not None:
         pref = spec.preference
-        run = RunShape.of(spec.training, pref.max_length, processes, precision, weight_bytes)
-        return replace(run, method=pref.weights, batch_size=2 * pref.batch_size)
+        # The reward model also holds a chosen and a rejected sequence per pair, under its own settings.
+        shape = pref.reward_model if spec.reward_pairs_path is not None else pref
+        run = RunShape.of(spec.training, shape.max_length, processes, precision, weight_bytes)
+        return replace(run, method=pref.weights, batch_size=2 * shape.batch_size)
     if spec.block_size is None:
         return None
     return RunShape.of(spec.training, spec.block_size, processes, precision, weight_bytes)

@@ -1,5 +1,5 @@
 """The training process's spec: what a training asset writes as `spec.json`, and what
-`python -m stages.train|stages.dpo SPEC.json` (and `stages.launch`) read.
+`python -m stages.train|stages.dpo|stages.reward SPEC.json` (and `stages.launch`) read.
 
 Typed, so a missing or misspelt entry is a one-line error when the process starts, not a
 KeyError after the model loaded. Paths are absolute: the process may run in a pod that mounts
@@ -38,6 +38,13 @@ class TrainingSpec(BaseModel):
     )
     pairs_path: Path | None = Field(default=None, description="DPO: preference pairs (JSONL).")
     preference: PreferenceConfig | None = Field(default=None, description="DPO: its settings.")
+    reward_pairs_path: Path | None = Field(
+        default=None,
+        description="Reward model: the canonical pairs (Parquet, with ids), split into train and held-out here.",
+    )
+    split_seed: int | None = Field(
+        default=None, description="Reward model: data.seed, the held-out split's seed."
+    )
     resume_from: Path | None = Field(default=None, description="A checkpoint to resume from.")
     resumed_from_step: int | None = None
     parent_pid: int | None = Field(default=None, description="Stop if this process (the Dagster step) dies.")
