@@ -90,6 +90,7 @@ def preference_pairs(
         out = new_output(context, paths)
         write_json(out / "summary.json", DISABLED)
         write_rows(out / "pairs.parquet", [])
+        write_rows(out / "unpaired.parquet", [])
         return dg.MaterializeResult(
             data_version=dg.DataVersion("disabled"),
             metadata={"enabled": False, **recorded(out)},
@@ -113,9 +114,12 @@ def preference_pairs(
     out = new_output(context, paths)
     write_rows(out / "pairs.parquet", kept)
     (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
+    # Thumbs up/down single answers as they came (KTO's data; the pairs they make are in pairs.parquet).
+    write_rows(out / "unpaired.parquet", built.unpaired)
+    (out / "kto.jsonl").write_text("".join(_jsonl(r) for r in preferences.kto_rows(built.unpaired)))
     write_rows(out / "quarantine.parquet", built.dropped)
     write_json(out / "summary.json", summary)
-    version = content_hash(out / "pairs.parquet", out / "quarantine.parquet")
+    version = content_hash(out / "pairs.parquet", out / "unpaired.parquet", out / "quarantine.parquet")
     context.log.info(f"{len(kept)} preference pairs kept of {summary['pairs_in']} ({dict(reasons)})")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -124,6 +128,10 @@ def preference_pairs(
             "synthetic": summary["synthetic"],
             **(placement.as_metadata() if placement else {}),  # where the rejected answers were generated
             "pairs": len(kept),
+            "pairs_by_origin": counts_table(summary["origins"], "origin"),  # pair, ranked, thumbs, synthetic
+            "unpaired": summary["unpaired"],
+            "unpaired_up": summary["unpaired_labels"]["up"],
+            "unpaired_down": summary["unpaired_labels"]["down"],
             "dropped": counts_table(dict(reasons)),
             "sample": md_table(
                 [
@@ -230,6 +238,7 @@ def preference_model(
     launcher: TrainingLauncher,
     preference_pairs: Path,
     fine_tuned_model: Path,
+    reward_model: Path,  # noqa: ARG001 - read by grpo/rloo; its gate, reward_better_than_chance, holds every method
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     if not cfg.preference.enabled:

@@ -18,14 +18,16 @@ def dpo_lineage(
     pairs: dict[str, Any],
     config: dict[str, Any],
     code_versions: dict[str, Any],
+    method: str = "dpo",
 ) -> dict[str, Any]:
-    """The lineage of a DPO model: its preference files on top of what its SFT model learnt from.
+    """The lineage of a model trained on preference pairs from the SFT model (DPO, or the reward model:
+    `method`): its preference files on top of what its SFT model learnt from.
 
     `sft` is the SFT model's lineage record, `sft_version` its registry entry (model_name, version,
     mlflow_run_id), `preference_files` {landing path: {content_hash, train_records}}.
     """
     return {
-        "method": "dpo",
+        "method": method,
         "trained_from": f"models:/{sft_version['model_name']}/{sft_version['version']}",
         "starts_from": sft_version,
         "landing_files": {**sft["landing_files"], **preference_files},
