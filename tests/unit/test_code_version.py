@@ -32,7 +32,9 @@ def test_each_asset_covers_the_code_it_runs_and_no_more():
                 "stages.checkpoints", "assets.training_run"}  # fmt: skip
     assert training <= set(covered("fine_tuned_model"))
     assert training | {"stages.dpo"} <= set(covered("preference_model"))
-    assert training | {"stages.reward", "stages.reward_scoring", "stages.reward_gate"} <= set(covered("reward_model"))
+    assert training | {"stages.reward", "stages.reward_scoring", "stages.reward_gate"} <= set(
+        covered("reward_model")
+    )
     for data in (
         "raw_corpus",
         "clean_corpus",
