@@ -90,11 +90,16 @@ def to_rows(raw: Any, key: str, line: int, fields: dict[str, str]) -> tuple[list
         **raw,
         **{c: raw[source] for c, source in fields.items() if c in PREFERENCE_FIELDS and source in raw},
     }
-    if row.get("responses") is not None or row.get("ranks") is not None:
+    if _has(row, "responses") or _has(row, "ranks"):
         return ranked_pairs(row, key, line, fields), []
-    if row.get("label") is not None or row.get("thumbs") is not None:
+    if _has(row, "label") or _has(row, "thumbs"):
         return [], [unpaired_row(row, key, line, fields)]
     return [to_pair(row, key, line, fields)], []
+
+
+def _has(row: dict[str, Any], name: str) -> bool:
+    """A value is given (a CSV's empty cell is none)."""
+    return row.get(name) is not None and row.get(name) != ""
 
 
 def to_pair(raw: Any, key: str, line: int, fields: dict[str, str]) -> dict[str, Any]:
@@ -150,12 +155,12 @@ def unpaired_row(row: dict[str, Any], key: str, line: int, fields: dict[str, str
     """A single answer with a thumbs up (label True) or down (False): KTO's unpaired data."""
     if row.get("prompt") is None:
         raise BadRecordError("missing_field", "'prompt' is missing (a thumbs row: prompt, completion, label)")
-    answer = row.get("completion") if row.get("completion") is not None else row.get("response")
+    answer = row["completion"] if _has(row, "completion") else row.get("response")
     if answer is None:
         raise BadRecordError(
             "missing_field", "'completion' (or 'response') is missing from a labelled answer"
         )
-    given = row.get("label") if row.get("label") is not None else row.get("thumbs")
+    given = row["label"] if _has(row, "label") else row.get("thumbs")
     label = LABELS.get(given.lower() if isinstance(given, str) else given)
     if label is None:
         raise BadRecordError("bad_label", f"label {given!r}: use true or false (or thumbs: up or down)")
@@ -270,20 +275,24 @@ def synthetic_pairs(
 
 def clean_unpaired(rows: list[dict[str, Any]], rules: Rules) -> CleanResult:
     """A thumbs-up answer is cleaned like a corpus record (it is taught as a good answer); a thumbs-down
-    one like a rejected answer (redacted, dropped only when empty or too long: a bad answer may be short)."""
-    up = clean_records([r for r in rows if r["label"]], rules)
-    result = CleanResult(kept=up.kept, dropped=up.dropped, pii=up.pii)
-    for row in (r for r in rows if not r["label"]):
+    one like a rejected answer (redacted, dropped only when empty or too long: a bad answer may be short).
+    Rows keep their order."""
+    result = CleanResult()
+    for row in rows:
+        if row["label"]:
+            up = clean_records([row], rules)
+            result.kept += up.kept
+            result.dropped += up.dropped
+            result.pii.update(up.pii)
+            continue
         messages = [{"role": m["role"], "content": pii.redact(normalise(m["content"]), result.pii)}
                     for m in row["messages"]]  # fmt: skip
         answer = messages[-1]["content"]
-        reason = (
-            "empty"
-            if not answer or not messages[-2]["content"]
-            else "too_long"
-            if len(answer) > rules.max_chars
-            else None
-        )
+        reason = None
+        if not answer or not messages[-2]["content"]:
+            reason = "empty"
+        elif len(answer) > rules.max_chars:
+            reason = "too_long"
         if reason is None:
             result.kept.append({**row, "messages": messages})
         else:

@@ -17,6 +17,7 @@ from stages.tables import read_json
 # 40 pairs: 11 of them held out at 0.2 by the stable hash (seed 0), enough for the gate (5 at 0.05).
 REWARD = {"learning_rate": 1.0e-3, "max_steps": 10, "batch_size": 4, "logging_steps": 2, "save_steps": 5}
 PREFERENCE = {"enabled": True, "min_pairs": 8, "method": "grpo", "reward_model": REWARD}
+TRAINING = ["fine_tuned_model", "preference_pairs", "reward_model", "preference_model"]
 GOOD, BAD = "It returns the integer {i}, always.", "I do not know; perhaps a banana, or nothing at all."
 
 
@@ -37,7 +38,7 @@ def test_the_reward_model_learns_separable_pairs_and_passes_its_gate(prepared_ho
     config = write_config(tmp_path / "reward.yaml", preference=PREFERENCE)
     settings = TunegraphSettings(home=str(home), config_path=str(config))
 
-    record = Runner(settings, instance).run(select=["fine_tuned_model", "preference_pairs", "reward_model"])
+    record = Runner(settings, instance).run(select=TRAINING[:-1])
     assert record["status"] == "success", record["errors"]
     out = output(instance, "reward_model")
     summary = read_json(out / "summary.json")
@@ -81,7 +82,8 @@ def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepa
     config = write_config(tmp_path / "reward.yaml", preference=PREFERENCE)
     settings = TunegraphSettings(home=str(home), config_path=str(config))
 
-    record = Runner(settings, instance).run()
+    # What the reward model gates, without the evaluation's prompt partitions (another test's story).
+    record = Runner(settings, instance).run(select=TRAINING)
     assert record["status"] == "failed"
     assert record["failed_checks"] == ["reward_model:reward_better_than_chance"], record["errors"]
     summary = read_json(output(instance, "reward_model") / "summary.json")
@@ -92,7 +94,7 @@ def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepa
     assert instance.get_latest_materialization_event(dg.AssetKey("preference_model")) is None
 
     # Asked again, the planner holds preference_model back behind the failed gate and says why.
-    again = Runner(settings, instance).run()
+    again = Runner(settings, instance).run(select=TRAINING)
     assert again["status"] in ("blocked", "failed")
     assert any("reward_model:reward_better_than_chance failed" in e for e in again["errors"]), again["errors"]
     assert instance.get_latest_materialization_event(dg.AssetKey("preference_model")) is None
