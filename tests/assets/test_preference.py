@@ -11,8 +11,10 @@ from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages.tables import read_json
 
+# The reward model trains first (DPO reads it, behind its gate): 5 of the 16 pairs held out, all ranked right.
+REWARD = {"learning_rate": 1.0e-3, "max_steps": 10, "batch_size": 4, "logging_steps": 2, "save_steps": 5}
 PREFERENCE = {"enabled": True, "learning_rate": 1.0e-3, "max_steps": 8, "batch_size": 4, "logging_steps": 2,
-              "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16}  # fmt: skip
+              "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16, "reward_model": REWARD}  # fmt: skip
 
 
 def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
@@ -71,7 +73,11 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
 @pytest.mark.slow
 def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(prepared_home, instance, tmp_path):
     home = prepared_home
-    config = write_config(tmp_path / "dpo.yaml", preference={**PREFERENCE, "synthetic": True})
+    # Half of the 16 synthetic pairs held out, so the reward model's gate has enough to judge (5 at least).
+    reward = {**REWARD, "heldout_fraction": 0.5}
+    config = write_config(
+        tmp_path / "dpo.yaml", preference={**PREFERENCE, "synthetic": True, "reward_model": reward}
+    )
     settings = TunegraphSettings(home=str(home), config_path=str(config))
     record = Runner(settings, instance).run()
     assert record["status"] == "success", record["errors"]

@@ -4,6 +4,7 @@ pairs and passes its gate; fed labels at random it fails it, and nothing that re
 import random
 
 import dagster as dg
+import pytest
 from conftest import output, write_config, write_jsonl
 
 from pipelines.runner import Runner
@@ -14,7 +15,7 @@ from stages.precision import resolve_precision
 from stages.reward_scoring import load_reward_model, reward_scores
 from stages.tables import read_json
 
-# 40 pairs: 11 of them held out at 0.2 by the stable hash (seed 0), enough for the gate (5 at 0.05).
+# 40 pairs: 12 of them held out at 0.2 by the stable hash (data.seed 0), enough for the gate (5 at 0.05).
 REWARD = {"learning_rate": 1.0e-3, "max_steps": 10, "batch_size": 4, "logging_steps": 2, "save_steps": 5}
 PREFERENCE = {"enabled": True, "min_pairs": 8, "method": "grpo", "reward_model": REWARD}
 TRAINING = ["fine_tuned_model", "preference_pairs", "reward_model", "preference_model"]
@@ -32,6 +33,9 @@ def landed_pairs(coin: random.Random | None = None) -> list[dict]:
     return pairs
 
 
+# About 40 s (fine-tune, reward model, registration); `make test` sees a reward model pass its gate in the
+# DPO test (tests/assets/test_preference.py), which trains one first.
+@pytest.mark.slow
 def test_the_reward_model_learns_separable_pairs_and_passes_its_gate(prepared_home, instance, tmp_path):
     home = prepared_home
     write_jsonl(home / "landing" / "preferences" / "pairs.jsonl", landed_pairs())
@@ -42,7 +46,7 @@ def test_the_reward_model_learns_separable_pairs_and_passes_its_gate(prepared_ho
     assert record["status"] == "success", record["errors"]
     out = output(instance, "reward_model")
     summary = read_json(out / "summary.json")
-    assert summary["enabled"] is True and summary["heldout_pairs"] == 11
+    assert summary["enabled"] is True and summary["heldout_pairs"] == 12
     assert summary["heldout_accuracy"] > 0.9 and summary["heldout_margin"] > 0
     [check] = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("reward_model"), "reward_better_than_chance")]
@@ -53,7 +57,7 @@ def test_the_reward_model_learns_separable_pairs_and_passes_its_gate(prepared_ho
         dg.AssetKey("reward_model")
     ).asset_materialization
     metadata = {k: v.value for k, v in materialisation.metadata.items()}
-    assert (metadata["pairs_train"], metadata["pairs_heldout"]) == (29, 11)
+    assert (metadata["pairs_train"], metadata["pairs_heldout"]) == (28, 12)
     assert metadata["registered_model"] == "tunegraph-tiny-reward v1"
     assert "chosen_score" in metadata["heldout_pairs_scored"]
 
@@ -78,7 +82,9 @@ def test_the_reward_model_learns_separable_pairs_and_passes_its_gate(prepared_ho
 
 def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepared_home, instance, tmp_path):
     home = prepared_home
-    write_jsonl(home / "landing" / "preferences" / "pairs.jsonl", landed_pairs(random.Random(0)))
+    # Coin seed 2 swaps 6 of the 12 held-out pairs (and 12 of 28 training ones): whichever way the model
+    # learns to lean, it ranks half the held-out pairs right, as a coin's labels allow on average.
+    write_jsonl(home / "landing" / "preferences" / "pairs.jsonl", landed_pairs(random.Random(2)))
     config = write_config(tmp_path / "reward.yaml", preference=PREFERENCE)
     settings = TunegraphSettings(home=str(home), config_path=str(config))
 
@@ -87,7 +93,7 @@ def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepa
     assert record["status"] == "failed"
     assert record["failed_checks"] == ["reward_model:reward_better_than_chance"], record["errors"]
     summary = read_json(output(instance, "reward_model") / "summary.json")
-    assert summary["heldout_pairs"] == 11 and summary["heldout_accuracy"] < 0.8
+    assert summary["heldout_pairs"] == 12 and summary["heldout_accuracy"] < 0.8
     # The gate says what is wrong and what to do, and the policy (GRPO here) never trained against it.
     error = next(e for e in record["errors"] if "reward_better_than_chance" in e)
     assert "a coin does as well with p =" in error and "check the pairs' labels" in error
