@@ -5,7 +5,7 @@ import random
 
 import dagster as dg
 import pytest
-from conftest import output, write_config, write_jsonl
+from conftest import launch, output, write_config, write_jsonl
 
 from pipelines.runner import Runner
 from resources.settings import TunegraphSettings
@@ -103,4 +103,8 @@ def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepa
     again = Runner(settings, instance).run(select=TRAINING)
     assert again["status"] in ("blocked", "failed")
     assert any("reward_model:reward_better_than_chance failed" in e for e in again["errors"]), again["errors"]
+    # The UI's "Materialize" of preference_model alone: the IO manager refuses to hand it the reward model.
+    launched = launch(instance, settings, ["preference_model"])
+    [error] = [e.step_failure_data.error.message for e in launched.all_events if e.is_step_failure]
+    assert "preference_model may not run: reward_model:reward_better_than_chance failed" in error
     assert instance.get_latest_materialization_event(dg.AssetKey("preference_model")) is None
