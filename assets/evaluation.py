@@ -352,7 +352,7 @@ def _log_to_mlflow(
     client.log_table(run_id, data=_columns(samples), artifact_file="evaluation/samples.json")
 
 
-EVAL_METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate")
+EVAL_METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate", *leaderboard.JUDGED)
 
 
 def _log_scores(client: mlflow.MlflowClient, run_id: str, scores: dict[str, Any] | None) -> None:

@@ -27,7 +27,7 @@ from stages.content import content_hash
 from stages.decontamination import eval_ngrams, ngrams
 from stages.evaluation import generate
 from stages.inference import Placement, inference_placement, load_saved
-from stages.lineage import dpo_lineage
+from stages.lineage import preference_lineage
 from stages.split import eval_score
 from stages.tables import read_json, read_rows, write_json, write_rows
 
@@ -253,10 +253,12 @@ def preference_model(
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
     job = TrainingJob(
         module="stages.dpo",
-        run_name="dpo",
+        run_name=cfg.preference.method,
         inputs={
             "init_model_dir": str(sft_dir / "model"),
             "pairs_path": str(pairs_dir / "pairs.jsonl"),
+            # KTO also learns from the landed thumbs-up/down answers (written by preference_pairs).
+            "unpaired_path": str(pairs_dir / "kto.jsonl") if (pairs_dir / "kto.jsonl").exists() else None,
             "preference": cfg.preference,
         },
         resume_key={
@@ -279,13 +281,14 @@ def preference_model(
                 latest_data_version(context.instance, "preference_pairs") or "",
             )
         ],  # fmt: skip
-        lineage=dpo_lineage(
+        lineage=preference_lineage(
             read_json(sft_dir / "lineage.json"),
             sft,
             pairs.get("landing_files", {}),
             pairs,
             cfg.flat(),
             {"preference_model": code_version},
+            method=cfg.preference.method,
         ),
         card={
             "data_summary": _pairs_summary(pairs),

@@ -23,7 +23,7 @@ from resources.tracking import MlflowTracking
 from resources.training import TrainingLauncher
 from stages.code_version import code_version
 from stages.config import PipelineConfig
-from stages.lineage import dpo_lineage
+from stages.lineage import preference_lineage
 from stages.reward import HELD_OUT_FILE
 from stages.reward_gate import judge
 from stages.tables import read_json, read_rows, write_json
@@ -110,7 +110,7 @@ def reward_model(
         },
         artifacts=[(pairs_dir / "summary.json", "preference")],
         datasets=[Dataset("preference_pairs", "training", pairs_dir / "pairs.parquet", pairs_version)],
-        lineage=dpo_lineage(
+        lineage=preference_lineage(
             read_json(sft_dir / "lineage.json"),
             sft,
             pairs.get("landing_files", {}),

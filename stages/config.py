@@ -392,6 +392,13 @@ class PreferenceConfig(_Section):
     )
     weights: Literal["lora", "full"] = Field("lora", description="LoRA (uses training.lora) or all weights.")
 
+    @model_validator(mode="after")
+    def _kto_needs_two_rows_a_batch(self) -> "PreferenceConfig":
+        # KTO's KL estimate pairs each completion with another row's prompt: a batch of one has none.
+        if self.method == "kto" and self.batch_size < 2:
+            raise ValueError("method kto needs batch_size 2 or more (its KL term mixes rows of a batch)")
+        return self
+
     @field_validator("method", mode="before")
     @classmethod
     def _method_names_the_algorithm(cls, value: Any) -> Any:

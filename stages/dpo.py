@@ -1,4 +1,9 @@
-"""Direct preference optimisation, as a process of its own: `python -m stages.dpo SPEC.json`.
+"""Offline preference learning, as a process of its own: `python -m stages.dpo SPEC.json`.
+
+`preference.method: dpo` is direct preference optimisation on pairs (TRL's DPOTrainer); `kto` is
+Kahneman-Tversky optimisation (TRL's KTOTrainer) on single answers labelled desirable or not: the
+thumbs-up/down rows landed (`unpaired_path`) plus each pair taken apart (chosen desirable, rejected not),
+so a user with only thumbs, only pairs or both can use it.
 
 Launched by the `preference_model` asset exactly like the fine-tune (`stages.train`): the same
 launcher, Dagster Pipes, atomic checkpoints, resume rule, MLflow telemetry and saved output. It
@@ -6,11 +11,12 @@ starts from the supervised model (`init_model_dir`); with LoRA the frozen starti
 also DPO's reference, so no second copy is held in memory. Adapters are merged before saving.
 """
 
+import json
 from typing import Any
 
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
 from stages.checkpoints import AtomicCheckpoints
 from stages.precision import resolve_precision, training_device, weights_dtype
@@ -34,6 +40,22 @@ class CheckpointedDPOTrainer(AtomicCheckpoints, DPOTrainer):
     """TRL's DPOTrainer, with checkpoints renamed into place only once complete."""
 
 
+class CheckpointedKTOTrainer(AtomicCheckpoints, KTOTrainer):
+    """TRL's KTOTrainer, with checkpoints renamed into place only once complete."""
+
+
+def unpaired_rows(pairs: list[dict[str, Any]], unpaired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO's rows (TRL's conversational unpaired format: prompt, completion, label): every landed
+    thumbs-up/down answer, and each pair as its chosen answer (desirable) and rejected one (not)."""
+    rows = [
+        {"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in unpaired
+    ]
+    for p in pairs:
+        rows.append({"prompt": p["prompt"], "completion": p["chosen"], "label": True})
+        rows.append({"prompt": p["prompt"], "completion": p["rejected"], "label": False})
+    return rows
+
+
 def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     cfg = spec.training
     if spec.preference is None or spec.pairs_path is None:
@@ -47,7 +69,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     pairs = Dataset.from_json(str(spec.pairs_path))
-    args = DPOConfig(
+    settings = dict(
         **shared_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
         per_device_train_batch_size=pref.batch_size,
@@ -57,18 +79,26 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         logging_steps=pref.logging_steps,
         save_steps=pref.save_steps,
     )
+    if pref.method == "kto":
+        unpaired = _read_jsonl(spec.unpaired_path) if spec.unpaired_path else []
+        data = Dataset.from_list(unpaired_rows(pairs.to_list(), unpaired))
+        args, trainer_class = KTOConfig(**settings), CheckpointedKTOTrainer
+    elif pref.method == "dpo":
+        data, args, trainer_class = pairs, DPOConfig(**settings), CheckpointedDPOTrainer
+    else:
+        raise ValueError(f"stages.dpo trains dpo or kto, not {pref.method} (stages.rl runs online RL)")
     device = one_device_per_process(args)
     telemetry = telemetry_for(spec, None, log)
-    trainer = CheckpointedDPOTrainer(
+    trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=pairs,
+        train_dataset=data,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[telemetry, ParentWatch(spec.parent_pid)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    log(f"DPO ({pref.weights}, beta {pref.beta}) on {len(pairs)} pairs, {WORLD_SIZE} x {device} ({sharding(trainer)}; "
+    log(f"{pref.method.upper()} ({pref.weights}, beta {pref.beta}) on {len(data)} rows, {WORLD_SIZE} x {device} ({sharding(trainer)}; "
         f"{precision.name}: {precision.reason}; weights {dtype})")  # fmt: skip
     result, wall_s = fit(trainer, spec, telemetry, log)
     last = telemetry.history[-1] if telemetry.history else {}
@@ -84,11 +114,18 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         reward_margin=last.get("rewards/margins"),
         reward_accuracy=last.get("rewards/accuracies"),
         pairs=len(pairs),
+        rows=len(data),
+        method=pref.method,
         **precision.as_params(),
         weights_dtype=str(dtype).removeprefix("torch."),
         wall_s=wall_s,
         trainable_parameters=trainable,
     )
+
+
+def _read_jsonl(path: Any) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ once). Rows are ranked by the primary metric on the held-out split.
 
 from typing import Any
 
-METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate", "prompt_tokens")
+# The reward model's judgement (stages/reward_judge.py) where one is trained: mean reward of the answers,
+# win rate against the base model's plain answers, and a policy's own pair accuracy by log-probabilities.
+JUDGED = ("reward", "win_rate", "pair_accuracy")
+METRICS = ("loss", "perplexity", "rouge_l", "exact_match", "stop_rate", "prompt_tokens", *JUDGED)
 COLUMNS = ("rank", "row", "kind", "model", "prompt", *METRICS, "train_minutes")
-LOWER_IS_BETTER = {"loss", "perplexity", "prompt_tokens"}
+LOWER_IS_BETTER = {"loss", "perplexity", "prompt_tokens"}  # the judged columns: higher is better
 
 
 def rows(
@@ -65,15 +68,21 @@ def winner_by_metric(board: list[dict[str, Any]]) -> dict[str, str]:
 
 def format_table(board: list[dict[str, Any]]) -> str:
     """The leaderboard as aligned text (`tunegraph leaderboard`, `tunegraph report`)."""
+    judged = any(r.get(m) is not None for r in board for m in JUDGED)
     head = (f"  {'#':>2} {'row':<34} {'kind':<6} {'loss':>7} {'ppl':>8} {'rouge_l':>8} {'exact':>6} "
             f"{'stop':>5} {'prompt tok':>10} {'train min':>9}")  # fmt: skip
+    if judged:
+        head += f" {'reward':>7} {'win':>5} {'pairs':>5}"
     lines = [head]
     for r in board:
-        lines.append(
+        line = (
             f"  {r['rank']:>2} {r['row']:<34} {r['kind']:<6} {_f(r['loss'], 4):>7} {_f(r['perplexity'], 2):>8} "
             f"{_f(r['rouge_l'], 4):>8} {_f(r['exact_match'], 2):>6} {_f(r['stop_rate'], 2):>5} "
             f"{_f(r['prompt_tokens'], 0):>10} {_f(r['train_minutes'], 1):>9}"
         )
+        if judged:
+            line += f" {_f(r.get('reward'), 3):>7} {_f(r.get('win_rate'), 2):>5} {_f(r.get('pair_accuracy'), 2):>5}"
+        lines.append(line)
     return "\n".join(lines)
 
 

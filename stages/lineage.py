@@ -1,6 +1,6 @@
 """What a model was trained on, and what changed between two models.
 
-A lineage record (written with every trained model, SFT or DPO, logged to its MLflow run) holds
+A lineage record (written with every trained model, SFT or preference-aligned, logged to its MLflow run) holds
 the method and the model it started from, the landing files with their content hashes and train
 record counts, the resolved config (flat keys), the code version of every asset, and the
 evaluation metrics. A DPO model's landing files are those of the SFT model it started from plus
@@ -11,7 +11,7 @@ it. `diff` compares two records.
 from typing import Any
 
 
-def dpo_lineage(
+def preference_lineage(
     sft: dict[str, Any],
     sft_version: dict[str, Any],
     preference_files: dict[str, dict[str, Any]],
@@ -19,12 +19,14 @@ def dpo_lineage(
     config: dict[str, Any],
     code_versions: dict[str, Any],
     method: str = "dpo",
+    reward_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The lineage of a model trained on preference pairs from the SFT model (DPO, or the reward model:
-    `method`): its preference files on top of what its SFT model learnt from.
+    """The lineage of a model aligned to preferences (DPO, KTO, GRPO, RLOO): its preference files on
+    top of what its SFT model learnt from, and for online RL the reward model that steered it.
 
     `sft` is the SFT model's lineage record, `sft_version` its registry entry (model_name, version,
-    mlflow_run_id), `preference_files` {landing path: {content_hash, train_records}}.
+    mlflow_run_id), `preference_files` {landing path: {content_hash, train_records}}; `reward_model`
+    the reward model's registry entry and held-out accuracy (RL only).
     """
     return {
         "method": method,
@@ -32,6 +34,7 @@ def dpo_lineage(
         "starts_from": sft_version,
         "landing_files": {**sft["landing_files"], **preference_files},
         "preference_pairs": pairs,
+        **({"reward_model": reward_model} if reward_model else {}),
         "config": config,
         "code_versions": {**sft.get("code_versions", {}), **code_versions},
     }

@@ -81,7 +81,13 @@ def write(text: str, folder: Path) -> Path:
     return path
 
 
-METHODS = {"sft": "supervised fine-tune (SFT)", "dpo": "preference-tuned (DPO) version"}
+METHODS = {
+    "sft": "supervised fine-tune (SFT)",
+    "dpo": "preference-tuned (DPO) version",
+    "kto": "preference-tuned (KTO, from answers labelled desirable or not) version",
+    "grpo": "RL-aligned (GRPO against a learnt reward model) version",
+    "rloo": "RL-aligned (RLOO against a learnt reward model) version",
+}
 
 
 def _summary(facts: dict[str, Any]) -> str:

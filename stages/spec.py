@@ -37,7 +37,12 @@ class TrainingSpec(BaseModel):
         default=None, description="SFT: tokens per packed block (data.block_size), for the memory estimate."
     )
     pairs_path: Path | None = Field(default=None, description="DPO: preference pairs (JSONL).")
-    preference: PreferenceConfig | None = Field(default=None, description="DPO: its settings.")
+    unpaired_path: Path | None = Field(
+        default=None, description="KTO: thumbs-up/down single answers (JSONL: prompt, completion, label)."
+    )
+    preference: PreferenceConfig | None = Field(
+        default=None, description="DPO/KTO/RL/reward model: its settings."
+    )
     reward_pairs_path: Path | None = Field(
         default=None,
         description="Reward model: the canonical pairs (Parquet, with ids), split into train and held-out here.",
