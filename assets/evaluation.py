@@ -5,6 +5,7 @@ the champion are scored here. Promotion compares the candidates with the champio
 three prompting baselines; the leaderboard compares every method.
 """
 
+import functools
 import gc
 import json
 import time
@@ -22,7 +23,8 @@ from assets.sources import reads_config
 from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
-from stages import leaderboard, model_card
+from stages import leaderboard, model_card, reward_judge
+from stages.chat import prompt_messages
 from stages.code_version import code_version
 from stages.content import content_hash
 from stages.evaluation import METRICS_BY_SCHEMA
@@ -31,7 +33,8 @@ from stages.promotion import Candidate, choose
 from stages.prompt_config import PLAIN
 from stages.prompt_registry import set_best
 from stages.prompts import example_pool
-from stages.tables import read_json, read_rows, write_json
+from stages.reward_scoring import load_reward_model, reward_scores
+from stages.tables import read_json, read_jsonl, read_rows, write_json
 
 # The base model's rows a candidate must beat to be promoted: today's three prompting baselines.
 # The other variants (retrieval, the searched prompt) are on the leaderboard to compare methods:
@@ -70,6 +73,8 @@ def model_evaluation(
     base_prompt_evaluation: dict[str, Path],
     fine_tuned_prompt_evaluation: dict[str, Path],
     prompt_search: Path,
+    reward_model: Path,
+    preference_pairs: Path,
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     ev = cfg.evaluation
@@ -119,6 +124,10 @@ def model_evaluation(
     for scores in by_set.values():
         scores.setdefault("champion", scores[incumbent] if incumbent else None)
     results = by_set["held_out"]
+    # The reward model's judgement of every row (reward, win rate vs base, each policy's pair accuracy):
+    # promotion stays on the primary metric; these say which answers people would prefer.
+    judged = _judge(context, reward_model, preference_pairs, records, scored, results,
+                    {"base_zero_shot": "base", **{c: c for c in candidates}}, folders, placement, ev.batch_size)  # fmt: skip
 
     decision = choose(
         {c: Candidate(entry["version"], results[c]) for c, entry in candidates.items()}, champion_version,
@@ -164,6 +173,12 @@ def model_evaluation(
     # runs table and chart view compare fine-tunes with each other and with prompting.
     for variant, entry in candidates.items():
         _log_scores(client, entry["mlflow_run_id"], results[variant])
+    if judged:  # the prompt rows' leaderboard runs get the judged columns under the same names
+        for row, entry in scored.items():
+            if entry.get("mlflow_run_id") and results.get(row) and row not in candidates:
+                _log_scores(
+                    client, entry["mlflow_run_id"], {m: results[row].get(m) for m in leaderboard.JUDGED}
+                )
     # Each candidate's model card, now with this comparison; it replaces README.md in its MLflow model.
     verdict = {"results": results, "primary_metric": ev.primary_metric, "examples": len(records)}
     cards = {
@@ -184,6 +199,7 @@ def model_evaluation(
         "metrics_by_schema": {s: METRICS_BY_SCHEMA[s] for s in sorted({r["schema"] for r in records})},
         "decoding": decoding,
         "inference": inference,
+        "reward_judge": judged,
         "primary_metric": ev.primary_metric,
         "registry": {
             "model_name": name,
@@ -221,6 +237,56 @@ def model_evaluation(
             **recorded(out),
         },
     )
+
+
+def _judge(
+    context: dg.AssetExecutionContext,
+    reward_model: Path,
+    preference_pairs: Path,
+    records: list[dict[str, Any]],
+    scored: dict[str, dict[str, Any]],
+    results: dict[str, dict[str, Any] | None],
+    policies: dict[str, str],
+    folders: dict[str, Path],
+    placement: Placement,
+    batch_size: int,
+) -> dict[str, Any] | None:
+    """Every row's held-out answers judged by the reward model (stages/reward_judge.py) and each policy's
+    pair accuracy on the held-out preference pairs, written into the rows' held-out scores; None when no
+    reward model was trained. `policies`: leaderboard row -> the model folder it is (folders' key)."""
+    gate = read_json(reward_model / "summary.json")
+    if not gate["enabled"]:
+        return None
+    start = time.perf_counter()
+    model, tokenizer = load_reward_model(reward_model / "model", placement)
+    questions = [prompt_messages(r) if r["schema"] != "text" else None for r in records]
+    answers = {
+        row: entry["texts"] for row, entry in scored.items() if entry.get("texts") and results.get(row)
+    }
+    score = functools.partial(reward_scores, model, tokenizer, batch_size=batch_size)
+    judged = reward_judge.judge(questions, answers, score)
+    del score, model
+    gc.collect()
+    for row, values in judged.items():
+        results[row].update(values)  # type: ignore[union-attr]
+    held_out = read_jsonl(preference_pairs / "heldout_pairs.jsonl")
+    accuracy = {}
+    for row, source in policies.items():
+        if held_out and results.get(row):
+            policy, tok = load_saved(folders[source] / "model", placement)
+            accuracy[row] = reward_judge.pair_accuracy(policy, tok, held_out, batch_size)
+            results[row]["pair_accuracy"] = accuracy[row]  # type: ignore[index]
+            del policy
+            gc.collect()
+    context.log.info(f"judged by the reward model: {len(judged)} rows, pair accuracy of {len(accuracy)} policies "
+                     f"on {len(held_out)} held-out pairs ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    return {
+        "rows": len(judged),
+        "questions": sum(q is not None for q in questions),
+        "heldout_pairs": len(held_out),
+        "reward_model_heldout_accuracy": gate.get("heldout_accuracy"),
+        "baseline": reward_judge.BASELINE,
+    }
 
 
 def _partition_rows(asset: str, partitions: dict[str, Path], model: Path) -> dict[str, dict[str, Any]]:

@@ -92,6 +92,7 @@ def preference_pairs(
         out = new_output(context, paths)
         write_json(out / "summary.json", DISABLED)
         write_rows(out / "pairs.parquet", [])
+        write_rows(out / "unpaired.parquet", [])
         return dg.MaterializeResult(
             data_version=dg.DataVersion("disabled"),
             metadata={"enabled": False, **recorded(out)},
@@ -114,10 +115,24 @@ def preference_pairs(
     kept, summary, reasons = built.kept, built.summary, built.summary["dropped"]
     out = new_output(context, paths)
     write_rows(out / "pairs.parquet", kept)
-    (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(kept)))
+    # One split for every reader, by the pairs' stable hash: DPO and KTO learn from the training share;
+    # the held-out share judges (the reward model's gate, each policy's pair accuracy in model_evaluation).
+    train, held_out = preferences.split_pairs(kept, pref.reward_model.heldout_fraction, cfg.data.seed)
+    (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(train)))
+    (out / "heldout_pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(held_out)))
+    # Thumbs up/down single answers as they came (the pairs they make are in pairs.parquet); KTO's rows.
+    write_rows(out / "unpaired.parquet", built.unpaired)
+    thumbs, _ = preferences.split_pairs(
+        [{**r, "split_id": preferences.prompt_split_id(r["messages"][:-1])} for r in built.unpaired],
+        pref.reward_model.heldout_fraction,
+        cfg.data.seed,
+    )
+    kto = preferences.kto_training_rows(train, thumbs)
+    (out / "kto.jsonl").write_text("".join(_jsonl(r) for r in kto))
+    summary |= {"train_pairs": len(train), "heldout_pairs": len(held_out), "kto_rows": len(kto)}
     write_rows(out / "quarantine.parquet", built.dropped)
     write_json(out / "summary.json", summary)
-    version = content_hash(out / "pairs.parquet", out / "quarantine.parquet")
+    version = content_hash(out / "pairs.parquet", out / "unpaired.parquet", out / "quarantine.parquet")
     context.log.info(f"{len(kept)} preference pairs kept of {summary['pairs_in']} ({dict(reasons)})")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -126,6 +141,10 @@ def preference_pairs(
             "synthetic": summary["synthetic"],
             **(placement.as_metadata() if placement else {}),  # where the rejected answers were generated
             "pairs": len(kept),
+            "pairs_by_origin": counts_table(summary["origins"], "origin"),  # pair, ranked, thumbs, synthetic
+            "unpaired": summary["unpaired"],
+            "unpaired_up": summary["unpaired_labels"]["up"],
+            "unpaired_down": summary["unpaired_labels"]["down"],
             "dropped": counts_table(dict(reasons)),
             "sample": md_table(
                 [
@@ -237,6 +256,7 @@ def preference_model(
     preference_pairs: Path,
     fine_tuned_model: Path,
     augmented_corpus: Path,
+    reward_model: Path,
 ) -> dg.MaterializeResult:
     cfg, paths = settings.config(), settings.paths()
     if not cfg.preference.enabled:
@@ -246,12 +266,14 @@ def preference_model(
             data_version=dg.DataVersion("disabled"), metadata={"enabled": False, **recorded(out)}
         )
     if cfg.preference.method in ("grpo", "rloo"):
-        # TODO(issue 29, merge): take `reward_model: Path` as this asset's input (assets/reward.py, built on
-        # the reward branch) and return `train_rl(context, settings, mlflow_tracking, launcher,
-        # fine_tuned_model, augmented_corpus, reward_model / "model")`; then remove this refusal.
-        raise dg.Failure(
-            f"preference.method {cfg.preference.method} needs the reward_model asset, which this build does "
-            "not have yet: set preference.method: dpo"
+        return train_rl(
+            context,
+            settings,
+            mlflow_tracking,
+            launcher,
+            fine_tuned_model,
+            augmented_corpus,
+            reward_model / "model",
         )
     pairs_dir, sft_dir = preference_pairs, fine_tuned_model
     pairs = read_json(pairs_dir / "summary.json")
@@ -263,8 +285,8 @@ def preference_model(
         inputs={
             "init_model_dir": str(sft_dir / "model"),
             "pairs_path": str(pairs_dir / "pairs.jsonl"),
-            # KTO also learns from the landed thumbs-up/down answers (written by preference_pairs).
-            "unpaired_path": str(pairs_dir / "kto.jsonl") if (pairs_dir / "kto.jsonl").exists() else None,
+            # KTO's rows: the landed thumbs-up/down answers and the training pairs taken apart.
+            "unpaired_path": str(pairs_dir / "kto.jsonl"),
             "preference": cfg.preference,
         },
         resume_key={
@@ -312,13 +334,17 @@ def preference_model(
         },
     )
     trained = run_training(context, cfg, paths, mlflow_tracking, launcher, job)
-    write_json(trained.out / "summary.json", {"enabled": True, "starts_from": sft})
+    write_json(
+        trained.out / "summary.json", {"enabled": True, "method": cfg.preference.method, "starts_from": sft}
+    )
     summary = trained.summary
     return dg.MaterializeResult(
         data_version=dg.DataVersion(trained.data_version),
         metadata={
             **training_metadata(trained, mlflow_tracking, cfg.tracking.registered_model),
-            "pairs": summary["pairs"],
+            "method": cfg.preference.method,
+            # DPO learns from the training share of the pairs; KTO from single answers (thumbs, pairs taken apart).
+            ("pairs" if cfg.preference.method == "dpo" else "rows"): summary["rows"],
             "synthetic_pairs": pairs["synthetic"],
             "reward_margin": summary["reward_margin"],
             "reward_accuracy": summary["reward_accuracy"],
@@ -398,6 +424,13 @@ def rl_job(
         "content_hash": content_hash(prompts_path),
     }
     reward = {"dir": str(reward_model_dir), "content_hash": content_hash(reward_model_dir)}
+    registered = reward_model_dir.parent / "mlflow.json"
+    if (
+        registered.exists()
+    ):  # the reward_model asset's output: its registry entry and gate, for lineage and card
+        entry, gate = read_json(registered), read_json(reward_model_dir.parent / "summary.json")
+        reward |= {"uri": f"models:/{entry['model_name']}/{entry['version']}", "model_name": entry["model_name"],
+                   "version": entry["version"], "heldout_accuracy": gate.get("heldout_accuracy")}  # fmt: skip
     return TrainingJob(
         module="stages.rl",
         run_name=pref.method,
@@ -431,7 +464,12 @@ def rl_job(
         ),  # fmt: skip
         card={
             "data_summary": f"{pref.method.upper()} on {prompts['count']} held-in prompts of the training split, "
-            f"rewarded by {_rewards_summary(pref.rl)}.",
+            f"rewarded by {_rewards_summary(pref.rl)}"
+            + (
+                f"; the reward model is `{reward['uri']}` (held-out pair accuracy {reward['heldout_accuracy']:.2f})."
+                if "uri" in reward
+                else "."
+            ),  # fmt: skip
             "training": {
                 "method": f"{pref.method} ({pref.weights})",
                 "beta": pref.rl.beta,

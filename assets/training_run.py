@@ -1,4 +1,5 @@
-"""One tracked training run, shared by `fine_tuned_model` (SFT) and `preference_model` (DPO).
+"""One tracked training run, shared by `fine_tuned_model` (SFT), `preference_model` (DPO) and
+`reward_model` (a scalar head on the fine-tuned model, registered under a name of its own).
 
 The same path for both: end MLflow runs orphaned by killed processes, open an MLflow run, decide
 whether to resume from checkpoints (same data, config and code) or start at step 0, launch the
@@ -29,6 +30,7 @@ from stages.config import PipelineConfig
 from stages.content import content_hash
 from stages.inference import Placement, inference_placement, load_saved
 from stages.lineage import run_name
+from stages.reward_scoring import load_reward_model
 from stages.spec import MlflowTarget, TrainingSpec
 from stages.tables import read_json, read_rows, records_frame, write_json
 
@@ -54,8 +56,12 @@ class TrainingJob:
     lineage: dict[str, Any] = field(default_factory=dict)
     datasets: list["Dataset"] = field(default_factory=list)  # logged as the run's inputs
     # What the model card says of this stage: data_summary (markdown), training (settings),
-    # data_versions (asset -> Dagster data version), config_hash.
+    # data_versions (asset -> Dagster data version), config_hash. Empty: no card (the reward model).
     card: dict[str, Any] = field(default_factory=dict)
+    # The registry name; None: tracking.registered_model, the one the champion is chosen from.
+    registered_model: str | None = None
+    # A reward model: a sequence classifier that scores answers, logged as such; no decoding to save.
+    scalar_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,13 +96,14 @@ def run_training(
     job: TrainingJob,
 ) -> TrainedModel:
     asset = context.asset_key.to_user_string()
+    registered_model = job.registered_model or cfg.tracking.registered_model
     client = tracking.client()
     experiment_id = tracking.experiment_id(cfg.tracking.experiment)
     for stale in tracking.end_orphaned_runs(experiment_id):
         context.log.warning(f"MLflow run {stale} was left RUNNING by a killed process: marked KILLED")
-    for version in _delete_unrecorded_versions(context, client, cfg.tracking.registered_model):
+    for version in _delete_unrecorded_versions(context, client, registered_model):
         context.log.warning(
-            f"{cfg.tracking.registered_model} v{version} was registered by a run that ended before Dagster "
+            f"{registered_model} v{version} was registered by a run that ended before Dagster "
             "recorded it (killed or failed): deleted, as nothing may use a model Dagster never recorded"
         )
     tags = {
@@ -159,7 +166,7 @@ def run_training(
             client.log_artifact(run_id, str(path), folder)
         client.log_batch(run_id, metrics=_final_metrics(summary))
         # Serve as evaluated: the evaluation's decoding becomes the model's generation_config.json.
-        decoding = serving.write_generation_config(out / "model", {
+        decoding = {} if job.scalar_head else serving.write_generation_config(out / "model", {
             "max_new_tokens": cfg.evaluation.max_new_tokens,
             "repetition_penalty": cfg.evaluation.repetition_penalty,
         })  # fmt: skip
@@ -167,21 +174,24 @@ def run_training(
         client.log_batch(
             run_id, tags=[RunTag(f"tunegraph.{k}", v) for k, v in placement.as_metadata().items()]
         )
-        version, model_id = _log_and_register(tracking, run_id, out, cfg.tracking.registered_model, placement)
+        version, model_id = _log_and_register(
+            tracking, run_id, out, registered_model, placement, job.scalar_head
+        )
         name = run_name(job.run_name, job.resume_key["data_version"], params, previous, version)
         client.update_run(run_id, name=name)  # the version is known only now
         for key, value in {**tags, "tunegraph.model_dir": str(out / "model")}.items():
-            client.set_model_version_tag(cfg.tracking.registered_model, version, key, value)
+            client.set_model_version_tag(registered_model, version, key, value)
         lineage = {**job.lineage, "resumed_from_step": summary["resumed_from_step"],
                    "metrics": {"train_loss": summary["train_loss"]}}  # fmt: skip
         write_json(out / "lineage.json", lineage)
         client.log_dict(run_id, lineage, "lineage/lineage.json")
-        card = _card_facts(context, cfg, job, summary, decoding, version, run_id)
-        write_json(out / "card.json", card)  # model_evaluation renders the card again with its results
-        client.log_model_artifact(model_id, str(model_card.write(model_card.render(card), out / "model")))
+        if job.card:
+            card = _card_facts(context, cfg, job, summary, decoding, version, run_id)
+            write_json(out / "card.json", card)  # model_evaluation renders the card again with its results
+            client.log_model_artifact(model_id, str(model_card.write(model_card.render(card), out / "model")))
         registry = {
             "mlflow_run_id": run_id,
-            "model_name": cfg.tracking.registered_model,
+            "model_name": registered_model,
             "version": version,
             "model_id": model_id,
         }
@@ -281,15 +291,30 @@ def _final_metrics(summary: dict) -> list[Metric]:
 
 
 def _log_and_register(
-    tracking: MlflowTracking, run_id: str, out: Path, registered_model: str, placement: Placement
+    tracking: MlflowTracking,
+    run_id: str,
+    out: Path,
+    registered_model: str,
+    placement: Placement,
+    scalar_head: bool = False,
 ) -> tuple[str, str]:
-    """Log the merged model as a chat model (its chat template, its saved decoding); register it;
-    return (version, MLflow logged-model id). Loaded as the evaluation loads it, so the logged weights
-    are in the dtype the evaluation measured (bf16 where training ran bf16: half the artifact)."""
+    """Log the merged model as a chat model (its chat template, its saved decoding), or a reward model
+    as a text classifier with its one score; register it; return (version, MLflow logged-model id).
+    Loaded as the evaluation loads it, so the logged weights are in the dtype the evaluation measured
+    (bf16 where training ran bf16: half the artifact)."""
     tracking.activate()
-    model, tokenizer = load_saved(out / "model", placement)
+    model, tokenizer = (load_reward_model if scalar_head else load_saved)(out / "model", placement)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        info = serving.log_chat_model(model, tokenizer, registered_model, PIP_REQUIREMENTS)
+        if scalar_head:
+            info = mlflow.transformers.log_model(
+                transformers_model={"model": model, "tokenizer": tokenizer},
+                name="model",
+                task="text-classification",
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=registered_model,
+            )
+        else:
+            info = serving.log_chat_model(model, tokenizer, registered_model, PIP_REQUIREMENTS)
     return str(info.registered_model_version), info.model_id
 
 

@@ -19,6 +19,7 @@ from assets.model import base_model, fine_tuned_model
 from assets.partitions import landing_files
 from assets.preference import preference_model, preference_pairs
 from assets.prompts import base_prompt_evaluation, fine_tuned_prompt_evaluation, prompt_search
+from assets.reward import reward_model
 from assets.sources import SOURCES
 from assets.tokenize import tokenized_dataset
 from pipelines.sensors import build_landing_sensor, build_retrain_schedule
@@ -41,6 +42,7 @@ GLOBAL_ASSETS = [
     tokenized_dataset,
     fine_tuned_model,
     preference_pairs,
+    reward_model,
     preference_model,
     prompt_search,
     model_evaluation,

@@ -422,6 +422,45 @@ class RLConfig(_Section):
         return self
 
 
+class RewardModelConfig(_Section):
+    """The reward model (`reward_model`, TRL's RewardTrainer) and the gate it must pass.
+
+    The gate, `reward_better_than_chance`: of the held-out pairs, the reward model must score the
+    chosen answer strictly above the rejected one in `k` of `n` pairs such that a coin would do as
+    well with probability at most `significance` (one-sided binomial test against 1/2), and `k / n`
+    must reach `min_accuracy`. The test alone bounds the risk of passing a reward model that is a
+    coin (5 % at the default) whatever the number of pairs; it does not say the model is useful: at
+    10,000 pairs 51 % is "significant". `min_accuracy` is that floor of usefulness (0.6: it ranks
+    3 of 5 pairs right, the least a reward model that steers RL must do). With too few pairs no
+    result can pass the test (all `n` right has p = 0.5**n: at least 5 pairs at 0.05), and the
+    check says how many are needed rather than passing on no evidence.
+    """
+
+    learning_rate: float = Field(1e-4, ge=0.0)
+    max_steps: int = Field(20, ge=1)
+    batch_size: int = Field(4, ge=1, description="Pairs per device per step (each pair is two sequences).")
+    max_length: int = Field(
+        512,
+        ge=16,
+        description="Prompt + answer tokens; longer pairs are left out (TRL drops, not truncates).",
+    )
+    logging_steps: int = Field(2, ge=1)
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resumed like the fine-tune's).")
+    heldout_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of pairs held out to measure the reward model, by the corpus's stable hash of "
+        "the pair's split id (its ranked list's or prompt's, so related pairs stay on one side).",
+    )
+    significance: float = Field(
+        0.05, gt=0.0, lt=0.5, description="The gate's one-sided binomial test level against a coin."
+    )
+    min_accuracy: float = Field(
+        0.6, ge=0.5, le=1.0, description="The gate's floor on held-out pair accuracy, however many pairs."
+    )
+
+
 class PreferenceConfig(_Section):
     """Learning from preferences after the supervised fine-tune; starts from the fine-tuned model."""
 
@@ -479,6 +518,7 @@ class PreferenceConfig(_Section):
     logging_steps: int = Field(2, ge=1)
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resumed like the fine-tune's).")
     rl: RLConfig = Field(RLConfig(), description="grpo and rloo: online RL against the reward model.")
+    reward_model: RewardModelConfig = RewardModelConfig()
 
 
 class EvaluationConfig(_Section):

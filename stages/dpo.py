@@ -1,9 +1,10 @@
 """Offline preference learning, as a process of its own: `python -m stages.dpo SPEC.json`.
 
 `preference.method: dpo` is direct preference optimisation on pairs (TRL's DPOTrainer); `kto` is
-Kahneman-Tversky optimisation (TRL's KTOTrainer) on single answers labelled desirable or not: the
-thumbs-up/down rows landed (`unpaired_path`) plus each pair taken apart (chosen desirable, rejected not),
-so a user with only thumbs, only pairs or both can use it.
+Kahneman-Tversky optimisation (TRL's KTOTrainer) on single answers labelled desirable or not
+(`unpaired_path`: the thumbs-up/down rows landed plus each training pair taken apart, written by
+preference_pairs with stages/preferences.py `kto_training_rows`), so a user with only thumbs, only
+pairs or both can use it.
 
 Launched by the `preference_model` asset exactly like the fine-tune (`stages.train`): the same
 launcher, Dagster Pipes, atomic checkpoints, resume rule, MLflow telemetry and saved output. It
@@ -44,18 +45,6 @@ class CheckpointedKTOTrainer(AtomicCheckpoints, KTOTrainer):
     """TRL's KTOTrainer, with checkpoints renamed into place only once complete."""
 
 
-def unpaired_rows(pairs: list[dict[str, Any]], unpaired: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """KTO's rows (TRL's conversational unpaired format: prompt, completion, label): every landed
-    thumbs-up/down answer, and each pair as its chosen answer (desirable) and rejected one (not)."""
-    rows = [
-        {"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in unpaired
-    ]
-    for p in pairs:
-        rows.append({"prompt": p["prompt"], "completion": p["chosen"], "label": True})
-        rows.append({"prompt": p["prompt"], "completion": p["rejected"], "label": False})
-    return rows
-
-
 def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     cfg = spec.training
     if spec.preference is None or spec.pairs_path is None:
@@ -68,7 +57,6 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     peft_config = lora_config(cfg.lora) if pref.weights == "lora" else None
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    pairs = Dataset.from_json(str(spec.pairs_path))
     settings = dict(
         **shared_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
@@ -80,11 +68,13 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         save_steps=pref.save_steps,
     )
     if pref.method == "kto":
-        unpaired = _read_jsonl(spec.unpaired_path) if spec.unpaired_path else []
-        data = Dataset.from_list(unpaired_rows(pairs.to_list(), unpaired))
+        if spec.unpaired_path is None:
+            raise ValueError("a KTO spec names unpaired_path (the rows preference_pairs wrote to kto.jsonl)")
+        data = Dataset.from_list(_read_jsonl(spec.unpaired_path))
         args, trainer_class = KTOConfig(**settings), CheckpointedKTOTrainer
     elif pref.method == "dpo":
-        data, args, trainer_class = pairs, DPOConfig(**settings), CheckpointedDPOTrainer
+        data = Dataset.from_list(_read_jsonl(spec.pairs_path))
+        args, trainer_class = DPOConfig(**settings), CheckpointedDPOTrainer
     else:
         raise ValueError(f"stages.dpo trains dpo or kto, not {pref.method} (stages.rl runs online RL)")
     device = one_device_per_process(args)
@@ -113,7 +103,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         distributed=sharding(trainer),
         reward_margin=last.get("rewards/margins"),
         reward_accuracy=last.get("rewards/accuracies"),
-        pairs=len(pairs),
+        pairs=len(data) if pref.method == "dpo" else None,
         rows=len(data),
         method=pref.method,
         **precision.as_params(),

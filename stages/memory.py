@@ -309,13 +309,16 @@ def spec_run(
     spec: TrainingSpec, processes: int, precision: str = "no", weight_bytes: int = 4
 ) -> RunShape | None:
     """The run a training spec asks for, or None when it does not say its sequence length (a spec written
-    by hand without block_size). DPO holds a chosen and a rejected sequence of max_length per pair; GRPO
-    and RLOO train prompts_per_step x num_generations completions, prompt and completion within
-    max_length (stages/rl.py leaves longer prompts out); their frozen reward model (and with full weights
-    the reference copy) are not counted. `precision` and `weight_bytes` default to fp32, an upper bound
-    until the caller knows them."""
+    by hand without block_size). DPO and the reward model hold a chosen and a rejected sequence of
+    max_length per pair; GRPO and RLOO train prompts_per_step x num_generations completions, prompt and
+    completion within max_length (stages/rl.py leaves longer prompts out); their frozen reward model (and
+    with full weights the reference copy) are not counted. `precision` and `weight_bytes` default to fp32,
+    an upper bound until the caller knows them."""
     if spec.preference is not None:
         pref = spec.preference
+        if spec.reward_pairs_path is not None:  # the reward model, under its own settings
+            run = RunShape.of(spec.training, pref.reward_model.max_length, processes, precision, weight_bytes)
+            return replace(run, method=pref.weights, batch_size=2 * pref.reward_model.batch_size)
         run = RunShape.of(spec.training, pref.max_length, processes, precision, weight_bytes)
         rollouts = pref.rl.prompts_per_step * pref.rl.num_generations
         batch = rollouts if pref.method in ("grpo", "rloo") else 2 * pref.batch_size

@@ -1,5 +1,5 @@
 """The training process's spec: what a training asset writes as `spec.json`, and what
-`python -m stages.train|stages.dpo|stages.rl SPEC.json` (and `stages.launch`) read.
+`python -m stages.train|stages.dpo|stages.reward|stages.rl SPEC.json` (and `stages.launch`) read.
 
 Typed, so a missing or misspelt entry is a one-line error when the process starts, not a
 KeyError after the model loaded. Paths are absolute: the process may run in a pod that mounts
@@ -41,7 +41,7 @@ class TrainingSpec(BaseModel):
         default=None, description="KTO: thumbs-up/down single answers (JSONL: prompt, completion, label)."
     )
     preference: PreferenceConfig | None = Field(
-        default=None, description="DPO, KTO, GRPO, RLOO: their settings."
+        default=None, description="DPO, KTO, GRPO, RLOO, the reward model: their settings."
     )
     prompts_path: Path | None = Field(
         default=None, description="GRPO/RLOO: held-in prompts (JSONL: `prompt` chat messages, `reference`)."
@@ -50,6 +50,13 @@ class TrainingSpec(BaseModel):
         default=None,
         description="GRPO/RLOO: the reward model itself (`<reward_model output>/model`: a sequence classifier, "
         "num_labels 1, with its tokenizer).",
+    )
+    reward_pairs_path: Path | None = Field(
+        default=None,
+        description="Reward model: the canonical pairs (Parquet, with ids), split into train and held-out here.",
+    )
+    split_seed: int | None = Field(
+        default=None, description="Reward model: data.seed, the held-out split's seed."
     )
     resume_from: Path | None = Field(default=None, description="A checkpoint to resume from.")
     resumed_from_step: int | None = None

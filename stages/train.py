@@ -344,11 +344,12 @@ def training_attention(model: Any, precision: str) -> str:
     return model.config._attn_implementation
 
 
-def lora_config(lora: LoraSettings) -> Any:
+def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM") -> Any:
+    """peft's LoraConfig; task_type SEQ_CLS (the reward model) also trains the new score head whole."""
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+                      target_modules=lora.target_modules, task_type=task_type)  # fmt: skip
 
 
 def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: Precision) -> dict[str, Any]:
@@ -472,7 +473,15 @@ def sharding(trainer: Trainer) -> str:
     return "ddp" if WORLD_SIZE > 1 else "none"
 
 
-def whole_model(trainer: Trainer, model: Any, spec: TrainingSpec, lora: bool, dtype: torch.dtype) -> Any:
+def whole_model(
+    trainer: Trainer,
+    model: Any,
+    spec: TrainingSpec,
+    lora: bool,
+    dtype: torch.dtype,
+    model_class: Any = AutoModelForCausalLM,
+    task_type: str = "CAUSAL_LM",
+) -> Any:
     """The trained model with every weight whole, for rank 0 to save (None on the other ranks under FSDP).
 
     Under DDP every process holds the whole model: `model` itself. Under FSDP or ZeRO-3 each holds a
@@ -488,11 +497,12 @@ def whole_model(trainer: Trainer, model: Any, spec: TrainingSpec, lora: bool, dt
     state = trainer.accelerator.get_state_dict(trainer.model)
     if RANK != 0:
         return None
-    whole = AutoModelForCausalLM.from_pretrained(spec.init_model_dir, dtype=dtype)
+    extra = {"num_labels": 1} if task_type == "SEQ_CLS" else {}  # the reward model's scalar head
+    whole = model_class.from_pretrained(spec.init_model_dir, dtype=dtype, **extra)
     if lora:
         from peft import get_peft_model
 
-        whole = get_peft_model(whole, lora_config(spec.training.lora))
+        whole = get_peft_model(whole, lora_config(spec.training.lora, task_type))
     whole.load_state_dict(state)
     return whole
 

@@ -227,7 +227,7 @@ def unsynced(instance) -> dict[str, list[str]]:  # noqa: ANN001
 
 ALL_ASSETS = ["raw_corpus", "clean_corpus", "deduplicated_corpus", "augmented_corpus", "tokenized_dataset",
               "base_model", "base_prompt_evaluation", "prompt_search", "fine_tuned_model",
-              "fine_tuned_prompt_evaluation", "preference_pairs", "preference_model", "model_evaluation",
+              "fine_tuned_prompt_evaluation", "preference_pairs", "reward_model", "preference_model", "model_evaluation",
               "gguf_model"]  # fmt: skip
 
 

@@ -28,6 +28,7 @@ def test_definitions_hold_the_graph_in_groups():
         "base_model": "model",
         "fine_tuned_model": "model",
         "preference_pairs": "preference",
+        "reward_model": "preference",
         "preference_model": "preference",
         "base_prompt_evaluation": "evaluation",
         "fine_tuned_prompt_evaluation": "evaluation",
@@ -45,6 +46,9 @@ def test_definitions_hold_the_graph_in_groups():
                                            "deduplicated_corpus", "pipeline_config"}  # fmt: skip
     assert by_name["clean_corpus"] == {"raw_corpus", "pipeline_config"}
     assert by_name["raw_corpus"] == {"landing_file", "pipeline_config"}
+    # The reward model learns from the gated pairs on top of the fine-tuned model; DPO/RL read it (its gate).
+    assert by_name["reward_model"] == {"preference_pairs", "fine_tuned_model", "pipeline_config"}
+    assert "reward_model" in by_name["preference_model"]
     assert by_name["gguf_model"] == {"model_evaluation", "deduplicated_corpus", "pipeline_config"}
     # A prompt partition reads its own variant's text, its model and the data; nothing of training.
     assert by_name["base_prompt_evaluation"] == {"base_model", "deduplicated_corpus", "augmented_corpus",
@@ -67,6 +71,7 @@ def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
     decoding = ["evaluation.max_new_tokens", "evaluation.repetition_penalty"]
     assert reads("fine_tuned_model") == [*decoding, "tracking", "training"]
     assert reads("preference_model") == [*decoding, "preference", "tracking", "training"]
+    assert reads("reward_model") == ["data.seed", "preference", "tracking", "training"]
     assert reads("model_evaluation") == ["data.seed", "evaluation", "tracking"]
     assert reads("gguf_model") == ["export", "tracking"]
     # Not `evaluation` whole: a new promotion margin re-scores no prompt (each variant's own text is
@@ -92,6 +97,7 @@ def test_data_checks_block_and_model_checks_hold_nothing_back():
         "tokenized_dataset:blocks_have_labels",
         "preference_pairs:pairs_well_formed",
         "preference_pairs:pairs_not_in_eval",
+        "reward_model:reward_better_than_chance",  # a reward model no better than a coin steers nothing
     }
     # Each gate runs in its asset's own step: a run of the asset (an automated one too) cannot
     # leave the gates behind, which would hold everything below it back (#15's automation story).

@@ -20,6 +20,7 @@ DOWNSTREAM = [
     "tokenized_dataset",
     "fine_tuned_model",
     "preference_pairs",
+    "reward_model",
     "preference_model",
     "model_evaluation",
     "gguf_model",

@@ -193,12 +193,12 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
                            config_path=str(write_config(tmp_path / "lr.yaml", training={"learning_rate": 5e-4})))  # fmt: skip
     sources.record(instance, sources.source_changes(instance, lr))  # as the sensor's next tick would
     cause = ["pipeline_config[training] has a new data version"]
-    assert unsynced(instance) == {"fine_tuned_model": cause, "preference_model": cause}
+    assert unsynced(instance) == {"fine_tuned_model": cause, "reward_model": cause, "preference_model": cause}
     second = Runner(lr, instance).run()
     assert second["status"] == "success", second["errors"]
     after = materialisations(instance)
     assert {a: after[a] - before[a] for a in after if after[a] != before[a]} == {
-        "fine_tuned_model": 1, "fine_tuned_prompt_evaluation": 2, "preference_pairs": 1, "preference_model": 1,
+        "fine_tuned_model": 1, "fine_tuned_prompt_evaluation": 2, "preference_pairs": 1, "reward_model": 1, "preference_model": 1,
         "model_evaluation": 1, "gguf_model": 1,
     }  # fmt: skip
     assert unsynced(instance) == {} and build_report(instance)["registry"]["version"] == "2"
@@ -230,7 +230,7 @@ def test_tiny_pipeline_end_to_end_then_what_dagster_reports_stale_then_compare(
     followed = Runner(lr, instance).run(select=data_assets)  # what the automated run materialises
     assert followed["status"] == "success", followed["errors"]
     # The schedule retrains; the prompt partitions (a run each) and what reads them wait for `tunegraph run`.
-    retrain = ["prompt_search", "fine_tuned_model", "preference_pairs", "preference_model"]
+    retrain = ["prompt_search", "fine_tuned_model", "preference_pairs", "reward_model", "preference_model"]
     assert retrain_decision(instance, graph) == (retrain, "fine_tuned_model is stale: materialising "
         f"{', '.join(retrain)}; model_evaluation, gguf_model wait for the prompt partitions (`tunegraph run`)")  # fmt: skip
     schedule = defs.get_schedule_def("retrain_when_data_changed")

@@ -11,8 +11,10 @@ from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
 from stages.tables import read_json
 
+# The reward model trains first (DPO reads it, behind its gate): 5 of the 16 pairs held out, all ranked right.
+REWARD = {"learning_rate": 1.0e-3, "max_steps": 10, "batch_size": 4, "logging_steps": 2, "save_steps": 5}
 PREFERENCE = {"enabled": True, "learning_rate": 1.0e-3, "max_steps": 8, "batch_size": 4, "logging_steps": 2,
-              "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16}  # fmt: skip
+              "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16, "reward_model": REWARD}  # fmt: skip
 
 
 def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
@@ -55,6 +57,22 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
     # Evaluated again, both models are candidates and one of them is the champion: it stays a rival,
     # scored once as its candidate (the champion row is not empty), and is not crowned anew as if
     # there were no champion.
+    # Every row judged by the reward model; each policy's own pair accuracy on the 5 held-out pairs, which
+    # DPO never trained on (it learnt from the other 11).
+    evaluation = read_json(output(instance, "model_evaluation") / "summary.json")
+    assert evaluation["reward_judge"]["heldout_pairs"] == 5 and evaluation["reward_judge"]["questions"] > 0
+    assert len((output(instance, "preference_pairs") / "pairs.jsonl").read_text().splitlines()) == 11
+    board = {row["row"]: row for row in evaluation["leaderboard"]}
+    assert board["base_zero_shot"]["win_rate"] == 0.5  # against itself: every answer ties
+    for row in ("fine_tuned", "preference", "base_few_shot"):
+        assert 0.0 <= board[row]["win_rate"] <= 1.0 and isinstance(board[row]["reward"], float)
+    for policy in ("base_zero_shot", "fine_tuned", "preference"):
+        assert board[policy]["pair_accuracy"] in {k / 5 for k in range(6)}
+    assert board["base_few_shot"]["pair_accuracy"] is None  # a prompt, not a policy of its own
+    tuned_run = read_json(output(instance, "fine_tuned_model") / "mlflow.json")["mlflow_run_id"]
+    assert {"eval/reward", "eval/win_rate", "eval/pair_accuracy"} <= set(
+        client.get_run(tuned_run).data.metrics
+    )
     first = report["registry"]
     assert first["promoted"] is True and "no champion yet" in first["reason"]
     again = Runner(settings, instance).run(select=["model_evaluation"], full=True)
@@ -71,7 +89,11 @@ def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
 @pytest.mark.slow
 def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(prepared_home, instance, tmp_path):
     home = prepared_home
-    config = write_config(tmp_path / "dpo.yaml", preference={**PREFERENCE, "synthetic": True})
+    # 7 of the 16 synthetic pairs held out (by their hash), so the reward model's gate has enough to judge.
+    reward = {**REWARD, "heldout_fraction": 0.6}
+    config = write_config(
+        tmp_path / "dpo.yaml", preference={**PREFERENCE, "synthetic": True, "reward_model": reward}
+    )
     settings = TunegraphSettings(home=str(home), config_path=str(config))
     record = Runner(settings, instance).run()
     assert record["status"] == "success", record["errors"]
@@ -79,6 +101,10 @@ def test_synthetic_pairs_from_the_corpus_are_labelled_and_trained_on(prepared_ho
     # The tiny model's answers (blank lines) share nothing with the references: every prompt is a pair.
     assert preference["synthetic"] is True and preference["pairs"] == PREFERENCE["synthetic_examples"]
     pairs = (output(instance, "preference_pairs") / "pairs.jsonl").read_text().splitlines()
-    assert len(pairs) == preference["pairs"] and json.loads(pairs[0])["chosen"][0]["role"] == "assistant"
+    held_out = (output(instance, "preference_pairs") / "heldout_pairs.jsonl").read_text().splitlines()
+    assert (
+        len(pairs) + len(held_out) == preference["pairs"] and len(held_out) == 7
+    )  # the split the gate judged
+    assert json.loads(pairs[0])["chosen"][0]["role"] == "assistant"
     client = MlflowTracking(home=str(home)).client()
     assert client.get_run(preference["mlflow_run_id"]).data.tags["tunegraph.synthetic_pairs"] == "True"

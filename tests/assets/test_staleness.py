@@ -19,6 +19,7 @@ def test_reingesting_an_unchanged_file_leaves_everything_downstream_synced(prepa
         "prompt_search",
         "model_evaluation",
         "preference_pairs",
+        "reward_model",
         "preference_model",
         "gguf_model",
     }  # never run

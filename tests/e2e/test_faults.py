@@ -45,7 +45,13 @@ CONTENT = {
     "augmented_corpus": ["train.parquet"],
     "tokenized_dataset": ["train_blocks.parquet", "eval.parquet"],
 }
-BLOCKING = {"deduplicated_corpus", "augmented_corpus", "tokenized_dataset", "preference_pairs"}
+BLOCKING = {
+    "deduplicated_corpus",
+    "augmented_corpus",
+    "tokenized_dataset",
+    "preference_pairs",
+    "reward_model",
+}
 
 
 def start_run(home: Path) -> subprocess.Popen:

@@ -86,6 +86,7 @@ def test_sigkill_then_ctrl_c_then_rerun_redoes_nothing_upstream_and_resumes(home
         "model_evaluation",
         "preference_model",
         "preference_pairs",
+        "reward_model",
     ]
     assert materialisations(home) == done
 

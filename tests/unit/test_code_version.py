@@ -32,6 +32,9 @@ def test_each_asset_covers_the_code_it_runs_and_no_more():
                 "stages.checkpoints", "assets.training_run"}  # fmt: skip
     assert training <= set(covered("fine_tuned_model"))
     assert training | {"stages.dpo"} <= set(covered("preference_model"))
+    assert training | {"stages.reward", "stages.reward_scoring", "stages.reward_gate"} <= set(
+        covered("reward_model")
+    )
     for data in (
         "raw_corpus",
         "clean_corpus",
@@ -81,7 +84,7 @@ def test_editing_an_asset_module_changes_the_assets_it_defines():
         return {asset for asset in RUNS if asset_version(asset, edited(module)) != asset_version(asset)}
 
     assert changed("assets.corpus") == {"raw_corpus", "clean_corpus"}
-    assert changed("assets.training_run") == {"fine_tuned_model", "preference_model"}
+    assert changed("assets.training_run") == {"fine_tuned_model", "preference_model", "reward_model"}
     assert changed("assets.dataset_card") == {"deduplicated_corpus", "tokenized_dataset"}
     assert changed("resources.settings") == set()
 

@@ -7,35 +7,40 @@ import sys
 from pathlib import Path
 
 from stages.config import PreferenceConfig, TrainingConfig
-from stages.dpo import unpaired_rows
 from stages.model_source import save_base_model
+from stages.preferences import kto_training_rows
 from stages.spec import TrainingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 ASK = [{"role": "user", "content": "What does len() return?"}]
 
 
-def test_a_pair_becomes_a_desirable_and_an_undesirable_answer_beside_the_landed_thumbs():
-    pairs = [{"prompt": ASK, "chosen": [{"role": "assistant", "content": "The number of items."}],
-              "rejected": [{"role": "assistant", "content": "A banana."}]}]  # fmt: skip
-    thumbs = [{"prompt": ASK, "completion": [{"role": "assistant", "content": "Its length."}], "label": 1}]
-    rows = unpaired_rows(pairs, thumbs)
+def test_a_pair_becomes_a_desirable_and_an_undesirable_answer_and_thumbs_count_once():
+    pair = {"messages": [*ASK, {"role": "assistant", "content": "The number of items."}], "rejected": "A banana.",
+            "origin": "ranked"}  # fmt: skip
+    # Thumbs on one prompt, up and down, also make a pair (for the reward model): KTO takes them once.
+    up = {"messages": [*ASK, {"role": "assistant", "content": "Its length."}], "label": True}
+    down = {"messages": [*ASK, {"role": "assistant", "content": "Nothing."}], "label": False}
+    thumbs_pair = {"messages": up["messages"], "rejected": "Nothing.", "origin": "thumbs"}
+    rows = kto_training_rows([pair, thumbs_pair], [up, down])
     assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [
-        ("Its length.", True), ("The number of items.", True), ("A banana.", False)
+        ("Its length.", True), ("Nothing.", False), ("The number of items.", True), ("A banana.", False)
     ]  # fmt: skip
     assert all(r["prompt"] == ASK for r in rows)
 
 
 def test_kto_trains_on_thumbs_and_pairs_and_logs_its_kl(tmp_path: Path):
     save_base_model("bundled:tiny-random", tmp_path / "base")
-    pairs = [{"prompt": [{"role": "user", "content": f"What does helper_{i}() return?"}],
-              "chosen": [{"role": "assistant", "content": f"It returns {i}."}],
-              "rejected": [{"role": "assistant", "content": "A banana, maybe."}]} for i in range(4)]  # fmt: skip
-    thumbs = [{"prompt": [{"role": "user", "content": f"Name {i}?"}],
-               "completion": [{"role": "assistant", "content": f"Name {i}." if i % 2 else "No."}],
+    pairs = [{"messages": [{"role": "user", "content": f"What does helper_{i}() return?"},
+                           {"role": "assistant", "content": f"It returns {i}."}],
+              "rejected": "A banana, maybe.", "origin": "pair"} for i in range(4)]  # fmt: skip
+    thumbs = [{"messages": [{"role": "user", "content": f"Name {i}?"},
+                            {"role": "assistant", "content": f"Name {i}." if i % 2 else "No."}],
                "label": bool(i % 2)} for i in range(4)]  # fmt: skip
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    (tmp_path / "kto.jsonl").write_text("".join(json.dumps(t) + "\n" for t in thumbs))
+    (tmp_path / "kto.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in kto_training_rows(pairs, thumbs))
+    )
+    (tmp_path / "pairs.jsonl").write_text("")  # DPO's file: KTO reads its own rows only
     out = tmp_path / "out"
     out.mkdir()
     spec = TrainingSpec(
