@@ -41,7 +41,13 @@ DISABLED = {"enabled": False, "pairs": 0}
     deps=[
         preference_files,
         reads_config(
-            "preference",
+            "corpus",
+            "preference.enabled",
+            "preference.synthetic",
+            "preference.synthetic_examples",
+            "preference.synthetic_max_rouge_l",
+            "preference.min_pairs",
+            "preference.reward_model.heldout_fraction",
             "data.cleaning",
             "data.decontamination",
             "data.seed",

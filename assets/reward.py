@@ -39,7 +39,16 @@ def reward_registered_model(cfg: PipelineConfig) -> str:
 
 @dg.asset(
     group_name="preference",
-    deps=[reads_config("preference", "training", "tracking", "data.seed")],
+    deps=[
+        reads_config(
+            "preference.enabled",
+            "preference.weights",
+            "preference.reward_model",
+            "training",
+            "tracking",
+            "data.seed",
+        )
+    ],
     code_version=code_version(
         "stages.launch",
         "stages.reward",
@@ -100,7 +109,9 @@ def reward_model(
         resume_key={
             "data_version": pairs_version,
             "initial_model": f"{sft['model_name']}/{sft['version']}",
-            "config": cfg.section_hash("preference", "training", "data.seed"),
+            "config": cfg.section_hash(
+                "preference.enabled", "preference.weights", "preference.reward_model", "training", "data.seed"
+            ),
             "code_version": code_version,
         },
         tags={
