@@ -23,9 +23,10 @@ from assets.sources import reads_config
 from resources.outputs import new_output, recorded
 from resources.settings import TunegraphSettings
 from resources.tracking import MlflowTracking
-from stages import leaderboard, model_card, reward_judge
+from stages import leaderboard, model_card, reward_gate, reward_judge
 from stages.chat import prompt_messages
 from stages.code_version import code_version
+from stages.config import RewardModelConfig
 from stages.content import content_hash
 from stages.evaluation import METRICS_BY_SCHEMA
 from stages.inference import Placement, inference_placement, load_saved
@@ -44,7 +45,7 @@ PROMOTION_BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
 
 @dg.asset(
     group_name="evaluation",
-    deps=[reads_config("evaluation", "tracking", "data.seed")],
+    deps=[reads_config("evaluation", "tracking", "data.seed", "preference.reward_model")],
     code_version=code_version(
         "stages.evaluation",
         "stages.leaderboard",
@@ -53,6 +54,9 @@ PROMOTION_BASELINES = ("base_zero_shot", "base_system_prompt", "base_few_shot")
         "stages.promotion",
         "stages.prompts",
         "stages.prompt_registry",
+        "stages.reward_gate",
+        "stages.reward_judge",
+        "stages.reward_scoring",
         "stages.content",
         "stages.tables",
         asset_module=__name__,
@@ -127,7 +131,8 @@ def model_evaluation(
     # The reward model's judgement of every row (reward, win rate vs base, each policy's pair accuracy):
     # promotion stays on the primary metric; these say which answers people would prefer.
     judged = _judge(context, reward_model, preference_pairs, records, scored, results,
-                    {"base_zero_shot": "base", **{c: c for c in candidates}}, folders, placement, ev.batch_size)  # fmt: skip
+                    {"base_zero_shot": "base", **{c: c for c in candidates}}, folders, placement, ev.batch_size,
+                    cfg.preference.reward_model)  # fmt: skip
 
     decision = choose(
         {c: Candidate(entry["version"], results[c]) for c, entry in candidates.items()}, champion_version,
@@ -250,6 +255,7 @@ def _judge(
     folders: dict[str, Path],
     placement: Placement,
     batch_size: int,
+    rules: RewardModelConfig,
 ) -> dict[str, Any] | None:
     """Every row's held-out answers judged by the reward model (stages/reward_judge.py) and each policy's
     pair accuracy on the held-out preference pairs, written into the rows' held-out scores; None when no
@@ -257,6 +263,10 @@ def _judge(
     gate = read_json(reward_model / "summary.json")
     if not gate["enabled"]:
         return None
+    verdict = reward_gate.judge(gate["heldout_correct"], gate["heldout_pairs"], rules)
+    if not verdict.passed:  # its check warned (DPO/KTO did not need it): no coin judges the leaderboard
+        context.log.warning(f"the reward model does not judge the leaderboard: {verdict.reason}")
+        return {"skipped": verdict.reason}
     start = time.perf_counter()
     model, tokenizer = load_reward_model(reward_model / "model", placement)
     questions = [prompt_messages(r) if r["schema"] != "text" else None for r in records]

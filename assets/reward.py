@@ -42,6 +42,8 @@ def reward_registered_model(cfg: PipelineConfig) -> str:
     deps=[
         reads_config(
             "preference.enabled",
+            # Whether its gate blocks (online RL) or warns (DPO, KTO) is decided in its step.
+            "preference.method",
             "preference.weights",
             "preference.reward_model",
             "training",
@@ -175,10 +177,15 @@ def reward_better_than_chance(cfg: PipelineConfig, out: Path) -> dg.AssetCheckRe
         )
     rm = cfg.preference.reward_model
     verdict = judge(summary["heldout_correct"], summary["heldout_pairs"], rm)
+    # It blocks where the reward model steers training (online RL); for DPO and KTO, which learn from the
+    # pairs themselves, a failed gate warns, and model_evaluation leaves its judgement out of the leaderboard.
+    steers = cfg.preference.method in ("grpo", "rloo")
     return dg.AssetCheckResult(
         check_name="reward_better_than_chance",
         passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.ERROR if steers else dg.AssetCheckSeverity.WARN,
         metadata={
+            "steers_training": steers,
             "heldout_pairs": verdict.pairs,
             "correct": verdict.correct,
             "accuracy": _number(verdict.accuracy),

@@ -61,6 +61,7 @@ CONFIG_KEYS = (
     "preference",
     # What the pairs and the reward model read of it, so that an RL or DPO setting retrains neither.
     "preference.enabled",
+    "preference.method",
     "preference.synthetic",
     "preference.synthetic_examples",
     "preference.synthetic_max_rouge_l",

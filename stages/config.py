@@ -410,6 +410,10 @@ class RLConfig(_Section):
         3, ge=1, description="Logged steps whose generations are kept as a table (first, last, between)."
     )
     use_vllm: bool = Field(False, description="Generate with vLLM (colocated); needs vLLM installed (GPUs).")
+    seed: int | None = Field(
+        None, description="The sampling and training seed of RL (default training.seed): another seed retrains "
+        "the policy alone, to measure the spread of its result across seeds.",
+    )
     rewards: RLRewards = RLRewards()
 
     @model_validator(mode="after")

@@ -131,6 +131,8 @@ def train_rl(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
             "preference.rl.rewards.reward_model has a weight but the spec names no reward_model_dir: "
             "train the reward model first, or set its weight to 0 to learn from the rule rewards alone"
         )
+    if rl.seed is not None:  # the policy's own seed: sampling, LoRA init and data order follow it
+        cfg = cfg.model_copy(update={"seed": rl.seed})
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision, training_device())
     source = spec.init_model_dir

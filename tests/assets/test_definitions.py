@@ -71,8 +71,13 @@ def test_each_asset_depends_on_exactly_the_config_keys_it_declares():
     decoding = ["evaluation.max_new_tokens", "evaluation.repetition_penalty"]
     assert reads("fine_tuned_model") == [*decoding, "tracking", "training"]
     assert reads("preference_model") == [*decoding, "preference", "tracking", "training"]
-    assert reads("reward_model") == ["data.seed", "preference", "tracking", "training"]
-    assert reads("model_evaluation") == ["data.seed", "evaluation", "tracking"]
+    # The pairs and the reward model read the preference keys they use: an RL or DPO setting retrains neither.
+    assert reads("reward_model") == ["data.seed", "preference.enabled", "preference.method", "preference.reward_model",
+                                     "preference.weights", "tracking", "training"]  # fmt: skip
+    assert reads("preference_pairs") == sorted(["corpus", "data.cleaning", "data.decontamination", "data.seed",
+        *decoding, "preference.enabled", "preference.min_pairs", "preference.reward_model.heldout_fraction",
+        "preference.synthetic", "preference.synthetic_examples", "preference.synthetic_max_rouge_l"])  # fmt: skip
+    assert reads("model_evaluation") == ["data.seed", "evaluation", "preference.reward_model", "tracking"]
     assert reads("gguf_model") == ["export", "tracking"]
     # Not `evaluation` whole: a new promotion margin re-scores no prompt (each variant's own text is
     # its partition's dependency on prompt_variant).

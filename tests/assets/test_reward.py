@@ -108,3 +108,11 @@ def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepa
     [error] = [e.step_failure_data.error.message for e in launched.all_events if e.is_step_failure]
     assert "preference_model may not run: reward_model:reward_better_than_chance failed" in error
     assert instance.get_latest_materialization_event(dg.AssetKey("preference_model")) is None
+
+    # DPO learns from the pairs themselves: the same failed gate warns (WARN severity) and DPO trains.
+    config = write_config(tmp_path / "dpo.yaml", preference={**PREFERENCE, "method": "dpo"})
+    dpo = TunegraphSettings(home=str(home), config_path=str(config))
+    record = Runner(dpo, instance).run(select=TRAINING)
+    assert record["status"] == "success", record["errors"]
+    assert record["failed_checks"] == ["reward_model:reward_better_than_chance"]  # still failed, as a warning
+    assert read_json(output(instance, "preference_model") / "summary.json")["method"] == "dpo"
