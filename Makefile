@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # download a multi-GB CUDA build. GPU users install their CUDA torch first; pip keeps it.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow ui lint postgres-server allocator device-bundle
+.PHONY: demo-preference setup demo test test-slow ui lint postgres-server allocator device-bundle
 
 setup: allocator $(VENV)/.installed
 
@@ -31,8 +31,16 @@ demo: setup
 	$(BIN)/tunegraph example-data --if-empty
 	$(BIN)/tunegraph run
 
+# Learning from preferences after the demo: synthetic pairs, the reward model and its gate, GRPO against it,
+# every leaderboard row judged by the reward model. METHOD=rloo|dpo|kto, SEED=1 retrains the policy alone.
+METHOD ?= grpo
+demo-preference: setup
+	$(BIN)/tunegraph example-data --if-empty
+	$(BIN)/tunegraph run --set preference.enabled=true --set preference.synthetic=true \
+	  --set preference.method=$(METHOD) $(if $(SEED),--set preference.rl.seed=$(SEED))
+
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The browser test drives Debian's Chromium (root installs it, as CI runs; nothing is downloaded by Playwright).
 CHROMIUM := /usr/bin/chromium

@@ -430,7 +430,10 @@ def rl_job(
         "content_hash": content_hash(prompts_path),
     }
     reward = {"dir": str(reward_model_dir), "content_hash": content_hash(reward_model_dir)}
-    registered = reward_model_dir.parent / "mlflow.json"
+    registered, reward_lineage = (
+        reward_model_dir.parent / "mlflow.json",
+        reward_model_dir.parent / "lineage.json",
+    )
     if (
         registered.exists()
     ):  # the reward_model asset's output: its registry entry and gate, for lineage and card
@@ -467,6 +470,8 @@ def rl_job(
             reward,
             cfg.flat(),
             {"preference_model": code_version},
+            # The reward model's own lineage holds the preference files it learnt from.
+            read_json(reward_lineage)["landing_files"] if reward_lineage.exists() else None,
         ),  # fmt: skip
         card={
             "data_summary": f"{pref.method.upper()} on {prompts['count']} held-in prompts of the training split, "

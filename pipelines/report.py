@@ -154,15 +154,28 @@ def _preference(instance: dg.DagsterInstance) -> dict[str, Any] | None:
         return None
     train = summary(instance, "preference_model", "train_summary.json")
     registry = summary(instance, "preference_model", "mlflow.json")
+    reward = summary(instance, "reward_model")
     return {
+        "method": summary(instance, "preference_model").get("method", "dpo"),
         "pairs": pairs.get("pairs"),
+        "reward_model_heldout_accuracy": reward.get("heldout_accuracy"),
+        "reward_model_heldout_pairs": reward.get("heldout_pairs"),
         "synthetic": pairs.get("synthetic"),
         "dropped": pairs.get("dropped", {}),
         "mlflow_run_id": registry.get("mlflow_run_id"),
         "version": registry.get("version"),
         **{
             k: train.get(k)
-            for k in ("steps", "resumed_from_step", "train_loss", "reward_margin", "reward_accuracy")
+            for k in (
+                "steps",
+                "resumed_from_step",
+                "train_loss",
+                "reward_margin",
+                "reward_accuracy",
+                "reward_first_steps",
+                "reward_last_steps",
+                "kl",
+            )  # fmt: skip
         },
     }
 
@@ -202,9 +215,21 @@ def format_summary(report: dict[str, Any]) -> str:
     if report.get("preference"):
         pr = report["preference"]
         kind = "synthetic " if pr["synthetic"] else ""
+        method = pr["method"].upper()
+        trained = (
+            f"reward {_f(pr['reward_first_steps'])} over the first steps, {_f(pr['reward_last_steps'])} over "
+            f"the last, KL {_f(pr['kl'])}"
+            if pr["method"] in ("grpo", "rloo")
+            else f"final loss {_f(pr['train_loss'])}, reward margin {_f(pr['reward_margin'])}"
+        )
+        judge = pr["reward_model_heldout_accuracy"]
         lines.append(
-            f"preference (DPO): {pr['pairs']} {kind}pairs, {pr['steps']} steps, final loss {_f(pr['train_loss'])}, "
-            f"reward margin {_f(pr['reward_margin'])}, v{pr['version']}"
+            f"preference ({method}): {pr['pairs']} {kind}pairs, {pr['steps']} steps, {trained}, v{pr['version']}"
+            + (
+                f"; reward model {_f(judge)} on {pr['reward_model_heldout_pairs']} held-out pairs"
+                if judge
+                else ""
+            )
         )
     lines.append(
         f"registry: {r['model_name']} v{r['version']}, champion v{r['champion_version']}, "

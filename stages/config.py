@@ -396,7 +396,9 @@ class RLConfig(_Section):
         0.9, gt=0.0, description="Sampling temperature: the group needs diverse completions to compare."
     )
     max_steps: int = Field(20, ge=1)
-    learning_rate: float = Field(2e-5, ge=0.0)
+    # Measured on the demo (GRPO, LoRA, 20 steps, 2026-12-07): at 2e-5 the policy barely moved (KL 0.002,
+    # held-out reward 0.315 against the fine-tuned model's 0.316); at 3e-4, +0.022 and +0.030 over 2 seeds.
+    learning_rate: float = Field(3e-4, ge=0.0)
     beta: float = Field(
         0.04,
         ge=0.0,
@@ -411,7 +413,8 @@ class RLConfig(_Section):
     )
     use_vllm: bool = Field(False, description="Generate with vLLM (colocated); needs vLLM installed (GPUs).")
     seed: int | None = Field(
-        None, description="The sampling and training seed of RL (default training.seed): another seed retrains "
+        None,
+        description="The sampling and training seed of RL (default training.seed): another seed retrains "
         "the policy alone, to measure the spread of its result across seeds.",
     )
     rewards: RLRewards = RLRewards()

@@ -48,14 +48,17 @@ def rl_lineage(
     reward_model: dict[str, Any],
     config: dict[str, Any],
     code_versions: dict[str, Any],
+    preference_files: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The lineage of an RL model (GRPO, RLOO): its SFT model's, the held-in prompts it sampled from and
-    the reward model that scored them (`reward_model`: its folder and, once merged, its registry entry)."""
+    the reward model that scored them (`reward_model`: its folder and registry entry); the preference
+    files the reward model learnt from are among its landing files, so `tunegraph lineage` follows a
+    preference file to the RL versions it steered."""
     return {
         "method": method,
         "trained_from": f"models:/{sft_version['model_name']}/{sft_version['version']}",
         "starts_from": sft_version,
-        "landing_files": sft["landing_files"],
+        "landing_files": {**sft["landing_files"], **(preference_files or {})},
         "rl_prompts": prompts,
         "reward_model": reward_model,
         "config": config,

@@ -109,10 +109,16 @@ def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepa
     assert "preference_model may not run: reward_model:reward_better_than_chance failed" in error
     assert instance.get_latest_materialization_event(dg.AssetKey("preference_model")) is None
 
-    # DPO learns from the pairs themselves: the same failed gate warns (WARN severity) and DPO trains.
+
+@pytest.mark.slow  # about 70 s: the reward model and DPO
+def test_a_failed_gate_warns_dpo_which_learns_from_the_pairs_themselves(prepared_home, instance, tmp_path):
+    """The same labels at random with `method: dpo`: the gate fails as a warning (WARN severity), DPO
+    trains, and model_evaluation would leave the reward model's judgement out."""
+    home = prepared_home
+    write_jsonl(home / "landing" / "preferences" / "pairs.jsonl", landed_pairs(random.Random(2)))
     config = write_config(tmp_path / "dpo.yaml", preference={**PREFERENCE, "method": "dpo"})
-    dpo = TunegraphSettings(home=str(home), config_path=str(config))
-    record = Runner(dpo, instance).run(select=TRAINING)
+    settings = TunegraphSettings(home=str(home), config_path=str(config))
+    record = Runner(settings, instance).run(select=TRAINING)
     assert record["status"] == "success", record["errors"]
-    assert record["failed_checks"] == ["reward_model:reward_better_than_chance"]  # still failed, as a warning
+    assert record["failed_checks"] == ["reward_model:reward_better_than_chance"]  # failed, as a warning
     assert read_json(output(instance, "preference_model") / "summary.json")["method"] == "dpo"

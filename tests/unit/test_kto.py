@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stages.config import PreferenceConfig, TrainingConfig
 from stages.model_source import save_base_model
 from stages.preferences import kto_training_rows
@@ -29,6 +31,7 @@ def test_a_pair_becomes_a_desirable_and_an_undesirable_answer_and_thumbs_count_o
     assert all(r["prompt"] == ASK for r in rows)
 
 
+@pytest.mark.slow  # about 18 s
 def test_kto_trains_on_thumbs_and_pairs_and_logs_its_kl(tmp_path: Path):
     save_base_model("bundled:tiny-random", tmp_path / "base")
     pairs = [{"messages": [{"role": "user", "content": f"What does helper_{i}() return?"},
