@@ -43,7 +43,7 @@ LANDING = {
 FIELDS = {"messages": "dialogue", "role": "speaker", "content": "text",
           "role.user": "customer", "role.assistant": "agent"}  # fmt: skip
 PREFERENCE = {"enabled": True, "learning_rate": 1.0e-3, "max_steps": 4, "batch_size": 4, "logging_steps": 2,
-              "save_steps": 4, "min_pairs": 8}  # fmt: skip
+              "save_steps": 4, "min_pairs": 8, "reward_model": {"max_steps": 2}}  # fmt: skip
 TUNEGRAPH = [sys.executable, "-m", "pipelines.cli"]
 
 
@@ -164,6 +164,7 @@ def test_lineage_and_compare_answer_for_sft_dpo_and_warm_started_versions(format
     assert "| training.warm_start_from | None | 1 |" in dpo_warm.stdout
 
 
+@pytest.mark.slow  # 27 s; text.jsonl and notes.md are also trained on in the formats test above
 def test_a_text_corpus_runs_end_to_end_evaluated_by_perplexity_and_continuation(home, instance, settings):
     for name in ("text.jsonl", "notes.md"):
         (home / "landing").mkdir(exist_ok=True)
