@@ -31,8 +31,8 @@ from stages.train import (
     one_device_per_process,
     save_and_summarise,
     sharding,
-    shared_arguments,
     telemetry_for,
+    trl_arguments,
     whole_model,
 )
 
@@ -58,7 +58,7 @@ def train_dpo(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     settings = dict(
-        **shared_arguments(spec, cfg, precision),
+        **trl_arguments(spec, cfg, precision),
         max_steps=pref.max_steps,
         per_device_train_batch_size=pref.batch_size,
         learning_rate=pref.learning_rate,

@@ -35,8 +35,8 @@ from stages.train import (
     one_device_per_process,
     save_and_summarise,
     sharding,
-    shared_arguments,
     telemetry_for,
+    trl_arguments,
     whole_model,
 )
 
@@ -69,7 +69,7 @@ def train_reward(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
         )
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in dpo_rows(train)]
     args = RewardConfig(
-        **shared_arguments(spec, cfg, precision),
+        **trl_arguments(spec, cfg, precision),
         max_steps=rm.max_steps,
         per_device_train_batch_size=rm.batch_size,
         learning_rate=rm.learning_rate,

@@ -43,8 +43,8 @@ from stages.train import (
     one_device_per_process,
     save_and_summarise,
     sharding,
-    shared_arguments,
     telemetry_for,
+    trl_arguments,
     whole_model,
 )
 
@@ -154,8 +154,7 @@ def train_rl(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     funcs, weights, processors = reward_functions(spec, rl, model, tokenizer, dtype)
     config_class, trainer_class = TRAINERS[pref.method]
     args = config_class(
-        **shared_arguments(spec, cfg, precision),
-        gradient_checkpointing=cfg.gradient_checkpointing,  # TRL's configs default to True; ours decides
+        **trl_arguments(spec, cfg, precision),
         max_steps=rl.max_steps,
         per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,  # completions, not prompts
         num_generations=rl.num_generations,

@@ -375,6 +375,12 @@ def shared_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: Precisi
     }
 
 
+def trl_arguments(spec: TrainingSpec, cfg: TrainingConfig, precision: Precision) -> dict[str, Any]:
+    """`shared_arguments` for TRL's trainers, whose configs turn gradient checkpointing on by default:
+    `training.gradient_checkpointing` decides there too."""
+    return {**shared_arguments(spec, cfg, precision), "gradient_checkpointing": cfg.gradient_checkpointing}
+
+
 def telemetry_for(spec: TrainingSpec, collator: Any, log: Any) -> Telemetry:
     """Telemetry to the spec's MLflow run; only rank 0 talks to MLflow (imported only then: a training
     process run by hand, or on a GPU machine without MLflow, logs to its summary alone)."""

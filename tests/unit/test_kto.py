@@ -61,3 +61,18 @@ def test_kto_trains_on_thumbs_and_pairs_and_logs_its_kl(tmp_path: Path):
     logged = [h for h in summary["history"] if "loss" in h]
     assert len(logged) == 2 and all("kl" in h and h["loss"] > 0 for h in logged)
     assert (out / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_trls_trainers_checkpoint_gradients_as_the_config_says(tmp_path: Path, on: bool):
+    """TRL's configs default gradient checkpointing to on; training.gradient_checkpointing decides."""
+    from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig
+
+    from stages.precision import resolve_precision
+    from stages.train import trl_arguments
+
+    cfg = TrainingConfig(precision="fp32", gradient_checkpointing=on)
+    spec = TrainingSpec(init_model_dir=tmp_path, output_dir=tmp_path, checkpoint_dir=tmp_path, training=cfg)
+    arguments = trl_arguments(spec, cfg, resolve_precision("fp32", "cpu"))
+    for config in (DPOConfig, KTOConfig, RewardConfig, GRPOConfig):
+        assert config(**arguments, max_steps=1).gradient_checkpointing is on, config.__name__
