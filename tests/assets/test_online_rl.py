@@ -1,7 +1,8 @@
 """Online RL through Dagster on the tiny model: `train_rl`, the body `preference_model` runs for
 `preference.method: grpo | rloo`, from the fine-tuned model against a tiny reward model (real files,
-Dagster, MLflow, TRL). The `reward_model` asset is built on another branch: until the merge connects it
-as `preference_model`'s input, a test-only asset hands `train_rl` the reward model folder."""
+Dagster, MLflow, TRL). A test asset hands `train_rl` a reward model made here (the contract's folder), so
+the RL path is tested apart from training a reward model that passes its gate (tests/assets/test_reward.py);
+`preference_model` calls `train_rl` with the `reward_model` asset's folder."""
 
 from pathlib import Path
 
