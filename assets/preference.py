@@ -120,10 +120,14 @@ def preference_pairs(
     built = preferences.build_pairs(files, synthetic, cfg, eval_records(deduplicated_corpus))
     kept, summary, reasons = built.kept, built.summary, built.summary["dropped"]
     out = new_output(context, paths)
-    write_rows(out / "pairs.parquet", kept)
-    # One split for every reader, by the pairs' stable hash: DPO and KTO learn from the training share;
-    # the held-out share judges (the reward model's gate, each policy's pair accuracy in model_evaluation).
+    # One split for every reader, made here once by the pairs' stable hash (the `heldout` column): DPO and
+    # KTO learn from the training share; the held-out share judges (the reward model's gate, each policy's
+    # pair accuracy in model_evaluation).
     train, held_out = preferences.split_pairs(kept, pref.reward_model.heldout_fraction, cfg.data.seed)
+    write_rows(
+        out / "pairs.parquet",
+        [{**r, "heldout": False} for r in train] + [{**r, "heldout": True} for r in held_out],
+    )
     (out / "pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(train)))
     (out / "heldout_pairs.jsonl").write_text("".join(_jsonl(r) for r in preferences.dpo_rows(held_out)))
     # Thumbs up/down single answers as they came (the pairs they make are in pairs.parquet); KTO's rows.

@@ -105,7 +105,6 @@ def reward_model(
         inputs={
             "init_model_dir": str(sft_dir / "model"),
             "reward_pairs_path": str(pairs_dir / "pairs.parquet"),
-            "split_seed": cfg.data.seed,
             "preference": cfg.preference,
         },
         resume_key={

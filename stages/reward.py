@@ -4,7 +4,7 @@ Launched by the `reward_model` asset exactly like DPO (`stages.dpo`): the same l
 Pipes, atomic checkpoints, resume rule, MLflow telemetry and saved output. TRL's RewardTrainer
 trains the fine-tuned model with a scalar head (`AutoModelForSequenceClassification`, num_labels=1)
 to score the chosen answer above the rejected one (Bradley-Terry loss), on the training share of
-the pairs; the held-out share (stages/preferences.py `split_pairs`, the corpus's stable hash) is
+the pairs; the held-out share (preference_pairs' `heldout` column: stages/preferences.py `split_pairs`) is
 scored at the end through `stages.reward_scoring`, from the saved folder, exactly as RL and the
 evaluation will score. With LoRA the new score head is trained whole beside the adapters, which
 are merged before saving.
@@ -21,7 +21,7 @@ from trl import RewardConfig, RewardTrainer
 from stages.checkpoints import AtomicCheckpoints
 from stages.inference import Placement
 from stages.precision import resolve_precision, training_device, weights_dtype
-from stages.preferences import dpo_rows, split_pairs
+from stages.preferences import dpo_rows
 from stages.reward_scoring import load_reward_model, reward_scores
 from stages.spec import TrainingSpec
 from stages.tables import read_rows, write_rows
@@ -49,10 +49,8 @@ class CheckpointedRewardTrainer(AtomicCheckpoints, RewardTrainer):
 
 def train_reward(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     cfg = spec.training
-    if spec.preference is None or spec.reward_pairs_path is None or spec.split_seed is None:
-        raise ValueError(
-            "a reward model spec names its preference settings, reward_pairs_path and split_seed"
-        )
+    if spec.preference is None or spec.reward_pairs_path is None:
+        raise ValueError("a reward model spec names its preference settings and reward_pairs_path")
     pref, rm = spec.preference, spec.preference.reward_model
     set_seed(cfg.seed)  # before the model: the score head is initialised at random
     precision = resolve_precision(cfg.precision, training_device())
@@ -61,7 +59,8 @@ def train_reward(spec: TrainingSpec, log: Any = print) -> dict[str, Any]:
     peft_config = lora_config(cfg.lora, task_type="SEQ_CLS") if pref.weights == "lora" else None
     dtype = weights_dtype(spec.model_dtype, precision, trains_all_weights=peft_config is None)
     model = AutoModelForSequenceClassification.from_pretrained(source, dtype=dtype, num_labels=1)
-    train, held_out = split_pairs(read_rows(spec.reward_pairs_path), rm.heldout_fraction, spec.split_seed)
+    pairs = read_rows(spec.reward_pairs_path)  # split by preference_pairs, the one owner of the split
+    train, held_out = [p for p in pairs if not p["heldout"]], [p for p in pairs if p["heldout"]]
     if not train:
         raise SystemExit(
             f"error: all {len(held_out)} pairs fell in the held-out share: add pairs or lower "

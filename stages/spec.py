@@ -53,10 +53,7 @@ class TrainingSpec(BaseModel):
     )
     reward_pairs_path: Path | None = Field(
         default=None,
-        description="Reward model: the canonical pairs (Parquet, with ids), split into train and held-out here.",
-    )
-    split_seed: int | None = Field(
-        default=None, description="Reward model: data.seed, the held-out split's seed."
+        description="Reward model: the canonical pairs (Parquet, with ids and preference_pairs' `heldout` split).",
     )
     resume_from: Path | None = Field(default=None, description="A checkpoint to resume from.")
     resumed_from_step: int | None = None
