@@ -26,6 +26,8 @@ import torch
 from transformers import DynamicCache, RepetitionPenaltyLogitsProcessor
 from transformers.cache_utils import DynamicLayer
 
+from stages.decode_step import LlamaDecodeStep, Slots, takes_fast_step
+
 # Host reads of the stop flags: one every 4 steps. On a GPU each read waits for the queue to drain; on a
 # CPU it costs nothing, but a row that stopped holds its slot until the read (1.5 steps on average, 4 %
 # of a 40-token answer).
@@ -35,7 +37,7 @@ SYNC_EVERY = 4
 class _Batch:
     """The rows decoding together, all tensors on the model's device, every row left-padded to one width.
 
-    cache: the KV cache; mask: [rows, cache width] 1 where a row has a token; seqs: [rows, prompt width +
+    cache: the KV cache (`Slots` on the fast path); padded: some row is left-padded; mask: [rows, cache width] 1 where a row has a token; seqs: [rows, prompt width +
     max_new + SYNC_EVERY] the prompt and answer as the penalty reads them, unwritten places holding the
     row's first token; n_new: tokens generated; done: stopped; next_pos: the position of the next token;
     token: the last token generated (the next step's input); ids: each row's index in the caller's list.
@@ -43,6 +45,7 @@ class _Batch:
 
     def __init__(self, cache: Any, mask: torch.Tensor, seqs: torch.Tensor, width: int, ids: list[int]):
         self.cache, self.mask, self.seqs, self.width, self.ids = cache, mask, seqs, width, ids
+        self.padded = bool((mask == 0).any())
         rows, device = len(ids), mask.device
         self.n_new = torch.zeros(rows, dtype=torch.long, device=device)
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -60,6 +63,8 @@ class Decoder:
         self.model, self.config = model, config
         self.max_rows, self.token_budget = max_rows, token_budget
         self.max_new = config.max_new_tokens
+        # stages/decode_step.py: the same logits as the model's forward, 29 % less time a step on a CPU
+        self.fast = LlamaDecodeStep(model) if takes_fast_step(model) else None
         self.device = next(model.parameters()).device
         eos = config.eos_token_id
         self.eos = torch.tensor(eos if isinstance(eos, list) else [eos], device=self.device)
@@ -122,13 +127,19 @@ class Decoder:
         batch = _Batch(DynamicCache(config=self.model.config), mask, seqs, width, list(ids))
         logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=batch.cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
+        if self.fast is not None:
+            batch.cache = Slots.from_cache(batch.cache, room=tail)
         self._take(batch, logits)
         return batch
 
     def _step(self, batch: _Batch) -> None:
         """One token for every row; stopped rows compute too (until the next harvest) and keep their answer."""
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
-        logits = self.model(input_ids=batch.token[:, None], attention_mask=batch.mask,
+        if self.fast is not None:
+            padding = batch.mask if batch.padded else None
+            logits = self.fast(batch.token, batch.next_pos, padding, batch.cache)
+        else:
+            logits = self.model(input_ids=batch.token[:, None], attention_mask=batch.mask,
                             position_ids=batch.next_pos[:, None], cache=batch.cache, use_cache=True,
                             logits_to_keep=1).logits[:, -1]  # fmt: skip
         batch.next_pos += 1
@@ -161,29 +172,38 @@ class Decoder:
         if not keep:
             return None
         index = torch.tensor(keep, device=self.device)
-        batch.cache.batch_select_indices(index)
+        if not isinstance(batch.cache, Slots):
+            batch.cache.batch_select_indices(index)
         batch.ids = [batch.ids[row] for row in keep]
         for name in ("mask", "seqs", "n_new", "done", "next_pos", "token"):
             setattr(batch, name, getattr(batch, name)[index])
         start = int(batch.mask.any(0).long().argmax())  # columns before it are padding in every row left
-        if start and _plain(batch.cache):
+        if isinstance(batch.cache, Slots):
+            batch.cache.select(index, start)
+            batch.mask = batch.mask[:, start:]
+        elif start and _plain(batch.cache):
             batch.mask = batch.mask[:, start:]
             for layer in batch.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+        batch.padded = bool((batch.mask == 0).any())
         return batch
 
     def _merge(self, batch: _Batch | None, joining: _Batch) -> _Batch:
         """The running rows and the rows just prefilled as one batch: the narrower side left-padded."""
         if batch is None:
             return joining
-        if not (_plain(batch.cache) and _plain(joining.cache)):
+        if isinstance(batch.cache, Slots):
+            batch.cache = batch.cache.joined(joining.cache, room=self.max_new + SYNC_EVERY)
+        elif not (_plain(batch.cache) and _plain(joining.cache)):
             raise ValueError(
                 f"rows can join a running batch only with plain KV caches, not {batch.cache.layers[0]}"
             )
+        else:
+            width = max(batch.mask.shape[1], joining.mask.shape[1])
+            for old, new in zip(batch.cache.layers, joining.cache.layers, strict=True):
+                old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+                old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
         width = max(batch.mask.shape[1], joining.mask.shape[1])
-        for old, new in zip(batch.cache.layers, joining.cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
-            old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
         batch.mask = torch.cat([_left_pad(batch.mask, width, 1), _left_pad(joining.mask, width, 1)])
         prompt_width = max(batch.width, joining.width)
         batch.seqs = torch.cat([_neutral_pad(batch.seqs, prompt_width - batch.width),
@@ -192,6 +212,7 @@ class Decoder:
         for name in ("n_new", "done", "next_pos", "token"):
             setattr(batch, name, torch.cat([getattr(batch, name), getattr(joining, name)]))
         batch.ids = batch.ids + joining.ids
+        batch.padded = bool((batch.mask == 0).any())
         return batch
 
 
