@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dedup import eval_records
+from assets.engine import data_engine
 from assets.metadata import counts_table, md_table
 from assets.sources import reads_config
 from assets.versions import latest_data_version
@@ -31,6 +32,7 @@ from stages.inference import Placement, inference_placement, load_saved
 from stages.readers import schema_problem
 from stages.scan_cache import CleanSet, Texts
 from stages.tables import with_new_records, write_json, write_table
+from stages.workers import LOCAL, Engine
 
 MIN_TRAIN_EXAMPLES = 8
 MIN_EVAL_EXAMPLES = 2
@@ -105,12 +107,17 @@ def augmented_corpus(
     del train
     # Judged on what the next stage will read: the written file, read back.
     gates = training_data_gates(
-        paths, cfg, TrainColumns.read(out / "train.parquet"), eval_records(deduplicated_corpus)
+        paths,
+        cfg,
+        TrainColumns.read(out / "train.parquet"),
+        eval_records(deduplicated_corpus),
+        data_engine(context, cfg),
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
             "dagster/row_count": n_rows,
+            "engine": cfg.data.engine,  # where the gates' scans ran
             "train_examples": n_rows,
             "augmented": len(new),
             "augmented_share": round(len(new) / max(n_rows, 1), 4),
@@ -154,24 +161,24 @@ def _with_model_paraphrases(
 
 
 def training_data_gates(
-    paths: Paths, cfg: PipelineConfig, train: TrainColumns, eval_rows: list[dict]
+    paths: Paths, cfg: PipelineConfig, train: TrainColumns, eval_rows: list[dict], engine: Engine = LOCAL
 ) -> list[dg.AssetCheckResult]:
     """The blocking gates on the final train records against every eval record, in one pass."""
     return [
-        _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram),
+        _no_eval_contamination(paths.home, train, eval_rows, cfg.data.decontamination.ngram, engine),
         _enough_examples(train, eval_rows),
-        _no_residual_pii(paths.home, train, eval_rows),
-        _duplicate_rate(paths, train, cfg.data),
+        _no_residual_pii(paths.home, train, eval_rows, engine),
+        _duplicate_rate(paths, train, cfg.data, engine),
         _schema_valid(train, eval_rows),
     ]
 
 
 def _no_eval_contamination(
-    home: Path, train: TrainColumns, eval_rows: list[dict], n: int
+    home: Path, train: TrainColumns, eval_rows: list[dict], n: int, engine: Engine = LOCAL
 ) -> dg.AssetCheckResult:
     # Only records not already found clean against this very eval set are scanned again (by this
     # gate or by deduplicated_corpus's decontamination, which shares the file).
-    found = contamination(train.texts, eval_rows, n, home / "cache" / "contamination-clean.json")
+    found = contamination(train.texts, eval_rows, n, home / "cache" / "contamination-clean.json", engine)
     leaked = [
         {**r, "shared_ngram": shared}
         for r, shared in zip(train.rows(list(found)), found.values(), strict=True)
@@ -229,10 +236,12 @@ def _enough_examples(train: TrainColumns, eval_rows: list[dict]) -> dg.AssetChec
     )
 
 
-def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> dg.AssetCheckResult:
+def _no_residual_pii(
+    home: Path, train: TrainColumns, eval_rows: list[dict], engine: Engine = LOCAL
+) -> dg.AssetCheckResult:
     # Texts already found clean by these very patterns are not scanned again.
     cache = CleanSet(home / "cache" / "pii-clean.json", code_version("stages.pii"))
-    hits = cache.scan(train.texts + Texts.of([record_text(r) for r in eval_rows]), pii.find)
+    hits = cache.scan(train.texts + Texts.of([record_text(r) for r in eval_rows]), pii.find, engine)
     where_found = [i for i, hit in enumerate(hits) if hit]
     found: Counter[str] = sum((hits[i] for i in where_found), Counter())  # a Counter a record cost ~2 s at 1M
     records = train.rows([i for i in where_found if i < len(train.ids)]) + [
@@ -258,12 +267,14 @@ def _no_residual_pii(home: Path, train: TrainColumns, eval_rows: list[dict]) -> 
 DUPLICATE_CHECK_MIN_WORDS = 8  # below near dedup's 16: the check sees the short copies dedup leaves
 
 
-def _duplicate_rate(paths: Paths, train: TrainColumns, data: DataConfig) -> dg.AssetCheckResult:
+def _duplicate_rate(
+    paths: Paths, train: TrainColumns, data: DataConfig, engine: Engine = LOCAL
+) -> dg.AssetCheckResult:
     originals = train.originals  # augmented copies repeat by design
     nd = data.near_dedup
     pairs = residual_duplicate_of(train.response_hashes, train.response_keys, train.responses,
                                   paths.signature_cache(nd.ngram, nd.num_perm),
-                                  nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS)  # fmt: skip
+                                  nd.threshold, nd.ngram, nd.num_perm, DUPLICATE_CHECK_MIN_WORDS, engine)  # fmt: skip
     duplicates = [{"id": train.ids[originals[i]], "duplicate_of": train.ids[originals[j]]} for i, j in pairs]
     rate = len(duplicates) / max(len(originals), 1)
     passed = rate <= data.max_duplicate_rate

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.engine import data_engine
 from assets.metadata import counts_table, md_table
 from assets.partitions import landing_files
 from assets.sources import landing_file, reads_config
@@ -102,7 +103,7 @@ def clean_corpus(
     key = context.partition_key
     records = read_rows(raw_corpus / "records.parquet")
     raw = read_json(raw_corpus / "summary.json")
-    result = clean_all(records, Rules(**cfg.data.cleaning.model_dump()))
+    result = clean_all(records, Rules(**cfg.data.cleaning.model_dump()), data_engine(context, cfg))
     dropped = Counter(d["reason"] for d in result.dropped)
     out = new_output(context, paths)
     write_rows(out / "records.parquet", with_keys(result.kept))
@@ -131,6 +132,7 @@ def clean_corpus(
         data_version=dg.DataVersion(version),
         metadata={
             "records_in": len(records),
+            "engine": cfg.data.engine,  # where cleaning ran; both engines give these same records
             "dagster/row_count": len(result.kept),
             "kept": len(result.kept),
             "dropped": counts_table(dict(dropped)),

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dataset_card import corpus_accounting
+from assets.engine import data_engine
 from assets.metadata import counts_table, md_table
 from assets.sources import reads_config
 from resources.outputs import new_output, recorded
@@ -81,6 +82,7 @@ def deduplicated_corpus(
     records = pa.concat_tables(
         [_clean_partition(clean_corpus[key], key) for key in keys], promote_options="permissive"
     ).combine_chunks()
+    engine = data_engine(context, cfg)
     ids = records.column("id").to_pylist() if records.num_rows else []
     every_key = record_keys(records)
     exact = exact_duplicate_of(records.column("response_hash").to_pylist() if records.num_rows else [])
@@ -95,7 +97,7 @@ def deduplicated_corpus(
             return last_contents_at(records, [kept[r] for r in rows])
 
         near = {kept[i]: kept[j] for i, j in near_duplicate_of(kept_keys, answers, cache, nd.threshold, nd.ngram,
-                                                               nd.num_perm, nd.min_words).items()}  # fmt: skip
+                                                               nd.num_perm, nd.min_words, engine).items()}  # fmt: skip
         del kept_keys
         kept = [i for i in kept if i not in near]
     held = (eval_scores([ids[i] for i in kept], cfg.data.seed) < cfg.data.eval_fraction).tolist()
@@ -112,7 +114,7 @@ def deduplicated_corpus(
         cache = paths.home / "cache" / "contamination-clean.json"
         # Texts of unseen keys only are read back from the array (C++ joins, no dict per record).
         texts = Texts([every_key[i] for i in train], record_texts(records).take(pa.array(train, pa.int64())))
-        found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache)
+        found = contamination(texts, all_eval, cfg.data.decontamination.ngram, cache, engine)
         del texts
         contaminated = {train[i]: shared for i, shared in found.items()}
         train = [i for i in train if i not in contaminated]
@@ -165,6 +167,7 @@ def deduplicated_corpus(
         data_version=dg.DataVersion(version),
         metadata={
             "partitions": len(keys),
+            "engine": cfg.data.engine,
             "dagster/row_count": len(train),
             "records_in": records.num_rows,
             "duplicates": len(duplicates),

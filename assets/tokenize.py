@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from assets.automation import EAGER_BEHIND_GATES
 from assets.dataset_card import card_markdown
+from assets.engine import data_engine
 from assets.metadata import png
 from assets.sources import reads_config
 from resources.outputs import new_output, recorded
@@ -63,6 +64,7 @@ def tokenized_dataset(
         tokenizer,
         arrow_batches(train_file, held_out_file, columns=["messages", "record_key"]),
         paths.home / "cache" / f"tokens-{fingerprint}",
+        data_engine(context, cfg),
     )
     n_train = pq.read_metadata(train_file).num_rows
     examples, eval_examples = tokens.slice(0, n_train), tokens.slice(n_train).table()
@@ -95,6 +97,7 @@ def tokenized_dataset(
         data_version=dg.DataVersion(version),
         metadata={
             "dagster/row_count": stats.blocks,
+            "engine": cfg.data.engine,
             "examples": stats.examples,
             "tokens": stats.tokens,
             "label_tokens": stats.label_tokens,

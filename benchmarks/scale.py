@@ -1,6 +1,6 @@
 """The data stages (raw -> tokenized) at 10k, 100k and 1M records: wall time, peak RSS, growth.
 
-    python benchmarks/scale.py [--json] [--sizes 10000,100000,1000000]
+    python benchmarks/scale.py [--json] [--sizes 10000,100000,1000000] [--engine local,ray]
 
 For each size, in a fresh $TUNEGRAPH_HOME with its own Dagster instance and the demo config: a
 corpus built from the example corpus (stdlib docstrings) with known, seeded properties is written
@@ -23,6 +23,12 @@ libraries and what materialising the base model left, `rss_before_mb`), and reco
 (the corpus's records over the stage's wall time). `total_s` is the whole cold run,
 orchestration included; `fix_ratio` is the one-record fix's wall over the cold run's. The growth
 exponent between two sizes is log(t2/t1) / log(n2/n1) (1.0 is linear).
+
+`--engine local,ray` measures each size with each data.engine in turn, on the same CPUs: for `ray`
+the benchmark starts a Ray on this host's cores first (not timed: a cluster is up before a run),
+which every step of the run drives. `largest_worker_peak_mb` is the most private memory one worker
+held (a forked worker for local, a `ray::` worker process for ray); `ray_over_local` is the ratio of
+wall times per stage and in total (issue 30's goal: <= 1.25 at 1M records on 2 cores).
 """
 
 import sys
@@ -113,14 +119,19 @@ class RssSampler:
     def __init__(self) -> None:
         self.samples: list[tuple[float, float]] = []
         self.workers_peak_mb = 0.0
+        self.largest_worker_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             own = _kb(Path("/proc/self/status"), "VmRSS:")
-            workers = sum(_private_kb(pid) for pid in _children())
+            private = {pid: _private_kb(pid) for pid in _descendants()}
+            workers = sum(private.values())
             self.workers_peak_mb = max(self.workers_peak_mb, workers / 1024)
+            # A worker: a forked one (local), a `ray::` process (Ray's own daemons are not workers).
+            largest = max((kb for pid, kb in private.items() if _is_worker(pid)), default=0)
+            self.largest_worker_mb = max(self.largest_worker_mb, largest / 1024)
             self.samples.append((time.time(), (own + workers) / 1024))
             self._stop.wait(0.1)
 
@@ -149,14 +160,36 @@ def _private_kb(pid: int) -> int:
     return _kb(Path(f"/proc/{pid}/smaps_rollup"), "Private_Clean:", "Private_Dirty:")
 
 
-def _children() -> list[int]:
+def _children(pid: int | str = "self") -> list[int]:
     pids = []
-    for task in Path("/proc/self/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # a process that just ended
+        return []
+    for task in tasks:
         try:
             pids += [int(p) for p in (task / "children").read_text().split()]
         except OSError:
             continue
     return pids
+
+
+def _descendants() -> list[int]:
+    """Every process below this one: forked workers, and a local Ray's daemons and their workers."""
+    found, todo = [], _children()
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += _children(pid)
+    return found
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return name.startswith(b"ray::") or b"ray" not in name
 
 
 def stage_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, list[tuple[float, float]]]:
@@ -170,17 +203,18 @@ def stage_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, l
     return steps
 
 
-def measure(n: int, files: int, keep: Path | None = None) -> dict[str, Any]:
+def measure(n: int, files: int, keep: Path | None = None, engine: str = "local") -> dict[str, Any]:
     records, planted = build_corpus(n)
     with tempfile.TemporaryDirectory() as tmp:
-        home = keep / str(n) if keep else Path(tmp)
+        home = keep / f"{n}-{engine}" if keep else Path(tmp)
         if keep and home.exists():
             raise SystemExit(f"{home} exists: --keep needs a folder without earlier runs in it")
         home.mkdir(parents=True, exist_ok=True)
         configure_environment(home, DEFAULT_CONFIG)
         paths = write_files(records, home / "landing", files)
         del records
-        settings = TunegraphSettings(home=str(home), config_path=str(DEFAULT_CONFIG))
+        overrides = {"data.engine": engine} if engine != "local" else {}
+        settings = TunegraphSettings(home=str(home), config_path=str(DEFAULT_CONFIG), overrides=overrides)
         with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance, RssSampler() as rss:
             runner = Runner(settings, instance, log=lambda _: None)
             runner.run(select=["base_model"])  # not timed: the tokenizer source, not a data stage
@@ -190,7 +224,7 @@ def measure(n: int, files: int, keep: Path | None = None) -> dict[str, Any]:
             total_s = time.perf_counter() - start
             assert cold["status"] == "success", cold["errors"]
             steps = stage_steps(instance, cold["dagster_run_ids"])
-            report = build_report(settings.paths())["data"]
+            report = build_report(instance)["data"]
 
             edited = paths[len(paths) // 2]
             lines = edited.read_text().splitlines()
@@ -211,12 +245,14 @@ def measure(n: int, files: int, keep: Path | None = None) -> dict[str, Any]:
                          "records_per_s": round(n / wall) if wall else None}  # fmt: skip
     return {
         "records": n,
+        "engine": engine,
         "files": files,
         "stages": stages,
         "total_s": round(total_s, 2),
         "orchestration_s": round(total_s - sum(s["wall_s"] for s in stages.values()), 2),
         "peak_rss_mb": round(max(mb for _, mb in rss.samples), 1),
         "workers_peak_private_mb": round(rss.workers_peak_mb, 1),
+        "largest_worker_peak_mb": round(rss.largest_worker_mb, 1),
         "rss_before_mb": round(rss_before, 1),  # libraries and what base_model's materialisation left
         "fix_s": round(fix_s, 2),
         "fix_ratio": round(fix_s / total_s, 3),
@@ -246,38 +282,79 @@ def growth(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def ray_over_local(local: dict[str, Any], ray: dict[str, Any]) -> dict[str, float | None]:
+    """Wall time with data.engine: ray over local, per stage and in total (the engine's overhead on one host)."""
+    out: dict[str, float | None] = {"total": round(ray["total_s"] / local["total_s"], 3)}
+    for stage in STAGES:
+        a, b = local["stages"][stage]["wall_s"], ray["stages"][stage]["wall_s"]
+        out[stage] = round(b / a, 3) if a else None
+    return out
+
+
+def start_ray() -> None:
+    """A Ray on this host's cores for the `ray` runs: what a user's cluster is, up before the run."""
+    from stages.ray_engine import connect
+    from stages.workers import Engine
+
+    connect(Engine("ray", log=lambda line: print(line, file=sys.stderr)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated record counts")
     parser.add_argument(
-        "--keep", type=Path, help="keep each size's state folder as KEEP/<records> (to rerun a fix on it)"
+        "--engine", default="local", help="data.engine to measure: local, ray, or both in turn (local,ray)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep each size's state folder as KEEP/<records>-<engine> (to rerun a fix on it)",
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = []
+    engines = args.engine.split(",")
+    if set(engines) - {"local", "ray"}:
+        parser.error(f"--engine {args.engine}: use local, ray, or local,ray")
+    by_engine: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     for n in sizes:
-        results.append(measure(n, FILES.get(n, max(8, min(64, n // 15_000))), args.keep))
-        if not args.json:
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress: a size can take minutes
-    result = {"sizes": sizes, "cores": len(os.sched_getaffinity(0)), "results": {str(r["records"]): r for r in results},
-              "growth_exponent": growth(results)}  # fmt: skip
+        for engine in engines:
+            if engine == "ray":
+                start_ray()
+            by_engine[engine].append(
+                measure(n, FILES.get(n, max(8, min(64, n // 15_000))), args.keep, engine)
+            )
+            if not args.json:
+                print(
+                    json.dumps(by_engine[engine][-1]), file=sys.stderr, flush=True
+                )  # a size can take minutes
+    results = by_engine[engines[0]]
+    result = {"sizes": sizes, "cores": len(os.sched_getaffinity(0)), "engines": engines,
+              "results": {str(r["records"]): r for r in results}, "growth_exponent": growth(results),
+              "results_by_engine": {e: {str(r["records"]): r for r in rs} for e, rs in by_engine.items()}}  # fmt: skip
+    if {"local", "ray"} <= set(engines):
+        result["ray_over_local"] = {str(a["records"]): ray_over_local(a, b)
+                                    for a, b in zip(by_engine["local"], by_engine["ray"], strict=True)}  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return
     print(
-        f"{'records':>9} {'files':>5} "
+        f"{'engine':>6} {'records':>9} {'files':>5} "
         + " ".join(f"{s[:12]:>14}" for s in STAGES)
-        + f" {'total':>8} {'peak MB':>8} {'fix':>6}"
+        + f" {'total':>8} {'peak MB':>8} {'worker MB':>9} {'fix':>6}"
     )
-    for r in results:
-        cells = " ".join(
-            f"{r['stages'][s]['wall_s']:>7.1f}s {r['stages'][s]['peak_rss_mb']:>5.0f}M" for s in STAGES
-        )
-        print(
-            f"{r['records']:>9} {r['files']:>5} {cells} {r['total_s']:>7.1f}s {r['peak_rss_mb']:>8.0f} {r['fix_ratio']:>6.3f}"
-        )
+    for engine, rs in by_engine.items():
+        for r in rs:
+            cells = " ".join(
+                f"{r['stages'][s]['wall_s']:>7.1f}s {r['stages'][s]['peak_rss_mb']:>5.0f}M" for s in STAGES
+            )
+            print(
+                f"{engine:>6} {r['records']:>9} {r['files']:>5} {cells} {r['total_s']:>7.1f}s "
+                f"{r['peak_rss_mb']:>8.0f} {r['largest_worker_peak_mb']:>9.0f} {r['fix_ratio']:>6.3f}"
+            )
     print("growth exponents:", json.dumps(result["growth_exponent"]))
+    if "ray_over_local" in result:
+        print("ray / local wall:", json.dumps(result["ray_over_local"]))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from stages.columns import record_keys
 from stages.content import KeyRows, key_bytes
-from stages.workers import map_chunks
+from stages.workers import LOCAL, Engine, map_chunks
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 
@@ -311,7 +311,7 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def tokenize_cached(
-    tokenizer: Any, batches: Iterable[pa.RecordBatch | pa.Table], cache_dir: Path
+    tokenizer: Any, batches: Iterable[pa.RecordBatch | pa.Table], cache_dir: Path, engine: Engine = LOCAL
 ) -> tuple[Tokens, int]:
     """`tokenize_records` over record batches, in order, reusing the tokens of records seen before;
     returns (tokens, newly tokenised records).
@@ -338,7 +338,7 @@ def tokenize_cached(
     def tokenize_pending() -> None:
         if not pending:
             return
-        for new in map_chunks(partial(_tokenize_chunk, tokenizer), pending):  # on every core
+        for new in map_chunks(partial(_tokenize_chunk, tokenizer), pending, engine=engine):  # on every core
             ids.append(new.ids)
             learnt.append(new.learnt)
             lengths.append(new.lengths)

@@ -15,7 +15,7 @@ import ftfy
 
 from stages import pii
 from stages.markup import strip_markup
-from stages.workers import map_chunks
+from stages.workers import LOCAL, Engine, map_chunks
 
 _WORD = re.compile(r"\w+")
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
@@ -104,12 +104,12 @@ def clean_records(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
     return result
 
 
-def clean_all(records: list[dict[str, Any]], rules: Rules) -> CleanResult:
+def clean_all(records: list[dict[str, Any]], rules: Rules, engine: Engine = LOCAL) -> CleanResult:
     """`clean_records` on every core (stages/workers.py): the same kept, dropped and counts, in order.
 
     Called once per landing file, so its workers are kept from one file to the next."""
     result = CleanResult()
-    for part in map_chunks(partial(clean_records, rules=rules), records, keep_workers=True):
+    for part in map_chunks(partial(clean_records, rules=rules), records, keep_workers=True, engine=engine):
         result.kept += part.kept
         result.dropped += part.dropped
         result.pii.update(part.pii)

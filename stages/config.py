@@ -136,6 +136,29 @@ class DataConfig(_Section):
     near_dedup: NearDedupConfig = NearDedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
+    # Where, not what: both engines give the same records, drops, counts and blocks (tests/e2e/
+    # test_ray_engine.py compares them), so section_hash leaves these two out and switching engines
+    # makes no data asset stale.
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the data stages' per-record work and near-dedup join run: 'local' (this host's "
+        "cores, forked workers) or 'ray' (a Ray cluster: data.ray_address, else $RAY_ADDRESS, else a Ray "
+        "started on this host's cores for each step). Results are identical; needs `pip install ray`.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="The Ray cluster for data.engine: ray, e.g. 'ray-head:6379' ('auto': the cluster "
+        "`ray start` runs on this host); unset: $RAY_ADDRESS, else a local Ray for each step.",
+    )
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> "DataConfig":
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError(
+                f"ray_address {self.ray_address!r} is set but engine is {self.engine!r}: "
+                "set data.engine: ray, or remove data.ray_address"
+            )
+        return self
 
 
 class ModelConfig(_Section):
@@ -632,9 +655,12 @@ class PipelineConfig(_Section):
         return _flatten(self.model_dump(mode="json"))
 
     def section_hash(self, *sections: str) -> str:
-        """A short, stable hash of some sections, dotted paths allowed ("data.cleaning"). Where training
-        runs (`training.launcher`) is left out: it does not change what is trained."""
-        dump = self.model_dump(mode="json", exclude={"training": {"launcher"}})
+        """A short, stable hash of some sections, dotted paths allowed ("data.cleaning"). Where things
+        run is left out, since it does not change what is computed: `training.launcher` (where training
+        runs) and `data.engine` / `data.ray_address` (where the data stages run; their results are
+        identical by contract), so a model's config hash and the data assets' versions ignore them."""
+        where = {"training": {"launcher"}, "data": {"engine", "ray_address"}}
+        dump = self.model_dump(mode="json", exclude=where)
         picked = {}
         for section in sections:
             value: Any = dump

@@ -4,6 +4,7 @@ A train record that shares any word n-gram with an eval record is removed and co
 let the model see the answer it is later scored on.
 """
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from stages.code_version import code_version
 from stages.scan_cache import CleanSet, Texts, digest
-from stages.workers import map_chunks
+from stages.workers import LOCAL, Engine, map_chunks
 
 _WORD = re.compile(r"\w+")
 
@@ -36,12 +37,22 @@ def eval_ngrams(eval_records: Iterable[dict[str, Any]], n: int) -> set[tuple[str
     return grams
 
 
-def _hashes(text: str, n: int) -> set[int]:
-    return {hash(g) for g in ngrams(text, n)}
+def _hashes(text: str, n: int, key: Callable[[tuple[str, ...]], int] = hash) -> set[int]:
+    return {key(g) for g in ngrams(text, n)}
+
+
+def stable_hash(gram: tuple[str, ...]) -> int:
+    """An n-gram's hash that is the same in every process. `hash` is salted per process: fine for
+    forked workers, which share the salt, not for Ray's, which would then meet no eval hash."""
+    return int.from_bytes(hashlib.blake2b("\x1f".join(gram).encode(), digest_size=8).digest(), "little")
 
 
 def contamination(
-    texts: Texts, eval_records: list[dict[str, Any]], n: int, cache_file: Path | None = None
+    texts: Texts,
+    eval_records: list[dict[str, Any]],
+    n: int,
+    cache_file: Path | None = None,
+    engine: Engine = LOCAL,
 ) -> dict[int, str]:
     """{index of a text sharing an n-gram with an eval record: the first shared n-gram}, in index order.
 
@@ -51,12 +62,14 @@ def contamination(
     """
     eval_texts = [record_text(r) for r in eval_records]
     if cache_file is None:
-        return _contamination(texts.take(list(range(len(texts)))), eval_texts, n)
+        return _contamination(texts.take(list(range(len(texts)))), eval_texts, n, engine)
     # Keyed by this code's version too: a verdict found by other matching code is not reused.
     cache = CleanSet(cache_file, f"{code_version(__name__)}:{n}:{digest(chr(0).join(sorted(eval_texts)))}")
     found = {i: cache.found[key] for i, key in enumerate(texts.keys) if key in cache.found}
     if todo := cache.unknown(texts.keys):
-        found |= {todo[j]: gram for j, gram in _contamination(texts.take(todo), eval_texts, n).items()}
+        found |= {
+            todo[j]: gram for j, gram in _contamination(texts.take(todo), eval_texts, n, engine).items()
+        }
     cache.remember(texts.keys, found)
     return dict(sorted(found.items()))
 
@@ -64,11 +77,11 @@ def contamination(
 FEW = 0.01  # texts per eval text below which the texts' own n-grams are the side held in memory
 
 
-def _contamination(texts: list[str], eval_texts: list[str], n: int) -> dict[int, str]:
+def _contamination(texts: list[str], eval_texts: list[str], n: int, engine: Engine = LOCAL) -> dict[int, str]:
     """The scan itself, from whichever side is smaller."""
     if len(texts) <= FEW * len(eval_texts):
         return _few_scanned(texts, eval_texts, n)
-    return _all_scanned(texts, eval_texts, n)
+    return _all_scanned(texts, eval_texts, n, engine)
 
 
 def _few_scanned(texts: list[str], eval_texts: list[str], n: int) -> dict[int, str]:
@@ -91,23 +104,27 @@ def _few_scanned(texts: list[str], eval_texts: list[str], n: int) -> dict[int, s
     }
 
 
-def _all_scanned(texts: list[str], eval_texts: list[str], n: int) -> dict[int, str]:
+def _all_scanned(texts: list[str], eval_texts: list[str], n: int, engine: Engine = LOCAL) -> dict[int, str]:
     """Every text against the eval n-grams. The eval n-grams are held as hashes (an int each, where tuples of words
     took ~200 bytes: ~1 GB for 50k eval records), and the texts are scanned on every core; texts
     whose hashes meet the eval set's are then checked word for word, so a hash collision never
     counts."""
+    key = hash if engine.kind == "local" else stable_hash  # the cheaper one wherever it is the same
     grams: set[int] = set()
     for text in eval_texts:
-        grams |= _hashes(text, n)
+        grams |= _hashes(text, n, key)
 
     def shared_hashes(chunk: list[tuple[int, str]]) -> list[tuple[int, set[int]]]:
-        return [(i, hit) for i, text in chunk if (hit := _hashes(text, n) & grams)]  # only hits travel back
+        return [
+            (i, hit) for i, text in chunk if (hit := _hashes(text, n, key) & grams)
+        ]  # only hits travel back
 
-    candidates = dict(pair for part in map_chunks(shared_hashes, list(enumerate(texts))) for pair in part)
+    parts = map_chunks(shared_hashes, list(enumerate(texts)), engine=engine)
+    candidates = dict(pair for part in parts for pair in part)
     if not candidates:
         return {}
     wanted = set().union(*candidates.values())
-    exact = {g for text in eval_texts for g in ngrams(text, n) if hash(g) in wanted}
+    exact = {g for text in eval_texts for g in ngrams(text, n) if key(g) in wanted}
     found = {}
     for i in candidates:
         if shared := ngrams(texts[i], n) & exact:
@@ -121,6 +138,7 @@ def decontaminate(
     n: int,
     cache_file: Path | None = None,
     text: Callable[[dict[str, Any]], str] = record_text,
+    engine: Engine = LOCAL,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(clean train, contaminated train records, each with the first shared n-gram).
 
@@ -128,7 +146,7 @@ def decontaminate(
     `cache_file`, train texts already found clean against this very eval set are not scanned
     again, and the ones found clean now are remembered for the next run.
     """
-    found = contamination(Texts.of([text(r) for r in train]), eval_records, n, cache_file)
+    found = contamination(Texts.of([text(r) for r in train]), eval_records, n, cache_file, engine)
     clean = [r for i, r in enumerate(train) if i not in found]
     contaminated = [{**train[i], "shared_ngram": shared} for i, shared in sorted(found.items())]
     return clean, contaminated

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from stages.content import KeyRows, record_key
 from stages.near_dedup import lsh_join, minhash_signatures, words
-from stages.workers import map_chunks
+from stages.workers import LOCAL, Engine, map_chunks
 
 _NON_WORD = re.compile(r"[\W_]+")
 
@@ -79,6 +79,7 @@ def cached_signatures(
     num_perm: int,
     ngram: int,
     min_words: int = 0,
+    engine: Engine = LOCAL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(indices of the records with at least `min_words` words, their MinHash signatures) of each
     record's response, `texts(indices)` giving the responses of the records whose key the cache lacks.
@@ -104,7 +105,7 @@ def cached_signatures(
         fresh_texts = texts(missing[first].tolist())
         rows[missing] = len(all_keys) + which
         sign = partial(_signed, num_perm=num_perm, ngram=ngram)  # per text: on every core
-        done = map_chunks(sign, fresh_texts)
+        done = map_chunks(sign, fresh_texts, engine=engine)
         fresh = np.concatenate([np.zeros((0, num_perm), np.uint32), *(s for s, _ in done)])
         fresh_words = np.concatenate([np.zeros(0, np.int64), *(w for _, w in done)])
         all_keys = np.concatenate([all_keys, fresh_keys])
@@ -157,6 +158,7 @@ def near_duplicate_of(
     ngram: int,
     num_perm: int,
     min_words: int,
+    engine: Engine = LOCAL,
 ) -> dict[int, int]:
     """{index: index of the kept response it near-duplicates}, in index order (MinHash LSH), for
     records keyed by `keys` (stages.content.key_bytes); see `cached_signatures` for `texts`.
@@ -164,8 +166,13 @@ def near_duplicate_of(
     Responses under `min_words` words are left to exact dedup: "10% of the words edited" is not a
     near-duplicate of a five-word answer, it is a different answer.
     """
-    eligible, signatures = cached_signatures(keys, texts, cache_dir, num_perm, ngram, min_words)
-    duplicate_of = lsh_join(signatures, threshold)
+    eligible, signatures = cached_signatures(keys, texts, cache_dir, num_perm, ngram, min_words, engine)
+    if engine.kind == "ray":  # the same answer, as a shuffle: no Ray worker holds every signature
+        from stages import ray_engine
+
+        duplicate_of = ray_engine.lsh_join(signatures, threshold, engine)
+    else:
+        duplicate_of = lsh_join(signatures, threshold)
     return {int(eligible[j]): int(eligible[d]) for j, d in enumerate(duplicate_of) if d is not None}
 
 
@@ -178,6 +185,7 @@ def residual_duplicate_of(
     ngram: int,
     num_perm: int,
     min_words: int,
+    engine: Engine = LOCAL,
 ) -> list[tuple[int, int]]:
     """(index, index it duplicates): exact duplicates first, then near ones, each in index order.
 
@@ -194,6 +202,7 @@ def residual_duplicate_of(
         ngram,
         num_perm,
         min_words,
+        engine,
     )
     return list(exact.items()) + [(kept[i], kept[j]) for i, j in near.items()]
 

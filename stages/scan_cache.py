@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from stages.workers import map_chunks
+from stages.workers import LOCAL, Engine, map_chunks
 
 T = TypeVar("T")
 
@@ -88,13 +88,15 @@ class CleanSet:
             tmp.write_text(json.dumps({"salt": self.salt, "clean": list(self.clean), "found": self.found}))
             tmp.replace(self.path)
 
-    def scan(self, texts: Texts, find: Callable[[str], T]) -> list[T | None]:
+    def scan(self, texts: Texts, find: Callable[[str], T], engine: Engine = LOCAL) -> list[T | None]:
         """`find(text)` where it is truthy, None elsewhere: texts known clean are neither built nor
         scanned, the rest are scanned on every core (a finding is not remembered: scanned again)."""
         todo = [i for i, key in enumerate(texts.keys) if key not in self.clean]
         hits: list[T | None] = [None] * len(texts)
-        for i, hit in (pair for part in map_chunks(partial(_found, find), list(zip(todo, texts.take(todo), strict=True)))
-                       for pair in part):  # fmt: skip
+        todo_texts = list(zip(todo, texts.take(todo), strict=True))
+        for i, hit in (
+            pair for part in map_chunks(partial(_found, find), todo_texts, engine=engine) for pair in part
+        ):
             hits[i] = hit
         self.remember(texts.keys, {i: hit for i, hit in enumerate(hits) if hit}, keep_found=False)
         return hits

@@ -14,14 +14,19 @@ worker forked from a large process copies every page it allocates into, and at 1
 copies (~0.8 GB a worker, measured by benchmarks/scale.py) cost more than the parallel cleaning
 saved when paid once per file. Kept workers pay it once; their function and chunks are pickled.
 They end when a call without `keep_workers` comes (the cross-file stages run after the per-file ones).
+
+The same seam runs on a Ray cluster when the caller passes `Engine("ray", ...)` (data.engine: ray):
+the chunks become Ray tasks (stages/ray_engine.py), results in the same order. The engine is passed
+down from the config by each stage's caller, never set globally; nothing imports Ray for `local`.
 """
 
 import gc
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,6 +34,26 @@ R = TypeVar("R")
 # Below this many items a chunk's pickling round trip and the fork cost more than they save.
 MIN_PARALLEL = 2_000
 CHUNKS_PER_WORKER = 4  # chunks finish at different times; a few each keeps every core busy
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where `map_chunks` (and the near-dedup join) run: this host's cores, or a Ray cluster.
+
+    `address` is the Ray cluster's (None: $RAY_ADDRESS, else a Ray started here on `cores()`);
+    `log` receives one line per Ray call (tasks, nodes, retries), the Dagster step's log in assets.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    log: Callable[[str], None] | None = field(default=None, compare=False)
+
+    def say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+
+LOCAL = Engine()
 
 
 def cores() -> int:
@@ -47,13 +72,20 @@ def _run_chunk(bounds: tuple[int, int]) -> object:
     return fn(items[bounds[0] : bounds[1]])
 
 
-def map_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T], keep_workers: bool = False) -> list[R]:
+def map_chunks(
+    fn: Callable[[Sequence[T]], R], items: Sequence[T], keep_workers: bool = False, engine: Engine = LOCAL
+) -> list[R]:
     """[fn(chunk) for chunk in consecutive chunks of items], in order, on every core.
 
-    `fn`'s results must be picklable; `fn` and `items` need not be, unless `keep_workers`. With one
-    core, or few items, it runs here as one chunk.
+    `fn`'s results must be picklable; `fn` and `items` need not be, unless `keep_workers` or a Ray
+    engine (which pickles both with cloudpickle, closures included). With one core, or few items, the
+    local engine runs it here as one chunk.
     """
     global _job, _kept
+    if engine.kind == "ray":
+        from stages import ray_engine  # only for data.engine: ray; `local` never imports Ray
+
+        return ray_engine.map_chunks(fn, items, engine)
     workers = cores()
     if workers == 1 or len(items) < MIN_PARALLEL or _job is not None:  # no workers of workers
         return [fn(items)]

@@ -90,3 +90,29 @@ def test_overrides_apply_on_top_of_the_yaml_and_get_the_same_one_line_errors():
     }  # fmt: skip
     with pytest.raises(ConfigError, match=r"--set 'max_steps': write KEY=VALUE"):
         parse_overrides(["max_steps"])
+
+
+def test_data_engine_is_local_or_ray_and_an_address_needs_ray():
+    assert parse_config({}).data.engine == "local"
+    ray = parse_config({"data": {"engine": "ray", "ray_address": "ray-head:6379"}}).data
+    assert (ray.engine, ray.ray_address) == ("ray", "ray-head:6379")
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"engine": "spark"}})
+    assert "\n" not in str(
+        err.value
+    ) and "data.engine: Input should be 'local' or 'ray' (got 'spark')" in str(err.value)
+    with pytest.raises(
+        ConfigError, match=r"data: .*ray_address 'h:6379' is set but engine is 'local': set data.engine: ray"
+    ):
+        parse_config({"data": {"ray_address": "h:6379"}})
+
+
+def test_the_engine_is_left_out_of_the_config_hash():
+    # Where the data stages run, not what they compute: a model trained on data from either engine
+    # has the same config hash, as training.launcher leaves it alone.
+    local = parse_config({})
+    ray = parse_config({"data": {"engine": "ray", "ray_address": "auto"}})
+    assert ray.section_hash("corpus", "data", "model", "training") == local.section_hash(
+        "corpus", "data", "model", "training"
+    )
+    assert parse_config({"data": {"seed": 1}}).section_hash("data") != local.section_hash("data")

@@ -61,7 +61,11 @@ def test_cached_decontamination_remembers_verdicts_only_for_the_same_eval_set(tm
     # Every text has a verdict now: the rerun scans nothing (and builds no eval n-grams) ...
     scanned: list[list[str]] = []
     real = decontamination._contamination
-    monkeypatch.setattr(decontamination, "_contamination", lambda t, e, n: scanned.append(t) or real(t, e, n))
+    monkeypatch.setattr(
+        decontamination,
+        "_contamination",
+        lambda t, e, n, *engine: scanned.append(t) or real(t, e, n, *engine),
+    )
     assert decontaminate(train, [_rec("e1", passage)], 13, cache) == (clean, bad)
     assert scanned == []
     # ... and an edited record is the only text scanned.

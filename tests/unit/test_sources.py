@@ -8,7 +8,9 @@ from assets.sources import ABSENT, CONFIG_KEYS, config_versions, landing_version
 from resources.settings import Paths, TunegraphSettings
 from stages.config import PipelineConfig
 
-NOT_READ_BY_ANY_ASSET = {"name", "schedule.retrain_cron"}  # a label, and when (not what) to retrain
+# A label, when (not what) to retrain, and where the data stages run: data.engine's results are identical by
+# contract (tests/e2e/test_ray_engine.py), so switching engines makes no data asset stale.
+NOT_READ_BY_ANY_ASSET = {"name", "schedule.retrain_cron", "data.engine", "data.ray_address"}
 WATCHED_PER_VARIANT = {"prompts"}  # by the source prompt_variant, one partition per variant
 
 
@@ -31,6 +33,7 @@ def test_a_changed_value_changes_only_the_keys_that_hold_it(tmp_path: Path):
     tokens = versions(evaluation={"max_new_tokens": 9})
     assert {k for k in CONFIG_KEYS if tokens[k] != base[k]} == {"evaluation", "evaluation.max_new_tokens"}
     assert versions(schedule={"retrain_cron": "0 4 * * *"}) == base
+    assert versions(data={"engine": "ray", "ray_address": "auto"}) == base  # where, not what
 
     # data.eval_files is versioned by the content of the files it names, too.
     (tmp_path / "eval.jsonl").write_text('{"instruction": "Q?", "output": "A."}\n')
