@@ -137,7 +137,7 @@ class DataConfig(_Section):
     decontamination: DecontaminationConfig = DecontaminationConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
     # Where, not what: both engines give the same records, drops, counts and blocks (tests/e2e/
-    # test_ray_engine.py compares them), so section_hash leaves these two out and switching engines
+    # test_ray_cluster.py compares them), so section_hash leaves these two out and switching engines
     # makes no data asset stale.
     engine: Literal["local", "ray"] = Field(
         "local",

@@ -9,7 +9,7 @@ from resources.settings import Paths, TunegraphSettings
 from stages.config import PipelineConfig
 
 # A label, when (not what) to retrain, and where the data stages run: data.engine's results are identical by
-# contract (tests/e2e/test_ray_engine.py), so switching engines makes no data asset stale.
+# contract (tests/e2e/test_ray_cluster.py), so switching engines makes no data asset stale.
 NOT_READ_BY_ANY_ASSET = {"name", "schedule.retrain_cron", "data.engine", "data.ray_address"}
 WATCHED_PER_VARIANT = {"prompts"}  # by the source prompt_variant, one partition per variant
 
