@@ -281,6 +281,7 @@ def test_empty_landing_folder_is_a_clear_error(home, instance, settings):
         Runner(settings, instance).run()
 
 
+@pytest.mark.slow  # 41 s: a second landing file through the runner; the format errors are unit-tested (test_readers)
 def test_unknown_format_fails_its_partition_only(home, instance, settings):
     write_example_shards(home, shards=2)
     (home / "landing" / "notes.docx").write_bytes(b"PK\x03\x04")

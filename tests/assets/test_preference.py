@@ -17,6 +17,8 @@ PREFERENCE = {"enabled": True, "learning_rate": 1.0e-3, "max_steps": 8, "batch_s
               "save_steps": 4, "min_pairs": 8, "synthetic_examples": 16, "reward_model": REWARD}  # fmt: skip
 
 
+# make test-slow (85 s): DPO end to end; make test keeps DPO's and KTO's gates (test_checks_can_fail).
+@pytest.mark.slow
 def test_dpo_on_landed_pairs_lowers_its_loss_raises_the_margin_and_is_evaluated(
     prepared_home, instance, tmp_path
 ):

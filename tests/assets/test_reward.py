@@ -80,6 +80,7 @@ def test_the_reward_model_learns_separable_pairs_and_passes_its_gate(prepared_ho
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 5  # every logging step
 
 
+@pytest.mark.slow  # 42 s: trains a reward model; the gate's arithmetic is unit-tested (test_reward_gate)
 def test_labels_at_random_fail_the_gate_and_nothing_reads_the_reward_model(prepared_home, instance, tmp_path):
     home = prepared_home
     # Coin seed 2 swaps 6 of the 12 held-out pairs (and 12 of 28 training ones): whichever way the model

@@ -74,7 +74,9 @@ def finish(process: subprocess.Popen, spec: TrainingSpec) -> dict:
     return json.loads((spec.output_dir / "train_summary.json").read_text())
 
 
-@pytest.mark.parametrize("method", ["grpo", "rloo"])
+@pytest.mark.parametrize(
+    "method", ["grpo", pytest.param("rloo", marks=pytest.mark.slow)]
+)  # the same trainer path
 def test_two_steps_log_reward_and_kl_to_the_summary_and_mlflow(tiny, tmp_path, method):
     tracking = MlflowTracking(home=str(tmp_path / "home"))
     client = tracking.client()
