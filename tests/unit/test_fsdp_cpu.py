@@ -47,7 +47,7 @@ def test_two_sharded_processes_train_as_one_with_the_chunked_loss(tmp_path: Path
     # what a missing gradient, a double-counted batch or a loss over a shard would give (>= 1e-3).
     assert whole["losses"][1] < whole["losses"][0]  # it trained
     assert shards["losses"] == pytest.approx(whole["losses"], rel=1e-5)
-    a, b = torch.load(one.with_suffix(".pt")), torch.load(two.with_suffix(".pt"))
+    a, b = (torch.load(f.with_suffix(".pt"), weights_only=True) for f in (one, two))
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, f"sharded weights differ from one process's by {worst}"
