@@ -37,10 +37,11 @@ SYNC_EVERY = 4
 class _Batch:
     """The rows decoding together, all tensors on the model's device, every row left-padded to one width.
 
-    cache: the KV cache (`Slots` on the fast path); padded: some row is left-padded; mask: [rows, cache width] 1 where a row has a token; seqs: [rows, prompt width +
-    max_new + SYNC_EVERY] the prompt and answer as the penalty reads them, unwritten places holding the
-    row's first token; n_new: tokens generated; done: stopped; next_pos: the position of the next token;
-    token: the last token generated (the next step's input); ids: each row's index in the caller's list.
+    cache: the KV cache (`Slots` on the fused Llama step); padded: some row is left-padded; mask: [rows,
+    cache width] 1 where a row has a token; seqs: [rows, prompt width + max_new + SYNC_EVERY] the prompt
+    and answer as the penalty reads them, unwritten places holding the row's first token; n_new: tokens
+    generated; done: stopped; next_pos: the position of the next token; token: the last token generated
+    (the next step's input); ids: each row's index in the caller's list.
     """
 
     def __init__(self, cache: Any, mask: torch.Tensor, seqs: torch.Tensor, width: int, ids: list[int]):
@@ -140,8 +141,8 @@ class Decoder:
             logits = self.fast(batch.token, batch.next_pos, padding, batch.cache)
         else:
             logits = self.model(input_ids=batch.token[:, None], attention_mask=batch.mask,
-                            position_ids=batch.next_pos[:, None], cache=batch.cache, use_cache=True,
-                            logits_to_keep=1).logits[:, -1]  # fmt: skip
+                                position_ids=batch.next_pos[:, None], cache=batch.cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1]  # fmt: skip
         batch.next_pos += 1
         self._take(batch, logits)
 
