@@ -37,7 +37,8 @@ SYNC_EVERY = 4
 class _Batch:
     """The rows decoding together, all tensors on the model's device, every row left-padded to one width.
 
-    cache: the KV cache (`Slots` on the fused Llama step); padded: some row is left-padded; mask: [rows,
+    cache: the KV cache (`Slots` on the fused Llama step); padded: some row is left-padded (kept, though the
+    mask says it, so a step reads no device tensor on the host: set where rows join or leave); mask: [rows,
     cache width] 1 where a row has a token; seqs: [rows, prompt width + max_new + SYNC_EVERY] the prompt
     and answer as the penalty reads them, unwritten places holding the row's first token; n_new: tokens
     generated; done: stopped; next_pos: the position of the next token; token: the last token generated

@@ -77,3 +77,15 @@ def test_slots_select_rows_and_join_left_padded():
     joined = slots.joined(other, room=4)
     assert joined.width == 3 and joined.keys[0].shape == (2, 1, 7, 1)
     assert joined.keys[0][:, 0, :3, 0].tolist() == [[0.0, 4.0, 5.0], [9.0, 9.0, 9.0]]  # row 0 left-padded
+
+
+def test_slots_stay_on_the_device_of_the_cache_they_hold():
+    """ "meta" stands for a GPU: a buffer made without the cache's device (a bare torch.zeros) fails this."""
+    keys = [torch.empty(2, 3, 5, 4, device="meta")]
+    slots = Slots(keys, [k.clone() for k in keys], width=5)
+    slots.select(torch.tensor([1], device="meta"), start=2)
+    joined = slots.joined(Slots(keys, [k.clone() for k in keys], width=5), room=3)
+    k, v = joined.append(0, torch.empty(3, 3, 1, 4, device="meta"), torch.empty(3, 3, 1, 4, device="meta"))
+    for tensor in (*slots.keys, *joined.keys, *joined.values, k, v):
+        assert tensor.device.type == "meta"
+    assert joined.keys[0].shape == (3, 3, 8, 4) and k.shape == (3, 3, 6, 4)
