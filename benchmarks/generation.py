@@ -99,12 +99,12 @@ def measure(
     a shared machine hits both), after one untimed call of each."""
     warm = decoding_config(tokenizer, 4, penalty)
     with_generate(model, next(iter(prompts.values()))[:2], warm, batch_size)
-    Decoder(model, warm, batch_size, 8192).run(next(iter(prompts.values()))[:2])
+    Decoder(model, warm, batch_size).run(next(iter(prompts.values()))[:2])
     config = decoding_config(tokenizer, max_new, penalty)
     rows: dict[str, Any] = {}
     for variant, ids in prompts.items():
         theirs, generate_s = timed(lambda: with_generate(model, ids, config, batch_size))  # noqa: B023
-        ours, ours_s = timed(lambda: Decoder(model, config, batch_size, 8192).run(ids))  # noqa: B023
+        ours, ours_s = timed(lambda: Decoder(model, config, batch_size).run(ids))  # noqa: B023
         tokens = sum(map(len, ours))
         rows[variant] = {
             "prompts": len(ids),

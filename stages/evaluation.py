@@ -56,16 +56,33 @@ METRICS_BY_SCHEMA: dict[str, dict[str, str | None]] = {
 }
 
 
+# A forward pass costs about this many tokens' worth beyond its tokens (SmolLM2 bf16 here: 256 tokens in
+# 0.136 s, 512 in 0.170 s, so ~0.1 s fixed = ~750 tokens); below it, splitting a batch costs more than its padding.
+FORWARD_COST_TOKENS = 512
+
+
 def _batches(lengths: list[int], max_batch: int, token_budget: int) -> Iterator[list[int]]:
+    """Indices in batches of similar length: the split of the length-sorted order that computes the fewest
+    token slots (rows x the batch's widest row, plus FORWARD_COST_TOKENS a batch), each batch within
+    `max_batch` rows and `token_budget` slots. Greedy filling put one 497-token held-out answer in a batch
+    of 16 rows of ~60: 7,952 slots for 1,400 tokens, 2.4 of a variant's 3 s of perplexity."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batch: list[int] = []
-    for i in order:
-        if batch and (len(batch) >= max_batch or lengths[batch[0]] * (len(batch) + 1) > token_budget):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
+    n = len(order)
+    cost = [0.0] * (n + 1)  # cost[j]: the cheapest split of order[j:]
+    end = [n] * (n + 1)  # end[j]: where the first batch of that split ends
+    for j in range(n - 1, -1, -1):
+        width = lengths[order[j]]  # the widest row of any batch starting at j
+        cost[j] = float("inf")
+        for k in range(j + 1, min(n, j + max_batch) + 1):
+            if k - j > 1 and (k - j) * width > token_budget:
+                break
+            total = FORWARD_COST_TOKENS + (k - j) * width + cost[k]
+            if total < cost[j]:
+                cost[j], end[j] = total, k
+    j = 0
+    while j < n:
+        yield order[j : end[j]]
+        j = end[j]
 
 
 def response_nll(
@@ -145,7 +162,7 @@ def generate(
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int,
     batch_size: int = 8,
-    token_budget: int = 8192,
+    token_budget: int | None = None,  # None: the model's KV budget (stages/generation.py)
     desc: str = "generate",
     repetition_penalty: float = 1.0,
 ) -> list[dict[str, Any]]:
@@ -162,7 +179,7 @@ def generate_text(
     prompts: list[str],
     max_new_tokens: int,
     batch_size: int = 8,
-    token_budget: int = 8192,
+    token_budget: int | None = None,  # None: the model's KV budget (stages/generation.py)
     desc: str = "generate",
     repetition_penalty: float = 1.0,
 ) -> list[dict[str, Any]]:

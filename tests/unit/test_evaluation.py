@@ -3,7 +3,7 @@
 import math
 
 from stages.chat import tokenize_records
-from stages.evaluation import continuation, eval_items, score, text_nll
+from stages.evaluation import _batches, continuation, eval_items, score, text_nll
 from stages.model_source import _smollm2_tokenizer, tiny_random_model
 from stages.prompt_config import DEFAULT_PROMPTS, ExamplesSpec, PromptVariant
 from stages.prompts import applies, conversations, example_pool, random_examples
@@ -68,3 +68,30 @@ def test_prompt_variants_need_a_prompt_and_shots_are_never_documents():
     assert applies(zero_shot, [TEXT]) and applies(few_shot, [TEXT, QA])
     train = [{**TEXT, "augmentation": "none"}, {**QA, "augmentation": "none"}]
     assert [r["id"] for r in random_examples(example_pool(train), k=2, seed=0)] == ["q"]
+
+
+# The demo's 32 held-out zero-shot rows (prompt + answer tokens, 2026-12-08): one long docstring among short ones.
+HELD_OUT_LENGTHS = [497, 110, 95, 94, 88, 86, 85, 82, 68, 67, 67, 66, 62, 58, 57, 57, 56, 55, 55, 54, 54, 54,
+                    52, 52, 51, 51, 51, 51, 49, 47, 47, 46]  # fmt: skip
+
+
+def test_perplexity_batches_keep_a_long_row_from_padding_short_ones():
+    lengths = HELD_OUT_LENGTHS[::-1]  # any order in, sorted inside
+    batches = list(_batches(lengths, max_batch=32, token_budget=8192))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [lengths.index(497)]  # alone: 16 rows padded to its width were 7,952 slots
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert slots <= 1.35 * sum(lengths) and len(batches) <= 3
+    # The limits hold: rows per batch, and rows x width within the token budget (a lone row may exceed it).
+    for b in _batches([300] * 10 + [9000], max_batch=4, token_budget=1000):
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * 300 <= 1000)
+
+
+def test_perplexity_does_not_depend_on_how_rows_are_batched():
+    tok = _smollm2_tokenizer()
+    model = tiny_random_model(len(tok)).eval()
+    prompts, answers = ["What does len() return?", "Explain zip."], ["A count.", DOC]
+    together = text_nll(model, tok, prompts, answers, batch_size=8)
+    alone = [text_nll(model, tok, [p], [a], batch_size=1) for p, a in zip(prompts, answers, strict=True)]
+    assert together[1] == sum(t for _, t in alone)
+    assert math.isclose(together[0], sum(n for n, _ in alone), rel_tol=1e-5)

@@ -3,11 +3,11 @@
 
 import pytest
 import torch
-from transformers import GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, LlamaConfig
 
 from stages.chat import render_prompts
 from stages.evaluation import generate
-from stages.generation import SYNC_EVERY, greedy
+from stages.generation import KV_CACHE_BYTES, SYNC_EVERY, Decoder, greedy, kv_token_budget
 from stages.model_source import _smollm2_tokenizer, tiny_random_model
 
 CONVS = [
@@ -77,3 +77,36 @@ def test_a_token_budget_admits_fewer_rows_and_changes_no_answer():
     # Room for one row at a time: each prompt decodes alone.
     assert greedy(model, prompts, config, max_rows=4, token_budget=max(map(len, prompts)) + 6) == wide
     assert wide == [_alone(model, p, config) for p in prompts]
+
+
+def _shaped(config) -> torch.nn.Module:  # noqa: ANN001
+    """A model of this config's shape without memory for its weights, in bf16."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def test_the_token_budget_is_a_memory_budget_for_the_kv_cache():
+    # SmolLM2-135M: 30 layers x keys and values x 3 KV heads x 64 dims x 2 bytes = 23,040 bytes a token.
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          intermediate_size=1536, vocab_size=49152)  # fmt: skip
+    assert kv_token_budget(_shaped(smollm2)) == KV_CACHE_BYTES // 23_040 == 46_603
+    # An 8B model with grouped KV heads: 128 KB a token, and no fewer than MIN_TOKEN_BUDGET tokens for larger.
+    llama8b = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                          intermediate_size=14336, vocab_size=128256)  # fmt: skip
+    assert kv_token_budget(_shaped(llama8b)) == 8192
+    # A model with a KV head per query head and no `head_dim` (GPT-2's names): 12 x 2 x 768 x 2 bytes.
+    assert kv_token_budget(_shaped(GPT2Config())) == KV_CACHE_BYTES // (12 * 2 * 768 * 2)
+
+
+def test_long_prompts_decode_together_within_the_kv_budget():
+    tok = _smollm2_tokenizer()
+    model = tiny_random_model(len(tok)).eval()
+    config = GenerationConfig(do_sample=False, max_new_tokens=128, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id)  # fmt: skip
+    prompts = [[7] * 300 for _ in range(32)]  # few-shot sized: 32 x (300 + 128) tokens of cache
+    assert len(Decoder(model, config, max_rows=32)._admit(list(range(32)), prompts, None)) == 32
+    # A fixed 8,192 tokens admitted 19 of them; the rest waited for rows to finish.
+    assert (
+        len(Decoder(model, config, max_rows=32, token_budget=8192)._admit(list(range(32)), prompts, None))
+        == 19
+    )
