@@ -32,11 +32,12 @@ import dagster as dg  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.before import fixed_batches  # noqa: E402
 from pipelines.cli import configure_environment  # noqa: E402
 from resources.outputs import output_folder  # noqa: E402
 from resources.settings import DEFAULT_CONFIG, TunegraphSettings  # noqa: E402
 from stages.chat import IGNORE_INDEX  # noqa: E402
-from stages.evaluation import _batches, eval_items, left_padded, score, scored_batch  # noqa: E402
+from stages.evaluation import eval_items, left_padded, score, scored_batch  # noqa: E402
 from stages.inference import inference_placement, load_saved  # noqa: E402
 from stages.prompts import conversations, example_pool  # noqa: E402
 from stages.serving import decode_answer, decoding_config  # noqa: E402
@@ -54,7 +55,7 @@ def before_score(
     ]
     seqs = [p + r for p, r in zip(p_ids, r_ids, strict=True)]
     total, count = 0.0, 0
-    for batch in _batches([len(s) for s in seqs], batch_size, 8192):
+    for batch in fixed_batches([len(s) for s in seqs], batch_size, 8192):
         ids, labels, mask = scored_batch(tokenizer.pad_token_id, p_ids, r_ids, batch)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
         labels = labels.to(model.device)
@@ -63,7 +64,7 @@ def before_score(
         count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     g_ids = tokenizer([i.gen_prompt for i in items], add_special_tokens=False)["input_ids"]
     texts: list[str] = [""] * len(items)
-    for batch in _batches([len(p) + max_new for p in g_ids], batch_size, 8192):
+    for batch in fixed_batches([len(p) + max_new for p in g_ids], batch_size, 8192):
         ids, mask = (t.to(model.device) for t in left_padded(tokenizer.pad_token_id, g_ids, batch))
         width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask,

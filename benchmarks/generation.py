@@ -7,7 +7,7 @@ example corpus, cleaned, split with the demo's eval_fraction and seed, the first
 as each prompting baseline renders them (zero-shot, system prompt, few-shot with the demo's shots), the
 demo's evaluation.batch_size, max_new_tokens and repetition_penalty, greedy. No demo run is needed.
   generate   `model.generate` on the length-sorted batches of batch_size prompts the evaluation used
-             before (stages/evaluation.py `_batches`, left-padded): each batch runs until its last row stops
+             before (benchmarks/before.py `fixed_batches`, left-padded): each batch runs until its last row stops
   tunegraph  stages/generation.py: the same prompts through batch_size slots, a row that stops hands its
              slot to the next prompt; tokens on the device, one host read every few steps
 Reported per variant and in total: new tokens/s of each (tokens up to and including EOS), the ratio
@@ -31,10 +31,11 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
+from benchmarks.before import fixed_batches  # noqa: E402
 from benchmarks.corpus import example_records, smollm2_tokenizer  # noqa: E402
 from resources.settings import DEFAULT_CONFIG  # noqa: E402
 from stages.config import load_config  # noqa: E402
-from stages.evaluation import _batches, eval_items, left_padded  # noqa: E402
+from stages.evaluation import eval_items, left_padded  # noqa: E402
 from stages.generation import Decoder  # noqa: E402
 from stages.inference import inference_placement  # noqa: E402
 from stages.model_source import load_source, tiny_random_model  # noqa: E402
@@ -69,7 +70,7 @@ def until_eos(tokens: list[int], eos: int) -> list[int]:
 def with_generate(model: Any, prompts: list[list[int]], config: Any, batch_size: int) -> list[list[int]]:
     """The evaluation before stages/generation.py: fixed length-sorted batches through `model.generate`."""
     out: list[list[int]] = [[] for _ in prompts]
-    for batch in _batches([len(p) + config.max_new_tokens for p in prompts], batch_size, 8192):
+    for batch in fixed_batches([len(p) + config.max_new_tokens for p in prompts], batch_size, 8192):
         ids, mask = (t.to(model.device) for t in left_padded(config.pad_token_id, prompts, batch))
         generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         for row, i in enumerate(batch):

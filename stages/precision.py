@@ -9,7 +9,7 @@
   Measured on 2026-12-07 (torch 2.13, 2 threads): an AMD EPYC with AVX-512 BF16 and no AMX ran a
   2048² `torch.mm` at 140 GFLOP/s in fp32 and 407 in bf16; "bf16 only with AMX", the rule before this
   probe, trained that machine's demo in fp32 (15 of 40 steps in its budget). An AVX2-only CPU
-  emulates bf16 and measures slower: fp32 stays.
+  emulates bf16 and measures slower: fp32 stays (and the probe says so at 512², see `_cpu_probe`).
 The probe's figures travel with the choice (MLflow params, Dagster metadata, the throughput benchmark's
 MFU peak), so a reader sees why a run trained as it did.
 """
@@ -134,10 +134,22 @@ def cuda_choice(choice: str, capability: tuple[int, int], name: str) -> Precisio
     return Precision(choice, "cuda", "set in training.precision")  # type: ignore[arg-type]
 
 
+# Where bf16 loses to fp32 at this size already, it is emulated: the 2048² bf16 probe is skipped.
+SMALL_PROBE = 512
+
+
 @functools.cache
 def _cpu_probe(threads: int) -> dict[str, float]:
-    # Once per process and thread count: evaluation loads several models, each asks.
-    return {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    """fp32 and bf16 matmul GFLOP/s here. Once per process and thread count: evaluation loads several models.
+
+    bf16 is tried at SMALL_PROBE² first: with its matmul emulated (this CPU with oneDNN and ATen held to AVX2,
+    as an AVX2-only CPU runs them), a 2048² bf16 `torch.mm` ran at 0.3 GFLOP/s and the probe alone took
+    340 s; at 512² it takes under a second and already loses to fp32 by ~50x."""
+    fp32 = matmul_gflops(torch.float32)
+    small = matmul_gflops(torch.bfloat16, n=SMALL_PROBE)
+    if small < matmul_gflops(torch.float32, n=SMALL_PROBE):
+        return {"fp32": fp32, "bf16": small}
+    return {"fp32": fp32, "bf16": matmul_gflops(torch.bfloat16)}
 
 
 def weights_dtype(model_dtype: str, precision: Precision, trains_all_weights: bool) -> torch.dtype:

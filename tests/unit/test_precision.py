@@ -1,6 +1,12 @@
 """Precision by capability and measurement (stages/precision.py): the decision for each kind of device,
 the probe it rests on, and bf16 training that follows the fp32 loss curve on the tiny model."""
 
+import json
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import output
@@ -56,6 +62,27 @@ def test_the_probe_measures_a_real_matmul_rate():
     """Positive and finite, and the same function the choice uses (no data-sheet guess on a CPU)."""
     rate = matmul_gflops(torch.float32, n=256, repeats=2)
     assert 0.1 < rate < 1e6
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="oneDNN's and ATen's ISA limits are x86 names")
+def test_a_cpu_held_to_avx2_probes_in_seconds_and_trains_fp32():
+    """This CPU with oneDNN, ATen and MKL held to AVX2 is an AVX2-only CPU to torch: bf16 matmuls emulated.
+    The probe's 2048² bf16 matmul took 340 s there (0.3 GFLOP/s); a minute is plenty for the probe now."""
+    probe = (
+        "import json, torch; from stages.precision import resolve_precision; torch.set_num_threads(2); "
+        "p = resolve_precision('auto', 'cpu'); print(json.dumps([p.name, p.reason, p.matmul_gflops]))"
+    )
+    env = {
+        **os.environ,
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, reason, rates = json.loads(done.stdout.strip().splitlines()[-1])
+    assert name == "fp32" and "emulated" in reason
+    assert rates["bf16"] * 10 < rates["fp32"]  # emulated: an order of magnitude and more behind
 
 
 def test_bf16_training_follows_the_fp32_loss_curve_on_the_tiny_model(data_template, tmp_path):
