@@ -86,6 +86,12 @@ def map_chunks(
         from stages import ray_engine  # only for data.engine: ray; `local` never imports Ray
 
         return ray_engine.map_chunks(fn, items, engine)
+    if not keep_workers and _kept is not None and _job is None:
+        # The per-file stages are done: their workers' memory goes back, also when this call is
+        # small enough to run here (a one-record fix's cross-file stages left two alive, 2.6 GB
+        # resident each, after benchmarks/scale.py's 1M local run).
+        _kept.shutdown()
+        _kept = None
     workers = cores()
     if workers == 1 or len(items) < MIN_PARALLEL or _job is not None:  # no workers of workers
         return [fn(items)]
@@ -95,9 +101,6 @@ def map_chunks(
         if _kept is None:
             _kept = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=gc.freeze)
         return list(_kept.map(fn, [items[a:b] for a, b in bounds]))
-    if _kept is not None:  # the per-file stages are done: their workers' memory goes back
-        _kept.shutdown()
-        _kept = None
     _job = (fn, items)
     try:
         # gc.freeze: the workers' collections then leave the inherited heap alone; scanning it

@@ -1,5 +1,5 @@
-"""The data stages on a real Ray cluster of two nodes give the local engine's outputs, and survive a
-worker killed mid-dedup.
+"""The data stages on a real Ray cluster of two nodes give the local engine's outputs, survive a
+worker killed mid-dedup, and fail cleanly (rerun reusing what finished) when a task is lost every time.
 
 A head node and a worker node, 1 CPU each, are started on this machine with `ray start` (nothing is
 downloaded; dashboard and usage stats off) in a short temp dir, and stopped by process group in the
@@ -8,6 +8,7 @@ fixture's teardown, even on failure. The tiny pipeline's data stages are materia
 landing file's kept and dropped records to the packed blocks, must hash the same.
 """
 
+import json
 import os
 import secrets
 import shutil
@@ -241,3 +242,89 @@ def test_a_worker_killed_mid_dedup_is_retried_and_the_output_is_the_local_one(cl
     assert not any(line.startswith("ray:") for line in lines)
     assert record["status"] == "success", record["errors"]
     assert _outputs(home, ("deduplicated_corpus",))["deduplicated_corpus"] == after_kill
+
+
+def test_a_stage_whose_tasks_are_all_lost_fails_cleanly_and_the_rerun_reuses_what_finished(
+    cluster, tmp_path: Path
+):
+    """Issue 30's fault at the asset level: every Ray worker that runs a task of augmented_corpus's
+    gates is killed, so a task is lost three times. The run fails with one line; Dagster records no
+    materialisation of augmented_corpus, whose half-written folder downstream never reads; the raw,
+    clean and dedup work of that same run stays recorded, and the rerun redoes only what failed."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from scale import build_corpus
+
+    from pipelines.report import user_error
+
+    address, nodes = cluster
+    home = tmp_path / "home"
+    home.mkdir()
+    write_example_shards(home, shards=2)
+    on_ray = {"data.engine": "ray", "data.ray_address": address}
+    first, _ = _materialise(home, on_ray)
+    assert first["status"] == "success", first["errors"]
+    recorded_before = _folder(home, "augmented_corpus")
+    root = recorded_before.parent
+
+    # A new landing file of 20k records: the gates' tasks then run ~0.1 s each, long enough to be seen.
+    records, _ = build_corpus(20_000)
+    with (home / "landing" / "big.jsonl").open("w") as out:
+        out.writelines(json.dumps(r) + "\n" for r in records)
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_every_task_once_augmenting() -> None:
+        """From the moment augmented_corpus's new folder exists: every worker seen running a task dies."""
+        while not done.is_set():
+            if any(p != recorded_before for p in root.iterdir()):
+                for node in nodes:
+                    for proc in psutil.Process(node.pid).children(recursive=True):
+                        try:
+                            if " ".join(proc.cmdline()).startswith("ray::_chunk"):
+                                proc.kill()
+                                killed.append(proc.pid)
+                        except psutil.NoSuchProcess:
+                            continue
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_every_task_once_augmenting)
+    killer.start()
+    try:
+        failed, _ = _materialise(home, on_ray)
+    finally:
+        done.set()
+        killer.join()
+    assert len(killed) >= 3, f"only {len(killed)} tasks were seen running and killed"
+    assert failed["status"] == "failed" and failed["partitions_processed"] == ["big.jsonl"], failed
+    (error,) = failed["errors"]
+    assert error.startswith("augmented_corpus: ray: ") and "lost 3 times at " + address in error, error
+    assert "the stage records nothing: check the cluster (`ray status`) and rerun" in error, error
+
+    configure_environment(home, TINY_CONFIG)
+    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
+        failed_run = failed["dagster_run_ids"][-1]
+        assert instance.get_run_by_id(failed_run).status == dg.DagsterRunStatus.FAILURE
+        step_errors = [e.dagster_event.step_failure_data.error for e in instance.all_logs(failed_run)
+                       if e.dagster_event and e.dagster_event.is_step_failure]  # fmt: skip
+        assert [e.cause is not None and "\n" not in e.cause.message.strip() for e in step_errors] == [True]
+        assert user_error(step_errors[0]) == error.removeprefix("augmented_corpus: ")
+        # The same run materialised the new file's partitions and dedup before augmented_corpus failed.
+        materialised = {e.dagster_event.asset_key.to_user_string() for e in instance.all_logs(failed_run)
+                        if e.dagster_event and e.dagster_event.is_step_materialization}  # fmt: skip
+        assert {"raw_corpus", "clean_corpus", "deduplicated_corpus"} <= materialised
+        assert "augmented_corpus" not in materialised
+    # What downstream reads is still the first run's output; the failed run's folder is left unread.
+    assert _folder(home, "augmented_corpus") == recorded_before
+    assert (root / failed_run / "train.parquet").exists()
+
+    rerun, _ = _materialise(home, on_ray)
+    assert rerun["status"] == "success", rerun["errors"]
+    assert rerun["partitions_processed"] == []  # big.jsonl's raw and clean partitions are reused
+    with dg.DagsterInstance.from_config(str(REPO_ROOT)) as instance:
+        redone = {e.dagster_event.asset_key.to_user_string() for run_id in rerun["dagster_run_ids"]
+                  for e in instance.all_logs(run_id)
+                  if e.dagster_event and e.dagster_event.is_step_materialization}  # fmt: skip
+        assert redone == {"augmented_corpus", "tokenized_dataset"}
+        tokens = instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
+        assert tokens.asset_materialization.metadata["reused_from_cache"].value > 0  # the first run's tokens
+    assert _folder(home, "augmented_corpus") == root / rerun["dagster_run_ids"][-1]

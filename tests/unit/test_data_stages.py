@@ -1,6 +1,7 @@
 """Dedup, split, decontamination and augmentation on small hand-built inputs."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,33 @@ def test_a_few_texts_are_scanned_from_their_side_with_the_same_verdicts():
     assert sorted(found) == [0, 1]
     assert _few_scanned(texts, eval_texts, 13) == found
     assert _few_scanned(texts, [], 13) == {} and _few_scanned([], eval_texts, 13) == {}
+
+
+def test_stable_ngram_hashes_are_the_same_in_every_process_where_hash_is_not():
+    """A Ray worker's n-gram hashes must meet the driver's: `stable` ones do under any hash salt."""
+    import subprocess
+    import sys
+
+    from stages.decontamination import _hashes, _stable_ngrams
+
+    text = "Ünïcode words, and the same words again: words and more words."
+    code = (
+        "from stages.decontamination import _hashes\n"
+        f"print(sorted(_hashes({text!r}, 3, stable=True)), sorted(_hashes({text!r}, 3)))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.split("] [")  # fmt: skip
+        for seed in ("1", "2")
+    ]
+    assert outputs[0][0] == outputs[1][0] and outputs[0][1] != outputs[1][1]
+    pairs = list(_stable_ngrams(text, 3))
+    assert {h for h, _ in pairs} == _hashes(text, 3, stable=True) and len(pairs) == 9
+    assert pairs[0][1] == ("ünïcode", "words", "and")

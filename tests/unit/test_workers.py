@@ -58,3 +58,23 @@ def test_cleaning_tokenising_and_decontamination_match_one_process(parallel, tmp
     clean, bad = decontaminate(train, [_rec(99, passage)], 13)
     assert [r["id"] for r in bad] == ["r3", "r13", "r23", "r33"] and len(clean) == 36
     assert bad[0]["shared_ngram"] == passage
+
+
+def _pid(chunk: list[int]) -> list[int]:
+    return [os.getpid()] * len(chunk)
+
+
+def test_kept_workers_end_when_the_next_call_runs_here(monkeypatch):
+    """A small call after the per-file stages (a one-record fix's dedup) still ends their workers."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: map_chunks keeps no workers")
+    from stages import workers
+
+    monkeypatch.setenv("TUNEGRAPH_WORKERS", "2")
+    kept_pids = {pid for part in map_chunks(_pid, list(range(4000)), keep_workers=True) for pid in part}
+    assert workers._kept is not None and os.getpid() not in kept_pids
+    assert map_chunks(_pid, [1, 2]) == [[os.getpid()] * 2]  # below MIN_PARALLEL: here
+    assert workers._kept is None
+    for pid in kept_pids:  # reaped by the pool's shutdown
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
