@@ -8,6 +8,7 @@ fixture's teardown, even on failure. The tiny pipeline's data stages are materia
 landing file's kept and dropped records to the packed blocks, must hash the same.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -206,21 +207,16 @@ def test_a_worker_killed_mid_dedup_is_retried_and_the_output_is_the_local_one(cl
     record, _ = _materialise(home, on_ray, select=["raw_corpus", "clean_corpus"])
     assert record["status"] == "success", record["errors"]
 
-    killed: list[str] = []
+    killed: list[int] = []
     done = threading.Event()
 
     def kill_a_task() -> None:  # the first of our Ray workers seen running a map_chunks task
         while not done.is_set() and not killed:
-            for node in nodes:
-                for proc in psutil.Process(node.pid).children(recursive=True):
-                    try:
-                        title = " ".join(proc.cmdline())
-                        if title.startswith("ray::_chunk"):
-                            proc.kill()
-                            killed.append(title)
-                            return
-                    except psutil.NoSuchProcess:
-                        continue
+            for proc in _chunk_tasks(nodes):
+                with contextlib.suppress(psutil.NoSuchProcess):  # it may have finished meanwhile
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
             time.sleep(0.01)
 
     killer = threading.Thread(target=kill_a_task)
@@ -277,14 +273,10 @@ def test_a_stage_whose_tasks_are_all_lost_fails_cleanly_and_the_rerun_reuses_wha
         """From the moment augmented_corpus's new folder exists: every worker seen running a task dies."""
         while not done.is_set():
             if any(p != recorded_before for p in root.iterdir()):
-                for node in nodes:
-                    for proc in psutil.Process(node.pid).children(recursive=True):
-                        try:
-                            if " ".join(proc.cmdline()).startswith("ray::_chunk"):
-                                proc.kill()
-                                killed.append(proc.pid)
-                        except psutil.NoSuchProcess:
-                            continue
+                for proc in _chunk_tasks(nodes):
+                    with contextlib.suppress(psutil.NoSuchProcess):  # it may have finished meanwhile
+                        proc.kill()
+                        killed.append(proc.pid)
             time.sleep(0.005)
 
     killer = threading.Thread(target=kill_every_task_once_augmenting)
@@ -328,3 +320,16 @@ def test_a_stage_whose_tasks_are_all_lost_fails_cleanly_and_the_rerun_reuses_wha
         tokens = instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
         assert tokens.asset_materialization.metadata["reused_from_cache"].value > 0  # the first run's tokens
     assert _folder(home, "augmented_corpus") == root / rerun["dagster_run_ids"][-1]
+
+
+def _chunk_tasks(nodes: list) -> list[psutil.Process]:
+    """The Ray worker processes of the nodes' that run a map_chunks task now."""
+    running = []
+    for node in nodes:
+        for proc in psutil.Process(node.pid).children(recursive=True):
+            try:
+                if " ".join(proc.cmdline()).startswith("ray::_chunk"):
+                    running.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+    return running
