@@ -144,7 +144,7 @@ def _cpu_probe(threads: int) -> dict[str, float]:
 
     bf16 is tried at SMALL_PROBE² first: with its matmul emulated (this CPU with oneDNN and ATen held to AVX2,
     as an AVX2-only CPU runs them), a 2048² bf16 `torch.mm` ran at 0.3 GFLOP/s and the probe alone took
-    340 s; at 512² it takes under a second and already loses to fp32 by ~50x."""
+    340 s; at 512² it takes under a second and already loses to fp32 ~100x (2 vs 223 GFLOP/s)."""
     fp32 = matmul_gflops(torch.float32)
     small = matmul_gflops(torch.bfloat16, n=SMALL_PROBE)
     if small < matmul_gflops(torch.float32, n=SMALL_PROBE):
