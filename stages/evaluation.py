@@ -56,8 +56,9 @@ METRICS_BY_SCHEMA: dict[str, dict[str, str | None]] = {
 }
 
 
-# A forward pass costs about this many tokens' worth beyond its tokens (SmolLM2 bf16 here: 256 tokens in
-# 0.136 s, 512 in 0.170 s, so ~0.1 s fixed = ~750 tokens); below it, splitting a batch costs more than its padding.
+# What a forward pass costs beyond its tokens, in tokens (SmolLM2 bf16 here: 256 tokens in 0.136 s, 512 in
+# 0.170 s: ~0.1 s fixed, ~750 tokens' worth; 512 errs towards splitting off a long row). Padding that costs
+# less than this stays in the batch.
 FORWARD_COST_TOKENS = 512
 
 
